@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# Installs the host tools os-build and the QEMU tests need on a Debian 12 machine:
+# QEMU 10 + firmware from bookworm-backports, the arm64 cross toolchain (Debian's
+# rustc-web, since rustup cannot add targets here), mmdebstrap, erofs-utils,
+# cryptsetup (veritysetup for tests), and qemu-user binfmt for arm64 roots.
+# Idempotent: a second run only checks.
+set -euo pipefail
+
+if [ "$(id -u)" != 0 ]; then
+  echo "host-deps: must run as root (apt-get, binfmt registration)" >&2
+  exit 1
+fi
+
+export DEBIAN_FRONTEND=noninteractive
+stamp=/var/lib/berth-host-deps.v1
+
+src=/etc/apt/sources.list.d/berth-backports.sources
+if [ ! -f "$src" ]; then
+  cat >"$src" <<'SRC'
+Types: deb
+URIs: http://deb.debian.org/debian
+Suites: bookworm-backports
+Components: main
+Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
+SRC
+fi
+
+if ! dpkg --print-foreign-architectures | grep -qx arm64; then
+  dpkg --add-architecture arm64
+fi
+
+if [ ! -f "$stamp" ]; then
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends \
+    -t bookworm-backports qemu-system-x86 qemu-system-arm qemu-user-static qemu-utils \
+    >/dev/null
+  apt-get install -y -qq --no-install-recommends \
+    ovmf qemu-efi-aarch64 mmdebstrap erofs-utils cryptsetup-bin dosfstools mtools \
+    e2fsprogs fdisk gcc-aarch64-linux-gnu libc6-dev-arm64-cross \
+    rustc-web cargo-web libstd-rust-web-dev:arm64 binfmt-support zstd xz-utils \
+    debian-archive-keyring ca-certificates >/dev/null
+  touch "$stamp"
+fi
+
+# arm64 roots run their maintainer scripts under qemu-user.
+if [ -d /proc/sys/fs/binfmt_misc ] && [ ! -e /proc/sys/fs/binfmt_misc/register ]; then
+  mount -t binfmt_misc binfmt_misc /proc/sys/fs/binfmt_misc
+fi
+if [ ! -e /proc/sys/fs/binfmt_misc/qemu-aarch64 ]; then
+  conf=$(ls /usr/lib/binfmt.d/qemu-aarch64.conf 2>/dev/null || true)
+  if [ -n "$conf" ]; then
+    grep -v '^#' "$conf" | head -1 >/proc/sys/fs/binfmt_misc/register
+  else
+    update-binfmts --enable qemu-aarch64
+  fi
+fi
