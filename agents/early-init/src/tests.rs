@@ -1,0 +1,269 @@
+//! The boot sequence against a recording fake host on a temp dir.
+
+use std::convert::Infallible;
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::boot::Boot;
+use crate::devices::tests::{fake_disk, LAYOUT};
+use crate::host::{Host, MountSpec};
+use crate::storage::Grown;
+use crate::sys::DmTarget;
+
+const ROOT_HASH: &str = "4c6f1a0b3c9d2e8f7a6b5c4d3e2f1a0b9c8d7e6f5a4b3c2d1e0f9a8b7c6d5e4f";
+
+struct FakeHost {
+    root: PathBuf,
+    ops: Vec<String>,
+}
+
+impl FakeHost {
+    fn rel(&self, p: &Path) -> String {
+        format!("/{}", p.strip_prefix(&self.root).unwrap_or(p).display())
+    }
+}
+
+impl Host for FakeHost {
+    fn mount(&mut self, s: &MountSpec) -> io::Result<()> {
+        let t = self.rel(&s.target);
+        self.ops
+            .push(format!("mount {} {} {t}", s.fstype, s.source));
+        Ok(())
+    }
+    fn move_mount(&mut self, from: &Path, to: &Path) -> io::Result<()> {
+        let (f, t) = (self.rel(from), self.rel(to));
+        self.ops.push(format!("move {f} {t}"));
+        Ok(())
+    }
+    fn bind_mount(&mut self, from: &Path, to: &Path) -> io::Result<()> {
+        let (f, t) = (self.rel(from), self.rel(to));
+        self.ops.push(format!("bind {f} {t}"));
+        Ok(())
+    }
+    fn console(&mut self) -> io::Result<()> {
+        self.ops.push("console".into());
+        Ok(())
+    }
+    fn load_module(&mut self, path: &Path) -> io::Result<bool> {
+        let p = self.rel(path);
+        self.ops.push(format!("module {p}"));
+        Ok(true)
+    }
+    fn create_dm(&mut self, name: &str, uuid: &str, t: &DmTarget) -> anyhow::Result<String> {
+        self.ops.push(format!(
+            "dm {name} {uuid} {} {} {} {}",
+            t.start_sector, t.sectors, t.target_type, t.params
+        ));
+        Ok(format!("/dev/mapper/{name}"))
+    }
+    fn mkfs_ext4(&mut self, dev: &Path, label: &str) -> anyhow::Result<()> {
+        let d = self.rel(dev);
+        self.ops.push(format!("mkfs {d} {label}"));
+        // An ext4 superblock: 4096-byte blocks, 100 blocks.
+        let mut img = vec![0u8; 2048];
+        img[1024 + 56] = 0x53;
+        img[1024 + 57] = 0xEF;
+        img[1024 + 24] = 2;
+        img[1024 + 4] = 100;
+        fs::write(dev, img)?;
+        Ok(())
+    }
+    fn grow_partition(&mut self, disk: &Path, name: &str) -> anyhow::Result<Option<Grown>> {
+        let d = self.rel(disk);
+        self.ops.push(format!("grow {d} {name}"));
+        Ok(None)
+    }
+    fn resize_ext4(&mut self, mountpoint: &Path, blocks: u64) -> io::Result<()> {
+        let m = self.rel(mountpoint);
+        self.ops.push(format!("resize {m} {blocks}"));
+        Ok(())
+    }
+    fn switch_root(&mut self, new_root: &Path) -> anyhow::Result<Infallible> {
+        let r = self.rel(new_root);
+        self.ops.push(format!("switch_root {r}"));
+        anyhow::bail!("exec is not possible in a test")
+    }
+}
+
+fn write(root: &Path, rel: &str, text: &str) {
+    let p = root.join(rel);
+    fs::create_dir_all(p.parent().expect("parent")).expect("mkdir");
+    fs::write(p, text).expect("write");
+}
+
+fn fixture(root: &Path) {
+    fake_disk(root, "vda", 254, &LAYOUT);
+    let sizes = [(2, 8 * 2048), (6, 2048), (7, 8000)]; // sectors
+    for (n, sectors) in sizes {
+        write(
+            root,
+            &format!("sys/devices/virtual/block/vda/vda{n}/size"),
+            &format!("{sectors}\n"),
+        );
+    }
+    write(
+        root,
+        "etc/berth/initrd.json",
+        r#"{"kernel_version": "6.12.0-test", "modules": ["/usr/lib/modules/6.12.0-test/dm-mod.ko.xz", "/usr/lib/modules/6.12.0-test/dm-verity.ko.xz"]}"#,
+    );
+    write(
+        root,
+        "proc/cmdline",
+        &format!(
+            "console=ttyS0 berth.slot=a berth.verity.root={ROOT_HASH} berth.verity.salt=abcd \
+             berth.verity.data-blocks=1024 berth.verity.hash-start=1\n"
+        ),
+    );
+    write(root, "sysroot/etc/hostname", "berth\n");
+    write(root, "sysroot/var/lib/berth/seed", "x");
+    fs::create_dir_all(root.join("sysroot/opt")).expect("mkdir");
+    fs::create_dir_all(root.join("sysroot/private")).expect("mkdir");
+    fs::create_dir_all(root.join("sysroot/local")).expect("mkdir");
+}
+
+fn boot(root: &Path) -> (anyhow::Error, Vec<String>) {
+    let mut b = Boot {
+        root: root.to_path_buf(),
+        host: FakeHost {
+            root: root.to_path_buf(),
+            ops: Vec::new(),
+        },
+        kernel: "6.12.0-test".into(),
+        device_timeout: Duration::from_millis(200),
+    };
+    let err = match b.run() {
+        Ok(never) => match never {},
+        Err(e) => e,
+    };
+    (err, b.host.ops)
+}
+
+#[test]
+fn first_boot_runs_the_steps_in_order() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let root = dir.path();
+    fixture(root);
+    let (err, ops) = boot(root);
+    assert_eq!(
+        format!("{err:#}"),
+        "switch root: exec is not possible in a test"
+    );
+    let expected = [
+        "mount devtmpfs devtmpfs /dev".to_string(),
+        "console".into(),
+        "mount proc proc /proc".into(),
+        "mount sysfs sysfs /sys".into(),
+        "mount tmpfs tmpfs /run".into(),
+        "module /usr/lib/modules/6.12.0-test/dm-mod.ko.xz".into(),
+        "module /usr/lib/modules/6.12.0-test/dm-verity.ko.xz".into(),
+        format!(
+            "dm root BERTH-VERITY-root-a 0 8192 verity 1 254:2 254:3 4096 4096 1024 1 sha256 \
+             {ROOT_HASH} abcd 1 restart_on_corruption"
+        ),
+        "mount erofs /dev/mapper/root /sysroot".into(),
+        "mount tmpfs tmpfs /run/berth/etc".into(),
+        "move /run/berth/etc /sysroot/etc".into(),
+        "mkfs /dev/vda6 private".into(),
+        "mount ext4 /dev/vda6 /sysroot/private".into(),
+        "grow /dev/vda data".into(),
+        "mkfs /dev/vda7 data".into(),
+        "mount ext4 /dev/vda7 /sysroot/local".into(),
+        // 8000 sectors = 4096000 bytes = 1000 blocks of 4096 > 100
+        "resize /sysroot/local 1000".into(),
+        "bind /sysroot/local/var /sysroot/var".into(),
+        "bind /sysroot/local/opt /sysroot/opt".into(),
+        "move /dev /sysroot/dev".into(),
+        "move /proc /sysroot/proc".into(),
+        "move /sys /sysroot/sys".into(),
+        "move /run /sysroot/run".into(),
+        "switch_root /sysroot".into(),
+    ];
+    assert_eq!(ops, expected);
+
+    // /etc was copied into the staging tmpfs; var seeded from the image; machine id kept.
+    assert_eq!(
+        fs::read_to_string(root.join("run/berth/etc/hostname")).expect("etc copy"),
+        "berth\n"
+    );
+    assert_eq!(
+        fs::read_to_string(root.join("sysroot/local/var/lib/berth/seed")).expect("var seed"),
+        "x"
+    );
+    assert!(root.join("sysroot/local/opt").is_dir());
+    let id = fs::read_to_string(root.join("sysroot/private/machine-id")).expect("id");
+    assert_eq!(id.trim().len(), 32);
+    assert_eq!(
+        fs::read_to_string(root.join("sysroot/etc/machine-id")).expect("etc id"),
+        id
+    );
+
+    // Second boot: file systems exist, nothing is made or seeded again, same machine id.
+    fs::write(root.join("sysroot/var/lib/berth/seed"), "changed").expect("write");
+    let (_, ops2) = boot(root);
+    assert!(!ops2.iter().any(|o| o.starts_with("mkfs")), "{ops2:?}");
+    assert_eq!(
+        fs::read_to_string(root.join("sysroot/local/var/lib/berth/seed")).expect("var"),
+        "x"
+    );
+    assert_eq!(
+        fs::read_to_string(root.join("sysroot/private/machine-id")).expect("id"),
+        id
+    );
+}
+
+#[test]
+fn missing_partition_fails_with_one_clear_error() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let root = dir.path();
+    fixture(root);
+    write(
+        root,
+        "proc/cmdline",
+        &format!("berth.slot=b berth.verity.root={ROOT_HASH} berth.verity.data-blocks=1"),
+    );
+    // Slot b exists in LAYOUT; remove its verity partition from sysfs.
+    fs::remove_file(root.join("sys/class/block/vda5")).expect("rm");
+    let (err, ops) = boot(root);
+    let line = crate::fatal::fatal_line(&err);
+    assert!(
+        line.starts_with(
+            "early-init: FATAL: find the partitions of slot b: no partition named verity-b appeared"
+        ),
+        "{line}"
+    );
+    assert!(!ops.iter().any(|o| o.starts_with("dm ")), "{ops:?}");
+}
+
+#[test]
+fn bad_command_line_stops_before_devices() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let root = dir.path();
+    fixture(root);
+    write(root, "proc/cmdline", "console=ttyS0 berth.slot=a\n");
+    let (err, _) = boot(root);
+    assert_eq!(
+        format!("{err:#}"),
+        "missing berth.verity.root= on the kernel command line"
+    );
+}
+
+#[test]
+fn verity_range_larger_than_the_partition_is_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let root = dir.path();
+    fixture(root);
+    write(
+        root,
+        "proc/cmdline",
+        &format!("berth.slot=a berth.verity.root={ROOT_HASH} berth.verity.data-blocks=999999"),
+    );
+    let (err, ops) = boot(root);
+    let msg = format!("{err:#}");
+    assert!(
+        msg.starts_with("set up dm-verity over root-a and verity-a: vda2 holds"),
+        "{msg}"
+    );
+    assert!(!ops.iter().any(|o| o.starts_with("dm ")), "{ops:?}");
+}
