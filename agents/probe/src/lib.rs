@@ -1,0 +1,201 @@
+//! berth-probe: read-only facts about how the host booted, for the QEMU tests
+//! (docs/boot.md, "Guest probe"). Every read goes through a root directory, so the tests run
+//! on fixture trees.
+
+pub mod dm;
+
+use std::path::{Path, PathBuf};
+
+use dm::DeviceMapper;
+
+/// EFI variable vendor GUID of systemd-boot / systemd-stub.
+const LOADER_GUID: &str = "4a67b082-0a4c-41cf-b6c7-440b29bb8c4f";
+
+/// Printed for a fact that does not apply or cannot be read.
+pub const NONE: &str = "none";
+
+/// One line of `/proc/self/mountinfo`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Mount {
+    pub major: u32,
+    pub minor: u32,
+    pub mountpoint: String,
+    pub options: Vec<String>,
+    pub fstype: String,
+    pub source: String,
+}
+
+/// Undoes mountinfo's octal escapes (`\040` for a space).
+fn unescape(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\'
+            && i + 3 < b.len()
+            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
+        {
+            let v = (b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0');
+            out.push(v);
+            i += 4;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Parses mountinfo; malformed lines are skipped.
+pub fn parse_mountinfo(text: &str) -> Vec<Mount> {
+    text.lines()
+        .filter_map(|line| {
+            let (pre, post) = line.split_once(" - ")?;
+            let pre: Vec<&str> = pre.split(' ').collect();
+            let post: Vec<&str> = post.split(' ').collect();
+            let (major, minor) = pre.get(2)?.split_once(':')?;
+            Some(Mount {
+                major: major.parse().ok()?,
+                minor: minor.parse().ok()?,
+                mountpoint: unescape(pre.get(4)?),
+                options: pre.get(5)?.split(',').map(str::to_string).collect(),
+                fstype: post.first()?.to_string(),
+                source: unescape(post.get(1)?),
+            })
+        })
+        .collect()
+}
+
+/// The mount that holds `path`: the longest mount point that is a prefix of it, the last
+/// one listed when several are stacked.
+pub fn mount_of<'a>(mounts: &'a [Mount], path: &str) -> Option<&'a Mount> {
+    let covers = |mp: &str| {
+        mp == "/" || path == mp || path.strip_prefix(mp).is_some_and(|r| r.starts_with('/'))
+    };
+    mounts
+        .iter()
+        .enumerate()
+        .filter(|(_, m)| covers(&m.mountpoint))
+        .max_by_key(|(i, m)| (m.mountpoint.len(), *i))
+        .map(|(_, m)| m)
+}
+
+/// Reads an EFI variable of systemd-boot/stub holding a UTF-16LE string.
+pub fn efi_string(root: &Path, name: &str) -> Option<String> {
+    let p = root
+        .join("sys/firmware/efi/efivars")
+        .join(format!("{name}-{LOADER_GUID}"));
+    let bytes = std::fs::read(p).ok()?;
+    let units: Vec<u16> = bytes
+        .get(4..)?
+        .chunks_exact(2)
+        .map(|c| u16::from_le_bytes([c[0], c[1]]))
+        .take_while(|&u| u != 0)
+        .collect();
+    Some(String::from_utf16_lossy(&units))
+}
+
+fn read_trim(p: PathBuf) -> Option<String> {
+    std::fs::read_to_string(p)
+        .ok()
+        .map(|s| s.trim().to_string())
+}
+
+fn uevent_value(root: &Path, m: &Mount, key: &str) -> Option<String> {
+    let text =
+        std::fs::read_to_string(root.join(format!("sys/dev/block/{}:{}/uevent", m.major, m.minor)))
+            .ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix(key)?.strip_prefix('='))
+        .map(str::to_string)
+}
+
+/// Value of `key=` on the kernel command line.
+pub fn cmdline_value(cmdline: &str, key: &str) -> Option<String> {
+    cmdline
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix(key)?.strip_prefix('='))
+        .map(|v| v.trim_matches('"').to_string())
+}
+
+/// Creates and removes a file in `dir`: is it writable?
+fn writable(dir: &Path) -> bool {
+    let p = dir.join(format!(".berth-probe-{}", std::process::id()));
+    let ok = std::fs::write(&p, b"probe").is_ok();
+    let _ = std::fs::remove_file(&p);
+    ok
+}
+
+/// The facts, in print order. Values never contain a newline; unknown values are `none`.
+pub fn facts(root: &Path, dm: &dyn DeviceMapper) -> Vec<(String, String)> {
+    let mounts = read_trim(root.join("proc/self/mountinfo"))
+        .map(|t| parse_mountinfo(&t))
+        .unwrap_or_default();
+    let at = |p: &str| mount_of(&mounts, p);
+    let mut out: Vec<(String, Option<String>)> = Vec::new();
+    let mut push = |k: &str, v: Option<String>| out.push((k.to_string(), v));
+
+    let rootm = at("/");
+    push("root-source", rootm.map(|m| m.source.clone()));
+    push("root-fstype", rootm.map(|m| m.fstype.clone()));
+    push(
+        "root-ro",
+        rootm.map(|m| m.options.iter().any(|o| o == "ro").to_string()),
+    );
+    let dm_name = rootm.and_then(|m| {
+        read_trim(root.join(format!("sys/dev/block/{}:{}/dm/name", m.major, m.minor)))
+    });
+    let status = dm_name.as_deref().map(|n| dm.table_status(n));
+    push("root-dm-name", dm_name.clone());
+    match status {
+        Some(Ok(s)) => {
+            push("root-dm-target", Some(s.target_type));
+            push("root-dm-status", Some(s.status));
+        }
+        Some(Err(e)) => {
+            push("root-dm-target", Some(format!("error: {e}")));
+            push("root-dm-status", None);
+        }
+        None => {
+            push("root-dm-target", None);
+            push("root-dm-status", None);
+        }
+    }
+    let etc = at("/etc");
+    push("etc-fstype", etc.map(|m| m.fstype.clone()));
+    push(
+        "etc-writable",
+        Some(writable(&root.join("etc")).to_string()),
+    );
+    for (key, path) in [
+        ("var", "/var"),
+        ("private", "/private"),
+        ("local", "/local"),
+    ] {
+        let m = at(path);
+        push(&format!("{key}-fstype"), m.map(|m| m.fstype.clone()));
+        push(
+            &format!("{key}-partname"),
+            m.and_then(|m| uevent_value(root, m, "PARTNAME")),
+        );
+    }
+    let cmdline = read_trim(root.join("proc/cmdline")).unwrap_or_default();
+    push("slot", cmdline_value(&cmdline, "berth.slot"));
+    push("loader-entry", efi_string(root, "LoaderEntrySelected"));
+    push("stub-image", efi_string(root, "StubImageIdentifier"));
+    push("kernel", read_trim(root.join("proc/sys/kernel/osrelease")));
+    push("machine-id", read_trim(root.join("etc/machine-id")));
+
+    out.into_iter()
+        .map(|(k, v)| {
+            let v = v
+                .filter(|v| !v.is_empty())
+                .unwrap_or_else(|| NONE.to_string())
+                .replace(['\n', '\r'], " ");
+            (k, v)
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests;
