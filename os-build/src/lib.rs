@@ -1,0 +1,42 @@
+//! os-build: turns a variant (data under `variants/`) into a bootable, verity-protected
+//! A/B disk image. The stages, in order, each in its own module:
+//! variant -> programs (cargo) -> rootfs (mmdebstrap, lock, prune) -> erofs -> verity ->
+//! initramfs -> uki -> esp -> disk -> manifest. `pipeline` runs them.
+
+pub mod arch;
+pub mod bench;
+pub mod binaries;
+pub mod cli;
+pub mod cpio;
+pub mod disk;
+pub mod elfdeps;
+pub mod erofs;
+pub mod esp;
+pub mod hosttools;
+pub mod initramfs;
+pub mod lockfile;
+pub mod logging;
+pub mod manifest;
+pub mod pipeline;
+pub mod programs;
+pub mod progress;
+pub mod rootfs;
+pub mod uki;
+pub mod variant;
+pub mod verity;
+
+use anyhow::Result;
+
+pub fn run(cli: cli::Cli) -> Result<()> {
+    match cli.command {
+        cli::Command::Build(args) => pipeline::build(&args).map(|_| ()),
+        cli::Command::ListVariants => {
+            let workspace = pipeline::find_workspace(None)?;
+            for name in variant::list(&workspace.join("variants")) {
+                println!("{name}");
+            }
+            Ok(())
+        }
+        cli::Command::BenchVerity(args) => bench::verity(&args),
+    }
+}

@@ -1,0 +1,47 @@
+//! The build manifest (`manifest.json`): what was built, from what, and the sha256 of
+//! every artifact, for the tests, the update repository and auditors.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::disk::Layout;
+
+#[derive(Debug, Serialize)]
+pub struct Manifest {
+    pub version: String,
+    pub variant: String,
+    pub arch: String,
+    pub production: bool,
+    pub kernel_release: String,
+    pub root_hash: String,
+    pub verity_salt: String,
+    pub verity_data_blocks: u64,
+    pub cmdline: BTreeMap<char, String>,
+    pub layout: Layout,
+    pub packages_lock_sha256: String,
+    pub artifacts: BTreeMap<String, Artifact>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Artifact {
+    pub file: String,
+    pub size: u64,
+    pub sha256: String,
+}
+
+pub fn artifact(path: &Path) -> std::io::Result<Artifact> {
+    let mut file = std::fs::File::open(path)?;
+    let mut hasher = Sha256::new();
+    let size = std::io::copy(&mut file, &mut hasher)?;
+    Ok(Artifact {
+        file: path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default(),
+        size,
+        sha256: hex::encode(hasher.finalize()),
+    })
+}

@@ -1,0 +1,543 @@
+//! The variant format: `variants/<name>/variant.toml` plus the shared fragments it includes,
+//! merged into one typed [`Variant`].
+//!
+//! Every file is parsed on its own first (unknown keys are errors), so an error names the
+//! file and the key. Fragments merge in include order, the variant file last: lists are
+//! appended (duplicates dropped), scalars and maps of the later file win.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::arch::Arch;
+
+#[derive(Debug, thiserror::Error)]
+pub enum VariantError {
+    #[error("variant `{name}` not found: no {path}")]
+    NotFound { name: String, path: PathBuf },
+    #[error("cannot read variant file {path}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("invalid variant file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("variant file {path}: include cycle through {include}")]
+    IncludeCycle { path: PathBuf, include: PathBuf },
+    #[error("variant `{variant}`: key `{key}` is required (in {path} or a fragment it includes)")]
+    Missing {
+        variant: String,
+        path: PathBuf,
+        key: &'static str,
+    },
+    #[error("variant `{variant}`: key `{key}`: {reason}")]
+    Invalid {
+        variant: String,
+        key: String,
+        reason: String,
+    },
+}
+
+/// One TOML file: a variant or a shared fragment. Every field is optional here.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct Fragment {
+    description: Option<String>,
+    /// Files merged in before this one, relative to this file.
+    #[serde(default)]
+    include: Vec<PathBuf>,
+    /// Production variants ship no shell, interpreter or package manager.
+    production: Option<bool>,
+    #[serde(default)]
+    packages: Vec<String>,
+    kernel: Option<KernelFragment>,
+    partitions: Option<PartitionsFragment>,
+    #[serde(default)]
+    formats: Vec<ImageFormat>,
+    /// Berth programs installed into the image (see `programs.rs`).
+    #[serde(default)]
+    programs: Vec<String>,
+    #[serde(default)]
+    prune: Vec<String>,
+    systemd: Option<SystemdFragment>,
+    /// Settings default fragments (TOML), relative to this file.
+    #[serde(default)]
+    settings: Vec<PathBuf>,
+    /// Files written into the root: path in the image -> content.
+    #[serde(default)]
+    files: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct KernelFragment {
+    /// Debian package; `{arch}` is replaced by Debian's architecture name.
+    package: Option<String>,
+    /// Modules loaded by early-init (their dependencies are added).
+    #[serde(default)]
+    initramfs_modules: Vec<String>,
+    /// Module paths (under `kernel/`) removed from the root, glob patterns.
+    #[serde(default)]
+    prune_modules: Vec<String>,
+    #[serde(default)]
+    cmdline: Vec<String>,
+    /// Extra command line per architecture (`x86_64`, `aarch64`).
+    #[serde(default)]
+    cmdline_arch: BTreeMap<Arch, Vec<String>>,
+}
+
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct PartitionsFragment {
+    esp_mib: Option<u64>,
+    root_mib: Option<u64>,
+    verity_mib: Option<u64>,
+    private_mib: Option<u64>,
+    data_mib: Option<u64>,
+}
+
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct SystemdFragment {
+    #[serde(default)]
+    enable: Vec<String>,
+    #[serde(default)]
+    mask: Vec<String>,
+    default_target: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ImageFormat {
+    Raw,
+    Qcow2,
+}
+
+/// A variant after merging: everything os-build needs, all present.
+#[derive(Debug, Clone, Serialize)]
+pub struct Variant {
+    pub name: String,
+    pub description: String,
+    pub production: bool,
+    pub packages: Vec<String>,
+    pub kernel_package: String,
+    pub initramfs_modules: Vec<String>,
+    pub prune_modules: Vec<String>,
+    pub cmdline: Vec<String>,
+    pub partitions: Partitions,
+    pub formats: Vec<ImageFormat>,
+    pub programs: Vec<String>,
+    pub prune: Vec<String>,
+    pub systemd_enable: Vec<String>,
+    pub systemd_mask: Vec<String>,
+    pub default_target: String,
+    pub settings: Vec<PathBuf>,
+    pub files: BTreeMap<String, String>,
+    /// Every file merged, in order; the variant file last.
+    pub sources: Vec<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Partitions {
+    pub esp_mib: u64,
+    pub root_mib: u64,
+    pub verity_mib: u64,
+    pub private_mib: u64,
+    pub data_mib: u64,
+}
+
+/// Loads `variants_dir/<name>/variant.toml` for `arch`.
+pub fn load(variants_dir: &Path, name: &str, arch: Arch) -> Result<Variant, VariantError> {
+    let path = variants_dir.join(name).join("variant.toml");
+    if !path.is_file() {
+        return Err(VariantError::NotFound {
+            name: name.to_owned(),
+            path,
+        });
+    }
+    let mut files = Vec::new();
+    collect(&path, &mut Vec::new(), &mut files)?;
+    let mut merged = Fragment::default();
+    let mut cmdline_arch: Vec<String> = Vec::new();
+    let mut sources = Vec::new();
+    for (file, fragment) in files {
+        if let Some(kernel) = &fragment.kernel {
+            if let Some(extra) = kernel.cmdline_arch.get(&arch) {
+                append(&mut cmdline_arch, extra);
+            }
+        }
+        merge(&mut merged, fragment);
+        sources.push(file);
+    }
+    resolve(name, &path, merged, cmdline_arch, arch, sources)
+}
+
+/// Parses `path` and, depth first, the files it includes; `stack` detects cycles.
+fn collect(
+    path: &Path,
+    stack: &mut Vec<PathBuf>,
+    out: &mut Vec<(PathBuf, Fragment)>,
+) -> Result<(), VariantError> {
+    let text = std::fs::read_to_string(path).map_err(|source| VariantError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    let mut fragment: Fragment = toml::from_str(&text).map_err(|err| VariantError::Parse {
+        path: path.to_owned(),
+        message: one_line(&err),
+    })?;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    fragment.settings = fragment.settings.iter().map(|p| dir.join(p)).collect();
+    let canonical = path.canonicalize().unwrap_or_else(|_| path.to_owned());
+    stack.push(canonical);
+    for include in std::mem::take(&mut fragment.include) {
+        let included = dir.join(&include);
+        let key = included.canonicalize().map_err(|source| VariantError::Read {
+            path: included.clone(),
+            source,
+        })?;
+        if stack.contains(&key) {
+            return Err(VariantError::IncludeCycle {
+                path: path.to_owned(),
+                include,
+            });
+        }
+        // A fragment included twice (diamond) is merged once.
+        if out.iter().any(|(p, _)| p.canonicalize().ok().as_ref() == Some(&key)) {
+            continue;
+        }
+        collect(&included, stack, out)?;
+    }
+    stack.pop();
+    out.push((path.to_owned(), fragment));
+    Ok(())
+}
+
+/// toml's messages span several lines with a source excerpt; keep the key and position.
+fn one_line(err: &toml::de::Error) -> String {
+    let message = err.message().trim().to_owned();
+    match err.span() {
+        Some(span) => format!("{message} (at byte {})", span.start),
+        None => message,
+    }
+}
+
+fn append<T: Clone + PartialEq>(into: &mut Vec<T>, items: &[T]) {
+    for item in items {
+        if !into.contains(item) {
+            into.push(item.clone());
+        }
+    }
+}
+
+fn merge(into: &mut Fragment, from: Fragment) {
+    if from.description.is_some() {
+        into.description = from.description;
+    }
+    if from.production.is_some() {
+        into.production = from.production;
+    }
+    append(&mut into.packages, &from.packages);
+    append(&mut into.formats, &from.formats);
+    append(&mut into.programs, &from.programs);
+    append(&mut into.prune, &from.prune);
+    append(&mut into.settings, &from.settings);
+    into.files.extend(from.files);
+    if let Some(kernel) = from.kernel {
+        let k = into.kernel.get_or_insert_with(KernelFragment::default);
+        if kernel.package.is_some() {
+            k.package = kernel.package;
+        }
+        append(&mut k.initramfs_modules, &kernel.initramfs_modules);
+        append(&mut k.prune_modules, &kernel.prune_modules);
+        append(&mut k.cmdline, &kernel.cmdline);
+    }
+    if let Some(parts) = from.partitions {
+        let p = into.partitions.get_or_insert_with(PartitionsFragment::default);
+        p.esp_mib = parts.esp_mib.or(p.esp_mib);
+        p.root_mib = parts.root_mib.or(p.root_mib);
+        p.verity_mib = parts.verity_mib.or(p.verity_mib);
+        p.private_mib = parts.private_mib.or(p.private_mib);
+        p.data_mib = parts.data_mib.or(p.data_mib);
+    }
+    if let Some(systemd) = from.systemd {
+        let s = into.systemd.get_or_insert_with(SystemdFragment::default);
+        append(&mut s.enable, &systemd.enable);
+        append(&mut s.mask, &systemd.mask);
+        if systemd.default_target.is_some() {
+            s.default_target = systemd.default_target;
+        }
+    }
+}
+
+fn resolve(
+    name: &str,
+    path: &Path,
+    merged: Fragment,
+    cmdline_arch: Vec<String>,
+    arch: Arch,
+    sources: Vec<PathBuf>,
+) -> Result<Variant, VariantError> {
+    let missing = |key| VariantError::Missing {
+        variant: name.to_owned(),
+        path: path.to_owned(),
+        key,
+    };
+    let invalid = |key: &str, reason: String| VariantError::Invalid {
+        variant: name.to_owned(),
+        key: key.to_owned(),
+        reason,
+    };
+    let kernel = merged.kernel.ok_or_else(|| missing("kernel"))?;
+    let parts = merged.partitions.ok_or_else(|| missing("partitions"))?;
+    let partitions = Partitions {
+        esp_mib: parts.esp_mib.ok_or_else(|| missing("partitions.esp-mib"))?,
+        root_mib: parts.root_mib.ok_or_else(|| missing("partitions.root-mib"))?,
+        verity_mib: parts
+            .verity_mib
+            .ok_or_else(|| missing("partitions.verity-mib"))?,
+        private_mib: parts
+            .private_mib
+            .ok_or_else(|| missing("partitions.private-mib"))?,
+        data_mib: parts.data_mib.ok_or_else(|| missing("partitions.data-mib"))?,
+    };
+    // FAT32 needs at least 65525 clusters; with 512-byte clusters that is 33 MiB.
+    if partitions.esp_mib < 40 {
+        return Err(invalid(
+            "partitions.esp-mib",
+            format!("{} MiB is too small for FAT32, use 40 or more", partitions.esp_mib),
+        ));
+    }
+    for (key, mib) in [
+        ("partitions.root-mib", partitions.root_mib),
+        ("partitions.verity-mib", partitions.verity_mib),
+        ("partitions.private-mib", partitions.private_mib),
+        ("partitions.data-mib", partitions.data_mib),
+    ] {
+        if mib == 0 {
+            return Err(invalid(key, "must be at least 1".into()));
+        }
+    }
+    let kernel_package = kernel
+        .package
+        .ok_or_else(|| missing("kernel.package"))?
+        .replace("{arch}", arch.debian());
+    if merged.formats.is_empty() {
+        return Err(missing("formats"));
+    }
+    let mut cmdline = kernel.cmdline;
+    append(&mut cmdline, &cmdline_arch);
+    for arg in &cmdline {
+        if arg.starts_with("berth.") {
+            return Err(invalid(
+                "kernel.cmdline",
+                format!("`{arg}`: berth.* arguments are set by os-build per slot"),
+            ));
+        }
+        if arg.is_empty() || arg.contains(char::is_whitespace) {
+            return Err(invalid(
+                "kernel.cmdline",
+                format!("`{arg}`: one argument per list item, without spaces"),
+            ));
+        }
+    }
+    for file in merged.files.keys() {
+        if !file.starts_with('/') || file.contains("..") {
+            return Err(invalid(
+                &format!("files.\"{file}\""),
+                "must be an absolute path inside the image, without `..`".into(),
+            ));
+        }
+    }
+    let mut seen = BTreeSet::new();
+    for program in &merged.programs {
+        if !seen.insert(program) {
+            continue;
+        }
+        if crate::programs::find(program).is_none() {
+            return Err(invalid(
+                "programs",
+                format!(
+                    "unknown program `{program}`; known: {}",
+                    crate::programs::names().join(", ")
+                ),
+            ));
+        }
+    }
+    let systemd = merged.systemd.unwrap_or_default();
+    Ok(Variant {
+        name: name.to_owned(),
+        description: merged.description.unwrap_or_default(),
+        production: merged.production.ok_or_else(|| missing("production"))?,
+        packages: merged.packages,
+        kernel_package,
+        initramfs_modules: kernel.initramfs_modules,
+        prune_modules: kernel.prune_modules,
+        cmdline,
+        partitions,
+        formats: merged.formats,
+        programs: merged.programs,
+        prune: merged.prune,
+        systemd_enable: systemd.enable,
+        systemd_mask: systemd.mask,
+        default_target: systemd
+            .default_target
+            .unwrap_or_else(|| "multi-user.target".into()),
+        settings: merged.settings,
+        files: merged.files,
+        sources,
+    })
+}
+
+/// Names of the variants under `variants_dir` (folders holding a `variant.toml`).
+pub fn list(variants_dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(variants_dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| e.path().join("variant.toml").is_file())
+        .filter_map(|e| e.file_name().into_string().ok())
+        .collect();
+    names.sort();
+    names
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(dir: &Path, rel: &str, text: &str) {
+        let path = dir.join(rel);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, text).unwrap();
+    }
+
+    const BASE: &str = r#"
+        packages = ["systemd", "udev"]
+        formats = ["raw"]
+        [kernel]
+        package = "linux-image-{arch}"
+        initramfs-modules = ["virtio_blk"]
+        cmdline = ["panic=10"]
+        cmdline-arch.x86_64 = ["console=ttyS0"]
+        cmdline-arch.aarch64 = ["console=ttyAMA0"]
+        [partitions]
+        esp-mib = 64
+        root-mib = 512
+        verity-mib = 8
+        private-mib = 16
+        data-mib = 64
+    "#;
+
+    #[test]
+    fn merges_fragments_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), "shared/base.toml", BASE);
+        write(
+            dir.path(),
+            "v/variant.toml",
+            r#"
+            include = ["../shared/base.toml"]
+            production = true
+            packages = ["chrony", "systemd"]
+            formats = ["qcow2"]
+            [partitions]
+            root-mib = 600
+            "#,
+        );
+        let v = load(dir.path(), "v", Arch::Aarch64).unwrap();
+        assert_eq!(v.packages, ["systemd", "udev", "chrony"]);
+        assert_eq!(v.formats, [ImageFormat::Raw, ImageFormat::Qcow2]);
+        assert_eq!(v.kernel_package, "linux-image-arm64");
+        assert_eq!(v.cmdline, ["panic=10", "console=ttyAMA0"]);
+        assert_eq!(v.partitions.root_mib, 600);
+        assert_eq!(v.partitions.esp_mib, 64);
+        assert_eq!(v.sources.len(), 2);
+    }
+
+    #[test]
+    fn unknown_key_names_file_and_key() {
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), "shared/base.toml", &format!("{BASE}\nsize = 3\n"));
+        write(
+            dir.path(),
+            "v/variant.toml",
+            "include = [\"../shared/base.toml\"]\nproduction = true\n",
+        );
+        let err = load(dir.path(), "v", Arch::X86_64).unwrap_err().to_string();
+        assert!(err.contains("shared/base.toml"), "{err}");
+        assert!(err.contains("size"), "{err}");
+    }
+
+    #[test]
+    fn wrong_type_names_key() {
+        let dir = tempfile::tempdir().unwrap();
+        write(
+            dir.path(),
+            "v/variant.toml",
+            &format!("{BASE}\nproduction = \"yes\"\n"),
+        );
+        let err = load(dir.path(), "v", Arch::X86_64).unwrap_err().to_string();
+        assert!(err.contains("v/variant.toml"), "{err}");
+        assert!(err.contains("production") || err.contains("bool"), "{err}");
+    }
+
+    #[test]
+    fn missing_key_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), "v/variant.toml", BASE);
+        let err = load(dir.path(), "v", Arch::X86_64).unwrap_err().to_string();
+        assert!(err.contains("`production`"), "{err}");
+    }
+
+    #[test]
+    fn berth_cmdline_is_reserved() {
+        let dir = tempfile::tempdir().unwrap();
+        write(
+            dir.path(),
+            "v/variant.toml",
+            &BASE.replace("panic=10", "berth.slot=b"),
+        );
+        std::fs::write(
+            dir.path().join("v/variant.toml"),
+            format!(
+                "production = false\n{}",
+                BASE.replace("panic=10", "berth.slot=b")
+            ),
+        )
+        .unwrap();
+        let err = load(dir.path(), "v", Arch::X86_64).unwrap_err().to_string();
+        assert!(err.contains("kernel.cmdline"), "{err}");
+    }
+
+    #[test]
+    fn include_cycle_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), "a.toml", "include = [\"v/variant.toml\"]\n");
+        write(dir.path(), "v/variant.toml", "include = [\"../a.toml\"]\n");
+        let err = load(dir.path(), "v", Arch::X86_64).unwrap_err();
+        assert!(matches!(err, VariantError::IncludeCycle { .. }), "{err}");
+    }
+
+    #[test]
+    fn missing_variant_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = load(dir.path(), "nope", Arch::X86_64).unwrap_err();
+        assert!(err.to_string().contains("nope"));
+    }
+
+    #[test]
+    fn repository_variants_load() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../variants");
+        let names = list(&dir);
+        assert!(names.contains(&"qemu".to_owned()), "{names:?}");
+        for name in names {
+            for arch in Arch::ALL {
+                let v = load(&dir, &name, arch).unwrap_or_else(|e| panic!("{name}/{arch}: {e}"));
+                assert!(!v.packages.is_empty());
+            }
+        }
+    }
+}
