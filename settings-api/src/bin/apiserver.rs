@@ -1,0 +1,48 @@
+//! `apiserver`: serves the settings API on a Unix socket.
+
+use anyhow::Context;
+use clap::Parser;
+use settings_api::cli::ServerArgs;
+use settings_api::{datastore, defaults, metadata, server};
+use std::sync::Arc;
+
+fn main() -> std::process::ExitCode {
+    let args = ServerArgs::parse();
+    settings_api::init_tracing();
+    match run(args) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("apiserver: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(args: ServerArgs) -> anyhow::Result<()> {
+    let ds = datastore::Datastore::open(&args.datastore_path)
+        .with_context(|| format!("opening datastore {}", args.datastore_path.display()))?;
+    let defaults = args
+        .defaults_dir
+        .as_deref()
+        .map(defaults::load_dir)
+        .transpose()?;
+    let metadata = match &args.metadata_file {
+        Some(path) => metadata::Metadata::load(path)?,
+        None => metadata::Metadata::default(),
+    };
+    let state = server::State::open(ds, defaults, metadata, server::os_info(&args.os_release))?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .max_blocking_threads(4)
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(async {
+        let listener = server::bind(&args.socket_path, args.socket_gid)?;
+        tracing::info!(socket = %args.socket_path.display(), "listening");
+        server::notify_ready();
+        server::serve(listener, Arc::new(state))
+            .await
+            .context("serving")
+    })
+}

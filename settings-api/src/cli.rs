@@ -1,0 +1,189 @@
+//! Command-line arguments of `apiserver` and `apiclient`.
+
+use crate::paths;
+use clap::{Args, Parser, Subcommand};
+use std::path::PathBuf;
+
+/// Berth settings API server.
+#[derive(Debug, Parser)]
+#[command(name = "apiserver", version)]
+pub struct ServerArgs {
+    /// Unix socket to listen on (created with mode 0660).
+    #[arg(long, default_value = paths::API_SOCKET)]
+    pub socket_path: PathBuf,
+    /// Root directory of the settings datastore.
+    #[arg(long, default_value = paths::DATASTORE)]
+    pub datastore_path: PathBuf,
+    /// Directory of the variant's default settings (`*.toml`, merged in lexical order).
+    #[arg(long)]
+    pub defaults_dir: Option<PathBuf>,
+    /// Service metadata file (setting prefixes, services, configuration files).
+    #[arg(long)]
+    pub metadata_file: Option<PathBuf>,
+    /// Group that owns the socket (the `api` group on a host).
+    #[arg(long)]
+    pub socket_gid: Option<u32>,
+    /// os-release file served at /os.
+    #[arg(long, default_value = paths::OS_RELEASE)]
+    pub os_release: PathBuf,
+}
+
+/// Berth settings API client.
+#[derive(Debug, Parser)]
+#[command(name = "apiclient", version)]
+pub struct ClientArgs {
+    /// API server socket.
+    #[arg(short = 's', long, global = true, default_value = paths::API_SOCKET)]
+    pub socket_path: PathBuf,
+    #[command(subcommand)]
+    pub command: ClientCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ClientCommand {
+    /// Print settings whose names start with the given prefixes (all settings when none).
+    Get {
+        /// Prefixes such as `settings.kubernetes` or `motd`.
+        prefixes: Vec<String>,
+    },
+    /// Change settings, commit and apply them in a fresh transaction.
+    Set {
+        /// Settings as a JSON object, e.g. '{"kernel": {"sysctl": {"vm.max_map_count": "262144"}}}'.
+        #[arg(short = 'j', long, conflicts_with = "settings")]
+        json: Option<String>,
+        /// `key=value` pairs; the `settings.` prefix is optional; quote keys with dots:
+        /// 'kubernetes.node-labels."example.com/role"=worker'.
+        #[arg(required_unless_present = "json")]
+        settings: Vec<String>,
+    },
+    /// Apply TOML or JSON settings (a top-level `settings` table) from files, URLs or stdin,
+    /// in one transaction.
+    Apply {
+        /// Files, `http://` URLs, or `-` for stdin (the default).
+        #[arg(short = 'f', long = "from-file")]
+        from_file: Vec<String>,
+    },
+    /// Send a raw request.
+    Raw(RawArgs),
+    /// Check for, apply or cancel an update.
+    #[command(subcommand)]
+    Update(UpdateCommand),
+    /// Reboot the host.
+    Reboot,
+    /// Print a compliance report.
+    #[command(subcommand)]
+    Report(ReportCommand),
+}
+
+#[derive(Debug, Args)]
+pub struct RawArgs {
+    /// Request path and query, e.g. /settings?keys=motd.
+    #[arg(short = 'u', long)]
+    pub uri: String,
+    /// HTTP method.
+    #[arg(short = 'm', long, default_value = "GET")]
+    pub method: String,
+    /// Request body.
+    #[arg(short = 'd', long)]
+    pub data: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum UpdateCommand {
+    /// Refresh the list of updates and print the update status.
+    Check,
+    /// Download and activate the chosen update.
+    Apply {
+        /// Refresh the list of updates first.
+        #[arg(long)]
+        check: bool,
+        /// Reboot into the update when it is activated.
+        #[arg(long)]
+        reboot: bool,
+    },
+    /// Deactivate a prepared update.
+    Cancel,
+}
+
+#[derive(Debug, Args)]
+pub struct ReportArgs {
+    /// Benchmark level, 1 or 2.
+    #[arg(short = 'l', long, value_parser = clap::value_parser!(u8).range(1..=2))]
+    pub level: Option<u8>,
+    /// Output format.
+    #[arg(short = 'f', long, value_parser = ["text", "json"])]
+    pub format: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ReportCommand {
+    /// CIS Bottlerocket benchmark.
+    Cis(ReportArgs),
+    /// CIS Kubernetes worker node benchmark.
+    CisK8s(ReportArgs),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_bottlerocket_style_invocations() {
+        let a = ClientArgs::try_parse_from([
+            "apiclient",
+            "set",
+            "motd=hi",
+            "kubernetes.node-labels.\"a.b/c\"=v",
+        ])
+        .unwrap();
+        assert!(
+            matches!(a.command, ClientCommand::Set { ref settings, .. } if settings.len() == 2)
+        );
+        assert_eq!(a.socket_path, PathBuf::from("/run/api.sock"));
+
+        let a = ClientArgs::try_parse_from([
+            "apiclient",
+            "--socket-path",
+            "/tmp/s",
+            "set",
+            "--json",
+            "{}",
+        ])
+        .unwrap();
+        assert_eq!(a.socket_path, PathBuf::from("/tmp/s"));
+        assert!(ClientArgs::try_parse_from(["apiclient", "set"]).is_err());
+
+        let a = ClientArgs::try_parse_from(["apiclient", "update", "apply", "--check", "--reboot"])
+            .unwrap();
+        assert!(matches!(
+            a.command,
+            ClientCommand::Update(UpdateCommand::Apply {
+                check: true,
+                reboot: true
+            })
+        ));
+
+        let a =
+            ClientArgs::try_parse_from(["apiclient", "report", "cis-k8s", "-l", "2", "-f", "json"])
+                .unwrap();
+        assert!(matches!(
+            a.command,
+            ClientCommand::Report(ReportCommand::CisK8s(ReportArgs { level: Some(2), .. }))
+        ));
+        assert!(ClientArgs::try_parse_from(["apiclient", "report", "cis", "-l", "3"]).is_err());
+
+        let a =
+            ClientArgs::try_parse_from(["apiclient", "raw", "-u", "/tx", "-m", "DELETE"]).unwrap();
+        assert!(
+            matches!(a.command, ClientCommand::Raw(RawArgs { ref method, .. }) if method == "DELETE")
+        );
+    }
+
+    #[test]
+    fn server_defaults() {
+        let a = ServerArgs::try_parse_from(["apiserver"]).unwrap();
+        assert_eq!(a.socket_path, PathBuf::from("/run/api.sock"));
+        assert_eq!(a.datastore_path, PathBuf::from("/private/datastore"));
+        assert!(a.socket_gid.is_none());
+    }
+}

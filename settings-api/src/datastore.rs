@@ -1,0 +1,382 @@
+//! The settings datastore: plain JSON files under one root directory.
+//!
+//! ```text
+//! <root>/version                   datastore format version ("1")
+//! <root>/live/settings.json        committed settings
+//! <root>/pending/<tx>/settings.json  pending settings of transaction <tx>
+//! ```
+//!
+//! Every file is replaced atomically: write a temporary file in the same directory, fsync
+//! it, rename it over the old one, fsync the directory. A commit is one such replacement of
+//! `live/settings.json`, so a crash at any instant leaves either the old or the new live
+//! state. The pending file of a transaction is removed only after the live file is durable;
+//! a crash in between leaves the transaction pending, and committing it again is a no-op
+//! because a merge is idempotent.
+
+use crate::key::Key;
+use serde_json::{Map, Value};
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+/// Current on-disk format; a later release migrates older ones.
+pub const FORMAT_VERSION: u32 = 1;
+
+/// Errors from the datastore.
+#[derive(Debug, thiserror::Error)]
+pub enum DatastoreError {
+    #[error("failed to read {path}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("failed to write {path}")]
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path} is not valid JSON")]
+    Corrupt {
+        path: PathBuf,
+        source: serde_json::Error,
+    },
+    #[error("datastore {path} has format version {found}; this build understands {FORMAT_VERSION} (run the migrator)")]
+    Version { path: PathBuf, found: String },
+    #[error("invalid transaction name '{0}': use 1 to 64 letters, digits, '-' or '_'")]
+    TxName(String),
+}
+
+/// A datastore rooted at a directory.
+#[derive(Debug, Clone)]
+pub struct Datastore {
+    root: PathBuf,
+}
+
+/// Checks a transaction name, which becomes a directory name.
+pub fn check_tx_name(name: &str) -> Result<(), DatastoreError> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+    if ok {
+        Ok(())
+    } else {
+        Err(DatastoreError::TxName(name.to_string()))
+    }
+}
+
+/// Deep-merges `patch` into `base`: objects merge key by key; anything else replaces.
+pub fn merge(base: &mut Value, patch: &Value) {
+    match (base, patch) {
+        (Value::Object(b), Value::Object(p)) => {
+            for (k, v) in p {
+                match b.get_mut(k) {
+                    Some(existing) if existing.is_object() && v.is_object() => merge(existing, v),
+                    _ => {
+                        b.insert(k.clone(), v.clone());
+                    }
+                }
+            }
+        }
+        (b, p) => *b = p.clone(),
+    }
+}
+
+/// Fills in keys of `defaults` that `base` does not have; returns whether anything changed.
+pub fn fill_missing(base: &mut Value, defaults: &Value) -> bool {
+    match (base, defaults) {
+        (Value::Object(b), Value::Object(d)) => {
+            let mut changed = false;
+            for (k, v) in d {
+                match b.get_mut(k) {
+                    Some(existing) => changed |= fill_missing(existing, v),
+                    None => {
+                        b.insert(k.clone(), v.clone());
+                        changed = true;
+                    }
+                }
+            }
+            changed
+        }
+        _ => false,
+    }
+}
+
+/// Leaf keys of `patch` whose value differs in `base` (a list counts as one leaf).
+pub fn changed_keys(base: &Value, patch: &Value) -> Vec<Key> {
+    fn walk(base: Option<&Value>, patch: &Value, prefix: Vec<String>, out: &mut Vec<Key>) {
+        match patch {
+            Value::Object(p) if !p.is_empty() => {
+                for (k, v) in p {
+                    let mut path = prefix.clone();
+                    path.push(k.clone());
+                    walk(base.and_then(|b| b.get(k)), v, path, out);
+                }
+            }
+            _ => {
+                if base != Some(patch) {
+                    if let Some(key) = Key::from_segments(prefix) {
+                        out.push(key);
+                    }
+                }
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(Some(base), patch, Vec::new(), &mut out);
+    out
+}
+
+fn empty() -> Value {
+    Value::Object(Map::new())
+}
+
+impl Datastore {
+    /// Opens (creating if needed) a datastore at `root`.
+    pub fn open(root: impl Into<PathBuf>) -> Result<Datastore, DatastoreError> {
+        let root = root.into();
+        for dir in [root.join("live"), root.join("pending")] {
+            fs::create_dir_all(&dir).map_err(|source| DatastoreError::Write {
+                path: dir.clone(),
+                source,
+            })?;
+        }
+        let version_path = root.join("version");
+        match fs::read_to_string(&version_path) {
+            Ok(found) => {
+                if found.trim() != FORMAT_VERSION.to_string() {
+                    return Err(DatastoreError::Version {
+                        path: version_path,
+                        found: found.trim().to_string(),
+                    });
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                write_atomic(&version_path, format!("{FORMAT_VERSION}\n").as_bytes())?;
+            }
+            Err(source) => {
+                return Err(DatastoreError::Read {
+                    path: version_path,
+                    source,
+                })
+            }
+        }
+        let ds = Datastore { root };
+        ds.remove_stray_temp_files();
+        Ok(ds)
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    fn live_path(&self) -> PathBuf {
+        self.root.join("live").join("settings.json")
+    }
+
+    fn tx_dir(&self, tx: &str) -> Result<PathBuf, DatastoreError> {
+        check_tx_name(tx)?;
+        Ok(self.root.join("pending").join(tx))
+    }
+
+    /// Temp files left by a crash mid-write are garbage: the rename never happened.
+    fn remove_stray_temp_files(&self) {
+        let dirs = std::iter::once(self.root.join("live")).chain(
+            fs::read_dir(self.root.join("pending"))
+                .into_iter()
+                .flatten()
+                .flatten()
+                .map(|e| e.path()),
+        );
+        for dir in dirs {
+            for entry in fs::read_dir(&dir).into_iter().flatten().flatten() {
+                if entry.file_name().to_string_lossy().starts_with(".tmp-") {
+                    let _ = fs::remove_file(entry.path());
+                }
+            }
+        }
+    }
+
+    /// The committed settings.
+    pub fn live(&self) -> Result<Value, DatastoreError> {
+        read_json(&self.live_path())
+    }
+
+    /// Replaces the committed settings (used to store defaults).
+    pub fn set_live(&self, value: &Value) -> Result<(), DatastoreError> {
+        write_json(&self.live_path(), value)
+    }
+
+    /// Pending settings of transaction `tx` (empty when it has none).
+    pub fn pending(&self, tx: &str) -> Result<Value, DatastoreError> {
+        read_json(&self.tx_dir(tx)?.join("settings.json"))
+    }
+
+    /// Merges an already validated `patch` into transaction `tx`.
+    pub fn patch_pending(&self, tx: &str, patch: &Value) -> Result<(), DatastoreError> {
+        let dir = self.tx_dir(tx)?;
+        let mut pending = read_json(&dir.join("settings.json"))?;
+        merge(&mut pending, patch);
+        fs::create_dir_all(&dir).map_err(|source| DatastoreError::Write {
+            path: dir.clone(),
+            source,
+        })?;
+        write_json(&dir.join("settings.json"), &pending)
+    }
+
+    /// Names of transactions with pending settings.
+    pub fn list_tx(&self) -> Result<Vec<String>, DatastoreError> {
+        let dir = self.root.join("pending");
+        let entries = fs::read_dir(&dir).map_err(|source| DatastoreError::Read {
+            path: dir.clone(),
+            source,
+        })?;
+        let mut names: Vec<String> = entries
+            .flatten()
+            .filter(|e| e.path().join("settings.json").exists())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        Ok(names)
+    }
+
+    /// Discards transaction `tx`, returning the keys it held.
+    pub fn delete_tx(&self, tx: &str) -> Result<Vec<Key>, DatastoreError> {
+        let dir = self.tx_dir(tx)?;
+        let pending = read_json(&dir.join("settings.json"))?;
+        remove_dir(&dir)?;
+        Ok(changed_keys(&Value::Null, &pending))
+    }
+
+    /// Commits transaction `tx` into live, atomically. Returns the keys whose value changed
+    /// and the new live settings.
+    pub fn commit(&self, tx: &str) -> Result<(Vec<Key>, Value), DatastoreError> {
+        let dir = self.tx_dir(tx)?;
+        let pending = read_json(&dir.join("settings.json"))?;
+        let mut live = self.live()?;
+        let changed = changed_keys(&live, &pending);
+        if !changed.is_empty() {
+            merge(&mut live, &pending);
+            write_json(&self.live_path(), &live)?;
+        }
+        remove_dir(&dir)?;
+        Ok((changed, live))
+    }
+}
+
+fn remove_dir(dir: &Path) -> Result<(), DatastoreError> {
+    match fs::remove_dir_all(dir) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(source) => Err(DatastoreError::Write {
+            path: dir.to_path_buf(),
+            source,
+        }),
+    }
+}
+
+fn read_json(path: &Path) -> Result<Value, DatastoreError> {
+    match fs::read(path) {
+        Ok(bytes) => serde_json::from_slice(&bytes).map_err(|source| DatastoreError::Corrupt {
+            path: path.to_path_buf(),
+            source,
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(empty()),
+        Err(source) => Err(DatastoreError::Read {
+            path: path.to_path_buf(),
+            source,
+        }),
+    }
+}
+
+fn write_json(path: &Path, value: &Value) -> Result<(), DatastoreError> {
+    let bytes = serde_json::to_vec_pretty(value).map_err(|source| DatastoreError::Corrupt {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    write_atomic(path, &bytes)
+}
+
+/// Writes `bytes` to `path` atomically and durably: temp file, fsync, rename, fsync dir.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), DatastoreError> {
+    let err = |source| DatastoreError::Write {
+        path: path.to_path_buf(),
+        source,
+    };
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = dir.join(format!(".tmp-{name}-{}", std::process::id()));
+    let mut file = fs::File::create(&tmp).map_err(err)?;
+    file.write_all(bytes).map_err(err)?;
+    file.sync_all().map_err(err)?;
+    drop(file);
+    fs::rename(&tmp, path).map_err(err)?;
+    fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(err)?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn transactions_are_isolated_until_commit() {
+        let dir = tempfile::tempdir().unwrap();
+        let ds = Datastore::open(dir.path()).unwrap();
+        ds.patch_pending("a", &json!({"motd": "a", "kubernetes": {"max-pods": 1}}))
+            .unwrap();
+        ds.patch_pending("b", &json!({"motd": "b"})).unwrap();
+        assert_eq!(ds.live().unwrap(), json!({}));
+        assert_eq!(ds.list_tx().unwrap(), vec!["a", "b"]);
+        let (changed, live) = ds.commit("a").unwrap();
+        let changed: Vec<String> = changed.iter().map(|k| k.to_string()).collect();
+        assert_eq!(changed, vec!["kubernetes.max-pods", "motd"]);
+        assert_eq!(live, json!({"motd": "a", "kubernetes": {"max-pods": 1}}));
+        assert_eq!(ds.pending("b").unwrap(), json!({"motd": "b"}));
+        assert_eq!(ds.list_tx().unwrap(), vec!["b"]);
+        let deleted = ds.delete_tx("b").unwrap();
+        assert_eq!(deleted.len(), 1);
+        assert_eq!(ds.live().unwrap()["motd"], "a");
+        // Re-committing an unchanged value reports nothing changed.
+        ds.patch_pending("c", &json!({"motd": "a"})).unwrap();
+        assert!(ds.commit("c").unwrap().0.is_empty());
+    }
+
+    #[test]
+    fn rejects_path_like_tx_names_and_foreign_versions() {
+        let dir = tempfile::tempdir().unwrap();
+        let ds = Datastore::open(dir.path()).unwrap();
+        assert!(matches!(
+            ds.patch_pending("../live", &json!({})),
+            Err(DatastoreError::TxName(_))
+        ));
+        assert_eq!(
+            fs::read_to_string(dir.path().join("version")).unwrap(),
+            "1\n"
+        );
+        fs::write(dir.path().join("version"), "2\n").unwrap();
+        assert!(matches!(
+            Datastore::open(dir.path()),
+            Err(DatastoreError::Version { .. })
+        ));
+    }
+
+    #[test]
+    fn fill_missing_keeps_user_values() {
+        let mut live = json!({"motd": "mine", "ntp": {}});
+        let defaults = json!({"motd": "default", "ntp": {"time-servers": ["a"]}});
+        assert!(fill_missing(&mut live, &defaults));
+        assert_eq!(
+            live,
+            json!({"motd": "mine", "ntp": {"time-servers": ["a"]}})
+        );
+        assert!(!fill_missing(&mut live, &defaults));
+    }
+}

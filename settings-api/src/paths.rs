@@ -1,0 +1,8 @@
+//! Host paths used by the settings API.
+
+/// The API socket.
+pub const API_SOCKET: &str = "/run/api.sock";
+/// Root of the settings datastore, on the `private` partition.
+pub const DATASTORE: &str = "/private/datastore";
+/// os-release file served at `/os`.
+pub const OS_RELEASE: &str = "/etc/os-release";

@@ -1,0 +1,680 @@
+//! The API server: HTTP/1.1 over a Unix socket, dispatching on [`crate::api::ROUTES`].
+//!
+//! Readers take a snapshot of the live settings (an `Arc` behind a short read lock) and never
+//! wait for writers. Writers (PATCH, commit, delete) are serialized by one async mutex and do
+//! their file I/O on the blocking pool.
+
+use crate::api::{self, Op};
+use crate::datastore::{Datastore, DatastoreError};
+use crate::key::{split_key_list, Key};
+use crate::metadata::Metadata;
+use crate::model::{typed_patch, ModelError, Settings};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::header::{HeaderValue, ALLOW, CONTENT_TYPE};
+use hyper::{Request, Response, StatusCode};
+use serde_json::{json, Map, Value};
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, RwLock};
+use tracing::{debug, info, warn, Instrument};
+
+/// Largest request body accepted.
+pub const MAX_BODY: usize = 1 << 20;
+
+/// Transaction used when the `tx` parameter is absent.
+pub const DEFAULT_TX: &str = "default";
+
+/// Errors from starting the server.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("failed to open the datastore")]
+    Datastore(#[from] DatastoreError),
+    #[error("failed to load defaults")]
+    Defaults(#[from] crate::defaults::DefaultsError),
+    #[error("failed to load metadata")]
+    Metadata(#[from] crate::metadata::MetadataError),
+    #[error("live settings in the datastore are invalid")]
+    InvalidLive(#[source] ModelError),
+    #[error("failed to bind {path}")]
+    Bind {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error("failed to set owner or mode of {path}")]
+    SocketPerms {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// An error answered to a client as `{"error": ..., "key": ...}`.
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub message: String,
+    pub key: Option<String>,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, message: impl Into<String>) -> ApiError {
+        ApiError {
+            status,
+            message: message.into(),
+            key: None,
+        }
+    }
+
+    fn bad(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::BAD_REQUEST, message)
+    }
+}
+
+impl From<ModelError> for ApiError {
+    fn from(e: ModelError) -> ApiError {
+        ApiError {
+            status: StatusCode::BAD_REQUEST,
+            message: e.to_string(),
+            key: Some(e.key),
+        }
+    }
+}
+
+impl From<DatastoreError> for ApiError {
+    fn from(e: DatastoreError) -> ApiError {
+        match e {
+            DatastoreError::TxName(_) => ApiError::bad(e.to_string()),
+            other => {
+                let mut message = other.to_string();
+                let mut source = std::error::Error::source(&other);
+                while let Some(s) = source {
+                    message.push_str(": ");
+                    message.push_str(&s.to_string());
+                    source = s.source();
+                }
+                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, message)
+            }
+        }
+    }
+}
+
+/// Committed settings as held in memory, with the serialized body of `GET /settings`.
+#[derive(Debug)]
+struct Snapshot {
+    value: Value,
+    body: Bytes,
+}
+
+impl Snapshot {
+    fn new(value: Value) -> Arc<Snapshot> {
+        let body = Bytes::from(serde_json::to_vec(&value).unwrap_or_default());
+        Arc::new(Snapshot { value, body })
+    }
+}
+
+/// Server state shared by all connections.
+#[derive(Debug)]
+pub struct State {
+    ds: Datastore,
+    live: RwLock<Arc<Snapshot>>,
+    writer: tokio::sync::Mutex<()>,
+    metadata: Metadata,
+    os: BTreeMap<String, String>,
+}
+
+impl State {
+    /// Opens the datastore, fills in defaults the live settings lack, and loads metadata.
+    pub fn open(
+        ds: Datastore,
+        defaults: Option<Value>,
+        metadata: Metadata,
+        os: BTreeMap<String, String>,
+    ) -> Result<State, ServerError> {
+        let mut live = ds.live()?;
+        Settings::from_json(&live).map_err(ServerError::InvalidLive)?;
+        if let Some(defaults) = defaults {
+            if crate::datastore::fill_missing(&mut live, &defaults) {
+                Settings::from_json(&live).map_err(ServerError::InvalidLive)?;
+                ds.set_live(&live)?;
+                info!("stored defaults for settings that were not set");
+            }
+        }
+        Ok(State {
+            ds,
+            live: RwLock::new(Snapshot::new(live)),
+            writer: tokio::sync::Mutex::new(()),
+            metadata,
+            os,
+        })
+    }
+
+    fn snapshot(&self) -> Arc<Snapshot> {
+        match self.live.read() {
+            Ok(guard) => Arc::clone(&guard),
+            Err(poisoned) => Arc::clone(&poisoned.into_inner()),
+        }
+    }
+
+    fn publish(&self, value: Value) {
+        let snap = Snapshot::new(value);
+        match self.live.write() {
+            Ok(mut guard) => *guard = snap,
+            Err(poisoned) => *poisoned.into_inner() = snap,
+        }
+    }
+
+    /// Runs a datastore write on the blocking pool while holding the writer lock.
+    async fn write<T, F>(&self, f: F) -> Result<T, ApiError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Datastore) -> Result<T, DatastoreError> + Send + 'static,
+    {
+        let _guard = self.writer.lock().await;
+        let ds = self.ds.clone();
+        tokio::task::spawn_blocking(move || f(&ds))
+            .await
+            .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
+            .map_err(ApiError::from)
+    }
+}
+
+/// Parsed query string: last value wins for repeated names.
+fn parse_query(query: Option<&str>) -> Result<BTreeMap<String, String>, ApiError> {
+    let mut out = BTreeMap::new();
+    for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        out.insert(percent_decode(k)?, percent_decode(v)?);
+    }
+    Ok(out)
+}
+
+/// Decodes `%XX` escapes and `+` (form encoding) into UTF-8 text.
+pub fn percent_decode(s: &str) -> Result<String, ApiError> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'%' => {
+                let hex = bytes
+                    .get(i + 1..i + 3)
+                    .and_then(|h| std::str::from_utf8(h).ok())
+                    .and_then(|h| u8::from_str_radix(h, 16).ok())
+                    .ok_or_else(|| ApiError::bad(format!("bad percent-escape in query '{s}'")))?;
+                out.push(hex);
+                i += 3;
+            }
+            b'+' => {
+                out.push(b' ');
+                i += 1;
+            }
+            b => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out).map_err(|_| ApiError::bad(format!("query '{s}' is not UTF-8")))
+}
+
+/// Encodes a query value so that [`percent_decode`] returns it unchanged.
+pub fn percent_encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-_.~/:".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+fn tx_param(q: &BTreeMap<String, String>) -> String {
+    q.get("tx")
+        .filter(|t| !t.is_empty())
+        .cloned()
+        .unwrap_or_else(|| DEFAULT_TX.to_string())
+}
+
+fn parse_keys(list: &str) -> Result<Vec<Key>, ApiError> {
+    split_key_list(list)
+        .iter()
+        .map(|k| Key::parse_setting(k).map_err(|e| ApiError::bad(e.to_string())))
+        .collect()
+}
+
+fn key_strings(keys: &[Key]) -> Value {
+    Value::Array(
+        keys.iter()
+            .map(|k| Value::String(k.with_settings_prefix()))
+            .collect(),
+    )
+}
+
+/// Copies the values at `keys` out of `root` into a fresh nested object.
+fn select(root: &Value, keys: &[Key]) -> Value {
+    let mut out = Value::Object(Map::new());
+    for key in keys {
+        if let Some(v) = key.lookup(root) {
+            crate::datastore::merge(&mut out, &key.nest(v.clone()));
+        }
+    }
+    out
+}
+
+fn json_response(status: StatusCode, body: Bytes) -> Response<Full<Bytes>> {
+    let mut resp = Response::new(Full::new(body));
+    *resp.status_mut() = status;
+    resp.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    resp
+}
+
+fn ok_json(value: &Value) -> Result<Response<Full<Bytes>>, ApiError> {
+    Ok(json_response(
+        StatusCode::OK,
+        Bytes::from(serde_json::to_vec(value).unwrap_or_default()),
+    ))
+}
+
+fn no_content() -> Result<Response<Full<Bytes>>, ApiError> {
+    let mut resp = Response::new(Full::new(Bytes::new()));
+    *resp.status_mut() = StatusCode::NO_CONTENT;
+    Ok(resp)
+}
+
+fn error_response(e: &ApiError) -> Response<Full<Bytes>> {
+    let mut body = json!({"error": e.message});
+    if let Some(key) = &e.key {
+        body["key"] = json!(key);
+    }
+    json_response(
+        e.status,
+        Bytes::from(serde_json::to_vec(&body).unwrap_or_default()),
+    )
+}
+
+async fn read_json_body(req: Request<Incoming>) -> Result<Value, ApiError> {
+    let body = Limited::new(req.into_body(), MAX_BODY)
+        .collect()
+        .await
+        .map_err(|e| {
+            if e.is::<http_body_util::LengthLimitError>() {
+                ApiError::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    format!("request body is larger than {MAX_BODY} bytes"),
+                )
+            } else {
+                ApiError::bad(format!("failed to read request body: {e}"))
+            }
+        })?
+        .to_bytes();
+    serde_json::from_slice(&body)
+        .map_err(|e| ApiError::bad(format!("request body is not JSON: {e}")))
+}
+
+fn not_implemented(what: &str) -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_IMPLEMENTED,
+        format!("{what} is not implemented in this release of Berth (see settings-api/README.md)"),
+    )
+}
+
+/// Handles one request.
+pub async fn handle(state: Arc<State>, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    let method = req.method().as_str().to_string();
+    let path = req.uri().path().to_string();
+    let span = tracing::debug_span!("request", %method, %path);
+    async move {
+        let resp = match api::find(&method, &path) {
+            Ok(route) => match dispatch(&state, route.op, req).await {
+                Ok(resp) => resp,
+                Err(e) => {
+                    if e.status.is_server_error() && e.status != StatusCode::NOT_IMPLEMENTED {
+                        warn!(status = %e.status, "{}", e.message);
+                    } else {
+                        debug!(status = %e.status, "{}", e.message);
+                    }
+                    error_response(&e)
+                }
+            },
+            Err(allowed) if allowed.is_empty() => error_response(&ApiError::new(
+                StatusCode::NOT_FOUND,
+                format!("no such path '{path}'"),
+            )),
+            Err(allowed) => {
+                let mut resp = error_response(&ApiError::new(
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    format!(
+                        "method {method} is not allowed on {path}; use {}",
+                        allowed.join(", ")
+                    ),
+                ));
+                if let Ok(v) = HeaderValue::from_str(&allowed.join(", ")) {
+                    resp.headers_mut().insert(ALLOW, v);
+                }
+                resp
+            }
+        };
+        debug!(status = %resp.status(), "done");
+        resp
+    }
+    .instrument(span)
+    .await
+}
+
+async fn dispatch(
+    state: &Arc<State>,
+    op: Op,
+    req: Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, ApiError> {
+    let q = parse_query(req.uri().query())?;
+    match op {
+        Op::GetSettings => {
+            let snap = state.snapshot();
+            if let Some(keys) = q.get("keys") {
+                ok_json(&select(&snap.value, &parse_keys(keys)?))
+            } else if let Some(prefix) = q.get("prefix").filter(|p| !p.is_empty()) {
+                let prefix =
+                    Key::parse_setting(prefix).map_err(|e| ApiError::bad(e.to_string()))?;
+                if prefix.segments() == ["settings"] {
+                    return Ok(json_response(StatusCode::OK, snap.body.clone()));
+                }
+                ok_json(&select(&snap.value, &[prefix]))
+            } else {
+                Ok(json_response(StatusCode::OK, snap.body.clone()))
+            }
+        }
+        Op::GetModel => {
+            let snap = state.snapshot();
+            let model = json!({
+                "settings": snap.value,
+                "os": state.os,
+                "services": state.metadata.services,
+                "configuration-files": state.metadata.configuration_files,
+            });
+            match q.get("prefix").filter(|p| !p.is_empty()) {
+                Some(prefix) => {
+                    let key = Key::parse(prefix).map_err(|e| ApiError::bad(e.to_string()))?;
+                    ok_json(&select(&model, &[key]))
+                }
+                None => ok_json(&model),
+            }
+        }
+        Op::PatchSettings => {
+            let tx = tx_param(&q);
+            crate::datastore::check_tx_name(&tx)?;
+            let body = read_json_body(req).await?;
+            if !body.is_object() {
+                return Err(ApiError::bad(
+                    "request body must be a JSON object of settings, e.g. {\"motd\": \"hi\"}",
+                ));
+            }
+            let patch = Settings::canonicalize(&body)?;
+            state.write(move |ds| ds.patch_pending(&tx, &patch)).await?;
+            no_content()
+        }
+        Op::PatchKeypair => {
+            let tx = tx_param(&q);
+            crate::datastore::check_tx_name(&tx)?;
+            let body = read_json_body(req).await?;
+            let pairs = body.as_object().ok_or_else(|| {
+                ApiError::bad("request body must be a JSON object {\"dotted.key\": \"value\"}")
+            })?;
+            let mut patch = Value::Object(Map::new());
+            for (key, raw) in pairs {
+                let parsed = Key::parse_setting(key).map_err(|e| ApiError {
+                    status: StatusCode::BAD_REQUEST,
+                    message: e.to_string(),
+                    key: Some(key.clone()),
+                })?;
+                let raw = match raw {
+                    Value::String(s) => s.clone(),
+                    other => other.to_string(),
+                };
+                crate::datastore::merge(&mut patch, &typed_patch(&parsed, &raw)?);
+            }
+            let patch = Settings::canonicalize(&patch)?;
+            state.write(move |ds| ds.patch_pending(&tx, &patch)).await?;
+            no_content()
+        }
+        Op::GetTx => {
+            let tx = tx_param(&q);
+            let ds = state.ds.clone();
+            let pending = tokio::task::spawn_blocking(move || ds.pending(&tx))
+                .await
+                .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))??;
+            ok_json(&pending)
+        }
+        Op::DeleteTx => {
+            let tx = tx_param(&q);
+            let keys = state.write(move |ds| ds.delete_tx(&tx)).await?;
+            ok_json(&key_strings(&keys))
+        }
+        Op::ListTx => {
+            let ds = state.ds.clone();
+            let list = tokio::task::spawn_blocking(move || ds.list_tx())
+                .await
+                .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))??;
+            ok_json(&json!(list))
+        }
+        Op::CommitTx | Op::CommitAndApplyTx => {
+            let tx = tx_param(&q);
+            let span_tx = tx.clone();
+            let (changed, live) = state.write(move |ds| ds.commit(&tx)).await?;
+            if !changed.is_empty() {
+                state.publish(live);
+            }
+            info!(tx = %span_tx, changed = changed.len(), "committed");
+            if op == Op::CommitAndApplyTx {
+                apply(state, &changed);
+            }
+            ok_json(&key_strings(&changed))
+        }
+        Op::ApplyTx => {
+            let keys = match q.get("keys") {
+                Some(list) => parse_keys(list)?,
+                None => leaf_keys(&state.snapshot().value),
+            };
+            apply(state, &keys);
+            no_content()
+        }
+        Op::GetOs => ok_json(&json!(state.os)),
+        Op::AffectedServices => {
+            let list = q
+                .get("keys")
+                .ok_or_else(|| ApiError::bad("missing required query parameter 'keys'"))?;
+            let mut out = Map::new();
+            for (raw, key) in split_key_list(list).iter().zip(parse_keys(list)?) {
+                let services: Vec<String> =
+                    state.metadata.affected_services(&key).into_iter().collect();
+                let name = if raw.starts_with("settings.") {
+                    raw.clone()
+                } else {
+                    key.with_settings_prefix()
+                };
+                out.insert(name, json!(services));
+            }
+            ok_json(&Value::Object(out))
+        }
+        Op::Services => ok_json(&pick(&state.metadata.services, q.get("names"), "service")?),
+        Op::ConfigurationFiles => ok_json(&pick(
+            &state.metadata.configuration_files,
+            q.get("names"),
+            "configuration file",
+        )?),
+        Op::Reboot => Err(not_implemented("reboot")),
+        Op::RefreshUpdates | Op::PrepareUpdate | Op::ActivateUpdate | Op::DeactivateUpdate => {
+            Err(not_implemented("the update action"))
+        }
+        Op::UpdateStatus => Err(not_implemented("update status")),
+        Op::ReportCis | Op::ReportCisK8s => Err(not_implemented("the CIS report")),
+    }
+}
+
+fn pick<T: serde::Serialize>(
+    all: &BTreeMap<String, T>,
+    names: Option<&String>,
+    what: &str,
+) -> Result<Value, ApiError> {
+    let Some(names) = names else {
+        return Ok(json!(all));
+    };
+    let mut out = Map::new();
+    for name in names.split(',').filter(|n| !n.is_empty()) {
+        let item = all.get(name).ok_or_else(|| {
+            ApiError::new(StatusCode::NOT_FOUND, format!("no {what} named '{name}'"))
+        })?;
+        out.insert(name.to_string(), json!(item));
+    }
+    Ok(Value::Object(out))
+}
+
+/// All leaf keys of `value`.
+fn leaf_keys(value: &Value) -> Vec<Key> {
+    crate::datastore::changed_keys(&Value::Null, value)
+}
+
+/// Applies changed keys: finds the affected services. Rendering their configuration files and
+/// restarting them through systemd's D-Bus API is the config renderer's job (a later issue);
+/// until then this records what would be applied.
+fn apply(state: &State, keys: &[Key]) {
+    let services: BTreeSet<String> = keys
+        .iter()
+        .flat_map(|k| state.metadata.affected_services(k))
+        .collect();
+    if !services.is_empty() {
+        info!(services = ?services, "settings applied; affected services need a restart");
+    }
+}
+
+/// Tells systemd the server is ready when `NOTIFY_SOCKET` is set.
+pub fn notify_ready() {
+    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
+        return;
+    };
+    let sock = match std::os::unix::net::UnixDatagram::unbound() {
+        Ok(s) => s,
+        Err(e) => {
+            warn!("sd_notify: cannot create socket: {e}");
+            return;
+        }
+    };
+    let bytes = std::os::unix::ffi::OsStrExt::as_bytes(path.as_os_str());
+    let result = if let Some(name) = bytes.strip_prefix(b"@") {
+        <std::os::unix::net::SocketAddr as std::os::linux::net::SocketAddrExt>::from_abstract_name(
+            name,
+        )
+        .and_then(|addr| sock.send_to_addr(b"READY=1", &addr))
+    } else {
+        sock.send_to(b"READY=1", &path)
+    };
+    if let Err(e) = result {
+        warn!("sd_notify READY=1 failed: {e}");
+    }
+}
+
+/// Binds the socket (replacing a stale one), sets mode 0660 and the optional group.
+pub fn bind(
+    path: &std::path::Path,
+    gid: Option<u32>,
+) -> Result<tokio::net::UnixListener, ServerError> {
+    use std::os::unix::fs::PermissionsExt;
+    if let Some(dir) = path.parent() {
+        let _ = std::fs::create_dir_all(dir);
+    }
+    match std::fs::remove_file(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(source) => {
+            return Err(ServerError::Bind {
+                path: path.to_path_buf(),
+                source,
+            })
+        }
+    }
+    let listener = tokio::net::UnixListener::bind(path).map_err(|source| ServerError::Bind {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let perms_err = |source| ServerError::SocketPerms {
+        path: path.to_path_buf(),
+        source,
+    };
+    if let Some(gid) = gid {
+        std::os::unix::fs::chown(path, None, Some(gid)).map_err(perms_err)?;
+    }
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660)).map_err(perms_err)?;
+    Ok(listener)
+}
+
+/// Serves connections forever.
+pub async fn serve(listener: tokio::net::UnixListener, state: Arc<State>) -> std::io::Result<()> {
+    loop {
+        let (stream, _) = match listener.accept().await {
+            Ok(conn) => conn,
+            Err(e) => {
+                // Out of file descriptors and similar: back off instead of spinning.
+                warn!("accept failed: {e}");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let state = Arc::clone(&state);
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |req| {
+                let state = Arc::clone(&state);
+                async move { Ok::<_, std::convert::Infallible>(handle(state, req).await) }
+            });
+            if let Err(e) = hyper::server::conn::http1::Builder::new()
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                .await
+            {
+                debug!("connection ended: {e}");
+            }
+        });
+    }
+}
+
+/// Reads an os-release file into the `/os` map.
+pub fn os_info(os_release: &std::path::Path) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    if let Ok(text) = std::fs::read_to_string(os_release) {
+        for line in text.lines() {
+            if let Some((k, v)) = line.split_once('=') {
+                let k = k.trim().to_ascii_lowercase();
+                if matches!(
+                    k.as_str(),
+                    "pretty_name" | "variant_id" | "version_id" | "build_id" | "id"
+                ) {
+                    out.insert(k, v.trim().trim_matches('"').to_string());
+                }
+            }
+        }
+    }
+    out.insert("arch".into(), std::env::consts::ARCH.to_string());
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percent_round_trip() {
+        let s = r#"kubernetes.node-labels."a.b/c d",motd"#;
+        assert_eq!(percent_decode(&percent_encode(s)).unwrap(), s);
+        assert!(percent_decode("%zz").is_err());
+    }
+
+    #[test]
+    fn select_copies_nested_keys() {
+        let live = json!({"motd": "m", "kubernetes": {"max-pods": 3, "cluster-name": "c"}});
+        let keys = parse_keys("settings.kubernetes.max-pods,motd,nope").unwrap();
+        assert_eq!(
+            select(&live, &keys),
+            json!({"motd": "m", "kubernetes": {"max-pods": 3}})
+        );
+    }
+}
