@@ -1,0 +1,23 @@
+//! Console lines the boot contract (docs/boot.md) promises, as regular expressions.
+
+/// The kernel's banner: first kernel line on the serial console, once per boot.
+pub const KERNEL_BANNER: &str = r"Linux version \d";
+/// Any line of the initramfs PID 1.
+pub const EARLY_INIT: &str = r"early-init: ";
+/// early-init's last line before it execs systemd.
+pub const SWITCH_ROOT: &str = r"early-init: switching root to systemd";
+/// early-init's single failure line.
+pub const EARLY_INIT_FATAL: &str = r"early-init: FATAL: ";
+/// systemd reached multi-user.target.
+pub const MULTI_USER: &str = r"Reached target.*[Mm]ulti-[Uu]ser";
+/// The UEFI boot manager starting a boot option: printed once per firmware boot.
+pub const FIRMWARE_BOOT: &str = r"BdsDxe: (loading|starting) Boot";
+/// The kernel reporting a block that does not match the dm-verity hash tree.
+pub const VERITY_CORRUPTION: &str = r"device-mapper: verity: .*(corrupted|corruption)";
+/// The kernel restarting the machine (for instance after dm-verity corruption).
+pub const KERNEL_RESTART: &str = r"reboot: Restarting system";
+/// A line of the guest probe: `berth-probe: key=value`, as printed, or with journald's
+/// console prefix (`StandardOutput=journal+console`): `berth-probe[pid]: berth-probe: ...`.
+pub const PROBE_LINE: &str = r"berth-probe(?:\[\d+\])?: (?:berth-probe: )?(.*)$";
+/// The probe's last line.
+pub const PROBE_END: &str = r"berth-probe(?:\[\d+\])?: (?:berth-probe: )?end\s*$";

@@ -1,0 +1,887 @@
+//! The `Vm` builder and the running VM.
+//!
+//! Every VM gets a private temporary directory holding a qcow2 overlay per disk (the built
+//! image is never written), a copy of the firmware variable store, the QMP socket, QEMU's
+//! stderr and, unless told otherwise, the serial log. The serial console is QEMU's stdout
+//! (`-chardev stdio`), so no byte is lost before the harness is ready to read.
+
+use std::fs::{self, File};
+use std::io::{self, Read, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+use regex::Regex;
+use serde_json::Value;
+use tempfile::TempDir;
+
+use crate::console::{Console, ConsoleState, Line, WaitOutcome};
+use crate::qmp::{Qmp, QmpError};
+use crate::{paths, Arch};
+
+/// How many serial lines an error shows.
+const TAIL_LINES: usize = 40;
+/// How much of QEMU's stderr an error shows.
+const STDERR_TAIL_BYTES: u64 = 4000;
+
+#[derive(Debug, thiserror::Error)]
+pub enum VmError {
+    #[error("create the VM's temporary directory")]
+    TempDir(#[source] io::Error),
+    #[error("firmware {path} not found; install the host tools with scripts/host-deps.sh")]
+    FirmwareMissing { path: PathBuf },
+    #[error("copy the firmware variables {from} to {to}")]
+    CopyVars {
+        from: PathBuf,
+        to: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("disk image {path} not found")]
+    DiskMissing {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("qemu-img could not {action} {path}: {stderr}")]
+    QemuImg {
+        action: &'static str,
+        path: PathBuf,
+        stderr: String,
+    },
+    #[error("run {program}; install the host tools with scripts/host-deps.sh")]
+    Spawn {
+        program: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("create {path}")]
+    CreateFile {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("start the serial console reader")]
+    ReaderThread(#[source] io::Error),
+    #[error("invalid pattern `{pattern}`")]
+    Pattern {
+        pattern: String,
+        #[source]
+        source: regex::Error,
+    },
+    #[error("timed out after {waited:?} waiting for {what}; last serial lines:\n{tail}")]
+    Timeout {
+        what: String,
+        waited: Duration,
+        tail: String,
+    },
+    #[error(
+        "QEMU exited ({status}) while waiting for {what}; QEMU stderr:\n{stderr}\nlast serial lines:\n{tail}"
+    )]
+    Exited {
+        what: String,
+        status: String,
+        stderr: String,
+        tail: String,
+    },
+    #[error("QMP command {command}")]
+    Qmp {
+        command: String,
+        #[source]
+        source: QmpError,
+    },
+    #[error("wait for QEMU")]
+    Wait(#[source] io::Error),
+    #[error("kill QEMU")]
+    Kill(#[source] io::Error),
+}
+
+/// Something a console line is matched against: a regular expression, given as text or
+/// already compiled.
+pub trait Pattern {
+    fn to_regex(&self) -> Result<Regex, VmError>;
+}
+
+impl Pattern for str {
+    fn to_regex(&self) -> Result<Regex, VmError> {
+        Regex::new(self).map_err(|source| VmError::Pattern {
+            pattern: self.to_owned(),
+            source,
+        })
+    }
+}
+
+impl Pattern for String {
+    fn to_regex(&self) -> Result<Regex, VmError> {
+        self.as_str().to_regex()
+    }
+}
+
+impl Pattern for Regex {
+    fn to_regex(&self) -> Result<Regex, VmError> {
+        Ok(self.clone())
+    }
+}
+
+/// How [`RunningVm::power_off`] ended the VM.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PowerOff {
+    /// The guest powered off after the ACPI / GPIO power button, in `after`.
+    Guest { after: Duration, status: ExitStatus },
+    /// The guest ignored the power button; QEMU quit on the QMP `quit` command.
+    Quit,
+    /// QEMU did not quit either and was killed.
+    Killed,
+    /// QEMU had already exited.
+    AlreadyExited(ExitStatus),
+}
+
+/// Entry point: `Vm::builder(Arch::X86_64)`.
+#[derive(Debug)]
+pub struct Vm;
+
+impl Vm {
+    pub fn builder(arch: Arch) -> VmBuilder {
+        VmBuilder::new(arch)
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Disk {
+    path: PathBuf,
+    size: Option<u64>,
+}
+
+#[derive(Debug, Clone)]
+enum FwCfg {
+    File(String, PathBuf),
+    String(String, String),
+}
+
+/// Configures a VM; [`VmBuilder::boot`] starts it.
+#[derive(Debug, Clone)]
+pub struct VmBuilder {
+    arch: Arch,
+    name: String,
+    disks: Vec<Disk>,
+    memory_mib: u32,
+    cpus: u32,
+    cpu_model: String,
+    firmware: (PathBuf, PathBuf),
+    fw_cfg: Vec<FwCfg>,
+    serial_log: Option<PathBuf>,
+    net_user: Option<Vec<String>>,
+    extra_args: Vec<String>,
+}
+
+/// Files of one VM that the QEMU command line refers to.
+#[derive(Debug, Clone)]
+struct Layout {
+    vars: PathBuf,
+    overlays: Vec<PathBuf>,
+    qmp: PathBuf,
+}
+
+impl VmBuilder {
+    fn new(arch: Arch) -> Self {
+        let (cpu_model, code, vars) = match arch {
+            Arch::X86_64 => ("max", paths::OVMF_CODE, paths::OVMF_VARS),
+            // pauth-impdef: the QARMA pointer-authentication cipher is very slow under TCG.
+            Arch::Aarch64 => ("max,pauth-impdef=on", paths::AAVMF_CODE, paths::AAVMF_VARS),
+        };
+        VmBuilder {
+            arch,
+            name: format!("berth-{arch}"),
+            disks: Vec::new(),
+            memory_mib: 1024,
+            cpus: 2,
+            cpu_model: cpu_model.to_owned(),
+            firmware: (PathBuf::from(code), PathBuf::from(vars)),
+            fw_cfg: Vec::new(),
+            serial_log: None,
+            net_user: None,
+            extra_args: Vec::new(),
+        }
+    }
+
+    /// Name for QEMU's `-name` and the logs.
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.name = name.into();
+        self
+    }
+
+    /// Adds a virtio-blk disk backed by `path` (qcow2 or raw). The VM writes to a qcow2
+    /// overlay in its temporary directory; `path` is never modified.
+    pub fn disk(mut self, path: impl AsRef<Path>) -> Self {
+        self.disks.push(Disk {
+            path: path.as_ref().to_owned(),
+            size: None,
+        });
+        self
+    }
+
+    /// Like [`VmBuilder::disk`], with the overlay grown to `bytes` (never shrunk), as a
+    /// larger cloud volume would be.
+    pub fn disk_with_size(mut self, path: impl AsRef<Path>, bytes: u64) -> Self {
+        self.disks.push(Disk {
+            path: path.as_ref().to_owned(),
+            size: Some(bytes),
+        });
+        self
+    }
+
+    pub fn memory_mib(mut self, mib: u32) -> Self {
+        self.memory_mib = mib;
+        self
+    }
+
+    pub fn cpus(mut self, cpus: u32) -> Self {
+        self.cpus = cpus;
+        self
+    }
+
+    /// QEMU `-cpu` value; defaults to `max` (x86_64) and `max,pauth-impdef=on` (aarch64).
+    pub fn cpu_model(mut self, model: impl Into<String>) -> Self {
+        self.cpu_model = model.into();
+        self
+    }
+
+    /// Firmware code and variable-store template instead of the OVMF / AAVMF defaults.
+    pub fn firmware(mut self, code: impl AsRef<Path>, vars: impl AsRef<Path>) -> Self {
+        self.firmware = (code.as_ref().to_owned(), vars.as_ref().to_owned());
+        self
+    }
+
+    /// A fw_cfg file with the content of `path`. Guest-visible names start with `opt/`.
+    pub fn fw_cfg_file(mut self, name: impl Into<String>, path: impl AsRef<Path>) -> Self {
+        self.fw_cfg
+            .push(FwCfg::File(name.into(), path.as_ref().to_owned()));
+        self
+    }
+
+    /// A fw_cfg file with `value` as content.
+    pub fn fw_cfg_string(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
+        self.fw_cfg.push(FwCfg::String(name.into(), value.into()));
+        self
+    }
+
+    /// Where to write the timestamped serial log (default: `serial.log` in the VM's
+    /// temporary directory). Parent directories are created.
+    pub fn serial_log(mut self, path: impl AsRef<Path>) -> Self {
+        self.serial_log = Some(path.as_ref().to_owned());
+        self
+    }
+
+    /// A virtio-net NIC on QEMU's user-mode network, with `hostfwd` rules such as
+    /// `tcp:127.0.0.1:2222-:22`. Without this call the VM has no network.
+    pub fn net_user<I, S>(mut self, hostfwd: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.net_user = Some(hostfwd.into_iter().map(Into::into).collect());
+        self
+    }
+
+    /// A raw QEMU argument, appended last.
+    pub fn arg(mut self, arg: impl Into<String>) -> Self {
+        self.extra_args.push(arg.into());
+        self
+    }
+
+    fn qemu_args(&self, layout: &Layout) -> Vec<String> {
+        let mut a: Vec<String> = Vec::new();
+        let mut push = |items: &[&str]| a.extend(items.iter().map(|s| (*s).to_owned()));
+        push(&["-nodefaults", "-no-user-config", "-display", "none"]);
+        push(&["-name", &self.name]);
+        match self.arch {
+            Arch::X86_64 => push(&["-machine", "q35"]),
+            Arch::Aarch64 => push(&["-machine", "virt"]),
+        }
+        push(&["-accel", "tcg,thread=multi", "-cpu", &self.cpu_model]);
+        push(&["-smp", &self.cpus.to_string()]);
+        push(&["-m", &format!("{}M", self.memory_mib)]);
+        let code = escape(&self.firmware.0.to_string_lossy());
+        let vars = escape(&layout.vars.to_string_lossy());
+        push(&[
+            "-drive",
+            &format!("if=pflash,format=raw,unit=0,readonly=on,file={code}"),
+            "-drive",
+            &format!("if=pflash,format=raw,unit=1,file={vars}"),
+        ]);
+        for (i, overlay) in layout.overlays.iter().enumerate() {
+            let file = escape(&overlay.to_string_lossy());
+            push(&[
+                "-drive",
+                &format!("if=none,id=disk{i},format=qcow2,file={file}"),
+                "-device",
+                &format!("virtio-blk-pci,drive=disk{i}"),
+            ]);
+        }
+        // Entropy for the guest, so that nothing in early boot waits for the CRNG.
+        push(&[
+            "-object",
+            "rng-random,id=rng0,filename=/dev/urandom",
+            "-device",
+            "virtio-rng-pci,rng=rng0",
+        ]);
+        push(&[
+            "-chardev",
+            "stdio,id=serial0,signal=off",
+            "-serial",
+            "chardev:serial0",
+        ]);
+        let qmp = escape(&layout.qmp.to_string_lossy());
+        push(&["-qmp", &format!("unix:{qmp},server=on,wait=off")]);
+        for entry in &self.fw_cfg {
+            let spec = match entry {
+                FwCfg::File(name, path) => {
+                    format!(
+                        "name={},file={}",
+                        escape(name),
+                        escape(&path.to_string_lossy())
+                    )
+                }
+                FwCfg::String(name, value) => {
+                    format!("name={},string={}", escape(name), escape(value))
+                }
+            };
+            push(&["-fw_cfg", &spec]);
+        }
+        if let Some(rules) = &self.net_user {
+            let mut netdev = "user,id=net0".to_owned();
+            for rule in rules {
+                netdev.push_str(",hostfwd=");
+                netdev.push_str(&escape(rule));
+            }
+            push(&["-netdev", &netdev, "-device", "virtio-net-pci,netdev=net0"]);
+        }
+        a.extend(self.extra_args.iter().cloned());
+        a
+    }
+
+    /// Prepares the VM's directory and starts QEMU.
+    pub fn boot(self) -> Result<RunningVm, VmError> {
+        let tempdir = tempfile::Builder::new()
+            .prefix("berth-vm-")
+            .tempdir()
+            .map_err(VmError::TempDir)?;
+        let keep = std::env::var_os(paths::KEEP_VAR).is_some_and(|v| v == "1");
+        let (tempdir, dir) = if keep {
+            let dir = tempdir.keep();
+            tracing::info!(dir = %dir.display(), "keeping the VM directory");
+            (None, dir)
+        } else {
+            let dir = tempdir.path().to_owned();
+            (Some(tempdir), dir)
+        };
+
+        let (code, vars_template) = &self.firmware;
+        for path in [code, vars_template] {
+            if !path.is_file() {
+                return Err(VmError::FirmwareMissing { path: path.clone() });
+            }
+        }
+        let vars = dir.join("vars.fd");
+        fs::copy(vars_template, &vars).map_err(|source| VmError::CopyVars {
+            from: vars_template.clone(),
+            to: vars.clone(),
+            source,
+        })?;
+
+        let mut overlays = Vec::new();
+        for (i, disk) in self.disks.iter().enumerate() {
+            let overlay = dir.join(format!("disk{i}.qcow2"));
+            create_overlay(disk, &overlay)?;
+            overlays.push(overlay);
+        }
+        let layout = Layout {
+            vars,
+            overlays,
+            qmp: dir.join("qmp.sock"),
+        };
+        let args = self.qemu_args(&layout);
+
+        let serial_log = self
+            .serial_log
+            .clone()
+            .unwrap_or_else(|| dir.join("serial.log"));
+        if let Some(parent) = serial_log.parent() {
+            fs::create_dir_all(parent).map_err(|source| VmError::CreateFile {
+                path: parent.to_owned(),
+                source,
+            })?;
+        }
+        let log = File::create(&serial_log).map_err(|source| VmError::CreateFile {
+            path: serial_log.clone(),
+            source,
+        })?;
+        let stderr_path = dir.join("qemu.stderr");
+        let stderr = File::create(&stderr_path).map_err(|source| VmError::CreateFile {
+            path: stderr_path.clone(),
+            source,
+        })?;
+
+        let program = self.arch.qemu_binary();
+        tracing::info!(vm = %self.name, "{program} {}", args.join(" "));
+        let start = Instant::now();
+        let mut child = Command::new(program)
+            .args(&args)
+            .current_dir(&dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(stderr)
+            .spawn()
+            .map_err(|source| VmError::Spawn {
+                program: program.to_owned(),
+                source,
+            })?;
+        let console = Arc::new(Console::new(start));
+        let reader = match child.stdout.take() {
+            Some(stdout) => {
+                let console = Arc::clone(&console);
+                let spawned = thread::Builder::new()
+                    .name(format!("serial-{}", self.name))
+                    .spawn(move || console.read_from(stdout, Some(log)));
+                match spawned {
+                    Ok(handle) => Some(handle),
+                    Err(e) => {
+                        // Do not leave QEMU running without anyone reading its console.
+                        let _ = child.kill();
+                        let _ = child.wait();
+                        return Err(VmError::ReaderThread(e));
+                    }
+                }
+            }
+            None => None,
+        };
+        Ok(RunningVm {
+            name: self.name,
+            arch: self.arch,
+            child: Mutex::new(child),
+            console,
+            reader,
+            start,
+            dir,
+            _tempdir: tempdir,
+            serial_log,
+            stderr_path,
+            qmp_path: layout.qmp,
+        })
+    }
+}
+
+/// QEMU option values escape a comma by doubling it.
+fn escape(value: &str) -> String {
+    value.replace(',', ",,")
+}
+
+fn create_overlay(disk: &Disk, overlay: &Path) -> Result<(), VmError> {
+    let backing = fs::canonicalize(&disk.path).map_err(|source| VmError::DiskMissing {
+        path: disk.path.clone(),
+        source,
+    })?;
+    let info = run_qemu_img(
+        "inspect",
+        &backing,
+        &["info", "-U", "--output=json", &backing.to_string_lossy()],
+    )?;
+    let info: Value = serde_json::from_str(&info).map_err(|e| VmError::QemuImg {
+        action: "inspect",
+        path: backing.clone(),
+        stderr: format!("unreadable JSON from qemu-img info: {e}"),
+    })?;
+    let format = info.get("format").and_then(Value::as_str).unwrap_or("raw");
+    let backing_size = info
+        .get("virtual-size")
+        .and_then(Value::as_u64)
+        .unwrap_or(0);
+    let size = disk.size.unwrap_or(0).max(backing_size);
+    // -u: the size is known, so qemu-img need not open (and lock) the backing file.
+    run_qemu_img(
+        "create an overlay over",
+        &backing,
+        &[
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-F",
+            format,
+            "-b",
+            &backing.to_string_lossy(),
+            "-u",
+            &overlay.to_string_lossy(),
+            &size.to_string(),
+        ],
+    )?;
+    Ok(())
+}
+
+fn run_qemu_img(action: &'static str, path: &Path, args: &[&str]) -> Result<String, VmError> {
+    let output = Command::new(paths::QEMU_IMG)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|source| VmError::Spawn {
+            program: paths::QEMU_IMG.to_owned(),
+            source,
+        })?;
+    if !output.status.success() {
+        return Err(VmError::QemuImg {
+            action,
+            path: path.to_owned(),
+            stderr: String::from_utf8_lossy(&output.stderr).trim().to_owned(),
+        });
+    }
+    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+}
+
+/// A started VM. Dropping it kills QEMU.
+#[derive(Debug)]
+pub struct RunningVm {
+    name: String,
+    arch: Arch,
+    child: Mutex<Child>,
+    console: Arc<Console>,
+    reader: Option<JoinHandle<()>>,
+    start: Instant,
+    dir: PathBuf,
+    _tempdir: Option<TempDir>,
+    serial_log: PathBuf,
+    stderr_path: PathBuf,
+    qmp_path: PathBuf,
+}
+
+impl RunningVm {
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn arch(&self) -> Arch {
+        self.arch
+    }
+
+    /// The VM's temporary directory (overlays, firmware variables, QEMU stderr).
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The timestamped serial log.
+    pub fn serial_log(&self) -> &Path {
+        &self.serial_log
+    }
+
+    /// Host time since QEMU was started.
+    pub fn elapsed(&self) -> Duration {
+        self.start.elapsed()
+    }
+
+    /// Waits up to `deadline` (from now) for a console line matching `pattern`, searching
+    /// every line since the VM started, and returns the first match. An unfinished line
+    /// (a prompt) matches too.
+    pub fn wait_for_line<P: Pattern + ?Sized>(
+        &self,
+        pattern: &P,
+        deadline: Duration,
+    ) -> Result<Line, VmError> {
+        self.wait_for_nth_line(pattern, 1, deadline)
+    }
+
+    /// Waits until `n` lines (counting from 1) match `pattern` and returns the `n`-th; for
+    /// instance the second firmware banner after a reboot.
+    pub fn wait_for_nth_line<P: Pattern + ?Sized>(
+        &self,
+        pattern: &P,
+        n: usize,
+        deadline: Duration,
+    ) -> Result<Line, VmError> {
+        let re = pattern.to_regex()?;
+        let what = if n <= 1 {
+            format!("a line matching `{re}`")
+        } else {
+            format!("{n} lines matching `{re}`")
+        };
+        let mut scanned = 0;
+        let mut count = 0;
+        self.wait(what, deadline, |state| {
+            for line in &state.lines[scanned..] {
+                if re.is_match(&line.text) {
+                    count += 1;
+                    if count >= n {
+                        return Some(line.clone());
+                    }
+                }
+            }
+            scanned = state.lines.len();
+            state
+                .partial
+                .as_ref()
+                .filter(|p| count + 1 >= n && re.is_match(&p.text))
+                .cloned()
+        })
+    }
+
+    /// Waits up to `deadline` until `found` returns a value for the complete lines so far.
+    /// `what` names the condition in the error.
+    pub fn wait_until<T>(
+        &self,
+        what: &str,
+        deadline: Duration,
+        mut found: impl FnMut(&[Line]) -> Option<T>,
+    ) -> Result<T, VmError> {
+        self.wait(what.to_owned(), deadline, |state| found(&state.lines))
+    }
+
+    fn wait<T>(
+        &self,
+        what: String,
+        deadline: Duration,
+        found: impl FnMut(&ConsoleState) -> Option<T>,
+    ) -> Result<T, VmError> {
+        tracing::debug!(vm = %self.name, "waiting up to {deadline:?} for {what}");
+        match self.console.wait_until(deadline, found) {
+            WaitOutcome::Found(value) => Ok(value),
+            WaitOutcome::TimedOut => Err(VmError::Timeout {
+                what,
+                waited: deadline,
+                tail: self.tail(TAIL_LINES),
+            }),
+            WaitOutcome::Closed => Err(self.exited(what)),
+        }
+    }
+
+    fn exited(&self, what: String) -> VmError {
+        let status = match self.wait_exit(Duration::from_secs(5)) {
+            Ok(Some(status)) => status.to_string(),
+            Ok(None) => "closed its console but is still running".to_owned(),
+            Err(e) => format!("status unknown: {e}"),
+        };
+        VmError::Exited {
+            what,
+            status,
+            stderr: self.qemu_stderr(),
+            tail: self.tail(TAIL_LINES),
+        }
+    }
+
+    /// The end of QEMU's stderr.
+    pub fn qemu_stderr(&self) -> String {
+        let read = || -> io::Result<String> {
+            let mut file = File::open(&self.stderr_path)?;
+            let len = file.metadata()?.len();
+            file.seek(SeekFrom::Start(len.saturating_sub(STDERR_TAIL_BYTES)))?;
+            let mut bytes = Vec::new();
+            file.read_to_end(&mut bytes)?;
+            Ok(String::from_utf8_lossy(&bytes).trim_end().to_owned())
+        };
+        match read() {
+            Ok(text) if text.is_empty() => "(empty)".to_owned(),
+            Ok(text) => text,
+            Err(e) => format!("(cannot read {}: {e})", self.stderr_path.display()),
+        }
+    }
+
+    /// A copy of every complete console line so far.
+    pub fn lines(&self) -> Vec<Line> {
+        self.console.lock().lines.clone()
+    }
+
+    /// The last `n` console lines, as the serial log shows them.
+    pub fn tail(&self, n: usize) -> String {
+        self.console.tail(n)
+    }
+
+    /// How many complete lines so far match `pattern`.
+    pub fn count_matches<P: Pattern + ?Sized>(&self, pattern: &P) -> Result<usize, VmError> {
+        let re = pattern.to_regex()?;
+        Ok(self
+            .console
+            .lock()
+            .lines
+            .iter()
+            .filter(|l| re.is_match(&l.text))
+            .count())
+    }
+
+    /// Runs a QMP command and returns its result.
+    pub fn qmp(&self, command: &str, arguments: Option<Value>) -> Result<Value, VmError> {
+        let to_err = |source| VmError::Qmp {
+            command: command.to_owned(),
+            source,
+        };
+        let mut qmp = Qmp::connect(&self.qmp_path, Duration::from_secs(5)).map_err(to_err)?;
+        qmp.execute(command, arguments).map_err(to_err)
+    }
+
+    fn child(&self) -> MutexGuard<'_, Child> {
+        self.child.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// QEMU's exit status if it has exited.
+    pub fn try_wait(&self) -> Result<Option<ExitStatus>, VmError> {
+        self.child().try_wait().map_err(VmError::Wait)
+    }
+
+    /// Waits up to `deadline` for QEMU to exit by itself.
+    pub fn wait_exit(&self, deadline: Duration) -> Result<Option<ExitStatus>, VmError> {
+        let until = Instant::now() + deadline;
+        loop {
+            if let Some(status) = self.try_wait()? {
+                return Ok(Some(status));
+            }
+            if Instant::now() >= until {
+                return Ok(None);
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Presses the power button (QMP `system_powerdown`) and waits up to `deadline` for the
+    /// guest to power off; then asks QEMU to quit; then kills it.
+    pub fn power_off(&self, deadline: Duration) -> Result<PowerOff, VmError> {
+        if let Some(status) = self.try_wait()? {
+            return Ok(PowerOff::AlreadyExited(status));
+        }
+        let asked = Instant::now();
+        match self.qmp("system_powerdown", None) {
+            Ok(_) => {
+                if let Some(status) = self.wait_exit(deadline)? {
+                    return Ok(PowerOff::Guest {
+                        after: asked.elapsed(),
+                        status,
+                    });
+                }
+                tracing::info!(vm = %self.name, "guest did not power off in {deadline:?}; quitting QEMU");
+            }
+            Err(e) => tracing::warn!(vm = %self.name, error = %e, "power button failed"),
+        }
+        // QEMU may close the socket before it answers `quit`; only the exit counts.
+        if let Err(e) = self.qmp("quit", None) {
+            tracing::debug!(vm = %self.name, error = %e, "QMP quit");
+        }
+        if self.wait_exit(Duration::from_secs(10))?.is_some() {
+            return Ok(PowerOff::Quit);
+        }
+        self.kill()?;
+        Ok(PowerOff::Killed)
+    }
+
+    /// Kills QEMU with SIGKILL at once, as a power cut would stop the machine, and reaps it.
+    pub fn kill(&self) -> Result<ExitStatus, VmError> {
+        let mut child = self.child();
+        if let Some(status) = child.try_wait().map_err(VmError::Wait)? {
+            return Ok(status);
+        }
+        child.kill().map_err(VmError::Kill)?;
+        child.wait().map_err(VmError::Wait)
+    }
+}
+
+impl Drop for RunningVm {
+    fn drop(&mut self) {
+        if let Err(e) = self.kill() {
+            tracing::warn!(vm = %self.name, error = %e, "could not kill QEMU");
+        }
+        if let Some(reader) = self.reader.take() {
+            if reader.join().is_err() {
+                tracing::warn!(vm = %self.name, "the serial console reader panicked");
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn layout() -> Layout {
+        Layout {
+            vars: PathBuf::from("/tmp/vm/vars.fd"),
+            overlays: vec![PathBuf::from("/tmp/vm/disk0.qcow2")],
+            qmp: PathBuf::from("/tmp/vm/qmp.sock"),
+        }
+    }
+
+    fn pairs(args: &[String]) -> Vec<(String, String)> {
+        args.windows(2)
+            .filter(|w| w[0].starts_with('-') && !w[1].starts_with('-'))
+            .map(|w| (w[0].clone(), w[1].clone()))
+            .collect()
+    }
+
+    fn has(args: &[String], flag: &str, value: &str) -> bool {
+        pairs(args).contains(&(flag.to_owned(), value.to_owned()))
+    }
+
+    #[test]
+    fn x86_64_uses_q35_ovmf_virtio_and_tcg() {
+        let b = Vm::builder(Arch::X86_64)
+            .disk("/images/disk.qcow2")
+            .memory_mib(2048)
+            .fw_cfg_string("opt/org.berth/probe", "1")
+            .fw_cfg_file("opt/org.berth/user-data", "/tmp/user,data.toml");
+        let args = b.qemu_args(&layout());
+        assert!(has(&args, "-machine", "q35"));
+        assert!(has(&args, "-accel", "tcg,thread=multi"));
+        assert!(has(&args, "-smp", "2"));
+        assert!(has(&args, "-m", "2048M"));
+        assert!(has(
+            &args,
+            "-drive",
+            "if=pflash,format=raw,unit=0,readonly=on,file=/usr/share/OVMF/OVMF_CODE_4M.fd"
+        ));
+        assert!(has(
+            &args,
+            "-drive",
+            "if=pflash,format=raw,unit=1,file=/tmp/vm/vars.fd"
+        ));
+        assert!(has(
+            &args,
+            "-drive",
+            "if=none,id=disk0,format=qcow2,file=/tmp/vm/disk0.qcow2"
+        ));
+        assert!(has(&args, "-device", "virtio-blk-pci,drive=disk0"));
+        assert!(has(&args, "-serial", "chardev:serial0"));
+        assert!(has(
+            &args,
+            "-qmp",
+            "unix:/tmp/vm/qmp.sock,server=on,wait=off"
+        ));
+        assert!(has(&args, "-fw_cfg", "name=opt/org.berth/probe,string=1"));
+        assert!(has(
+            &args,
+            "-fw_cfg",
+            "name=opt/org.berth/user-data,file=/tmp/user,,data.toml"
+        ));
+        assert!(!args.iter().any(|a| a == "-netdev"));
+    }
+
+    #[test]
+    fn aarch64_uses_virt_aavmf_and_fast_pauth() {
+        let args = Vm::builder(Arch::Aarch64)
+            .net_user(["tcp:127.0.0.1:2222-:22"])
+            .qemu_args(&layout());
+        assert!(has(&args, "-machine", "virt"));
+        assert!(has(&args, "-cpu", "max,pauth-impdef=on"));
+        assert!(has(
+            &args,
+            "-drive",
+            "if=pflash,format=raw,unit=0,readonly=on,file=/usr/share/AAVMF/AAVMF_CODE.fd"
+        ));
+        assert!(has(
+            &args,
+            "-netdev",
+            "user,id=net0,hostfwd=tcp:127.0.0.1:2222-:22"
+        ));
+    }
+
+    #[test]
+    fn patterns_compile_or_name_the_bad_one() {
+        assert!("Reached target.*[Mm]ulti-[Uu]ser".to_regex().is_ok());
+        let err = "([".to_regex().expect_err("unbalanced");
+        assert_eq!(err.to_string(), "invalid pattern `([`");
+    }
+}

@@ -1,0 +1,281 @@
+//! Boot scenarios on the images os-build made (`build/qemu/<arch>/`), per docs/boot.md.
+//!
+//! Gated by BERTH_QEMU_TESTS=1: scripts/test.sh builds the images and sets it. Each
+//! architecture boots once for (a) reaching multi-user, (b) the probe's facts and (d) the
+//! boot time split; (c) boots a copy of the image with one byte of the root file system
+//! flipped and expects dm-verity to restart the machine.
+//!
+//! Serial logs are kept under `target/tmp/qemu-tests/` for after-the-fact reading.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{anyhow, Context, Result};
+use qemu_tests::{
+    boot_times, fault, gpt, markers, scenario, Arch, BootTimes, Checks, Image, Line, ProbeReport,
+    Vm,
+};
+use regex::Regex;
+
+const VARIANT: &str = "qemu";
+/// Its presence makes berth-probe.service run (ConditionPathExists on the fw_cfg file).
+const PROBE_FW_CFG: &str = "opt/org.berth/probe";
+/// How long the probe may take after multi-user.target (it is part of that target, so its
+/// report normally comes first).
+const PROBE_DEADLINE: Duration = Duration::from_secs(60);
+/// Byte of root-a flipped by the corruption scenario: in the EROFS superblock (which
+/// starts at 1024 and is read by every mount), inside the first 4096-byte verity block.
+const CORRUPT_OFFSET_IN_ROOT: u64 = 1024 + 8;
+
+/// Generous time to multi-user under TCG (about 25 s is usual on x86_64).
+fn multi_user_deadline(arch: Arch) -> Duration {
+    match arch {
+        Arch::X86_64 => Duration::from_secs(180),
+        Arch::Aarch64 => Duration::from_secs(400),
+    }
+}
+
+fn serial_log(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join("qemu-tests")
+        .join(format!("{name}.serial.log"))
+}
+
+fn boot(arch: Arch) -> Result<()> {
+    let name = format!("boot_{arch}");
+    let deadline = multi_user_deadline(arch);
+    let Some(_lock) = scenario::begin(
+        &name,
+        &[
+            &format!("(a) the image reaches systemd's multi-user target within {deadline:?}"),
+            "(a) it boots once: no restart, no early-init FATAL, no dm-verity error",
+            "(b) berth-probe: root is dm-verity (verified), EROFS, read-only",
+            "(b) berth-probe: /etc is a writable tmpfs; /var is on the data partition",
+            "(b) berth-probe: slot A booted, from slot A's UKI (berth-<version>...efi)",
+            "(d) boot time per phase: firmware, kernel, initramfs, userspace",
+        ],
+    )?
+    else {
+        return Ok(());
+    };
+    let image = Image::locate(VARIANT, arch)?;
+    let version = image.version().unwrap_or("?").to_owned();
+    println!("  image: {} (version {version})", image.qcow2.display());
+    let log = serial_log(&name);
+    println!("  serial log: {}", log.display());
+    let vm = Vm::builder(arch)
+        .name(&name)
+        .disk(&image.qcow2)
+        .fw_cfg_string(PROBE_FW_CFG, "1")
+        .serial_log(&log)
+        .boot()?;
+
+    // (a)
+    let multi_user = vm.wait_for_line(markers::MULTI_USER, deadline)?;
+    println!(
+        "  multi-user after {:.1}s: {}",
+        multi_user.elapsed.as_secs_f64(),
+        multi_user.text
+    );
+
+    // (b)
+    vm.wait_for_line(markers::PROBE_END, PROBE_DEADLINE)
+        .context("berth-probe did not finish its report")?;
+    let lines = vm.lines();
+    let report = ProbeReport::parse(lines.iter().map(|l| l.text.as_str()))?;
+    println!("  berth-probe reported:\n{report}");
+
+    let mut checks = Checks::new();
+    let once = |pattern: &str| -> Result<usize> { Ok(vm.count_matches(pattern)?) };
+    checks.check(
+        "booted once",
+        once(markers::KERNEL_BANNER)? == 1,
+        format!("{} kernel banners", once(markers::KERNEL_BANNER)?),
+    );
+    checks.check(
+        "no early-init FATAL line",
+        once(markers::EARLY_INIT_FATAL)? == 0,
+        format!("{} lines", once(markers::EARLY_INIT_FATAL)?),
+    );
+    checks.check(
+        "no dm-verity corruption reported",
+        once(markers::VERITY_CORRUPTION)? == 0,
+        format!("{} lines", once(markers::VERITY_CORRUPTION)?),
+    );
+    for (key, expected) in [
+        ("root-dm-target", "verity"),
+        ("root-dm-status", "V"),
+        ("root-ro", "true"),
+        ("root-fstype", "erofs"),
+        ("etc-fstype", "tmpfs"),
+        ("etc-writable", "true"),
+        ("var-partname", "data"),
+        ("private-partname", "private"),
+        ("slot", "a"),
+    ] {
+        checks.equal(format!("probe {key}"), report.get(key), expected);
+    }
+    let entry = report.get("loader-entry").unwrap_or("none");
+    let uki = Regex::new(&format!(
+        r"^berth-{}(\+[0-9-]+)?\.efi$",
+        regex::escape(&version)
+    ))?;
+    checks.check(
+        "probe loader-entry is slot A's UKI",
+        uki.is_match(entry)
+            || (version == "?" && entry.starts_with("berth-") && entry.ends_with(".efi")),
+        format!("expected berth-{version}[+tries].efi, found {entry}"),
+    );
+
+    // (d)
+    match BootTimes::from_lines(&lines) {
+        Ok(times) => {
+            println!("  boot time split:");
+            for row in boot_times::table(&[(arch, times)]).lines() {
+                println!("    {row}");
+            }
+        }
+        Err(e) => checks.check("boot phases on the console", false, e),
+    }
+
+    let tail = vm.tail(40);
+    let off = vm.power_off(Duration::from_secs(60))?;
+    println!("  power off: {off:?}");
+    checks
+        .finish()
+        .map_err(|e| anyhow!("{e}\nlast serial lines:\n{tail}"))
+}
+
+#[test]
+fn boot_x86_64() -> Result<()> {
+    boot(Arch::X86_64)
+}
+
+#[test]
+fn boot_aarch64() -> Result<()> {
+    boot(Arch::Aarch64)
+}
+
+/// What the corrupted image did first.
+enum Outcome {
+    MultiUser(Line),
+    Restarted(Line),
+}
+
+fn corrupt_root_restarts(arch: Arch) -> Result<()> {
+    let name = format!("corrupt_root_{arch}");
+    let deadline = multi_user_deadline(arch);
+    let Some(_lock) = scenario::begin(
+        &name,
+        &[
+            "(c) one flipped byte in root-a's first block (EROFS superblock) is caught by dm-verity",
+            "(c) the kernel (or early-init) reports it and the machine restarts",
+            "(c) the corrupted image never reaches multi-user",
+        ],
+    )?
+    else {
+        return Ok(());
+    };
+    let image = Image::locate(VARIANT, arch)?;
+    let raw = image.raw()?;
+    let work = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR"))?;
+    let copy = work.path().join("disk.raw");
+    fault::sparse_copy(&raw, &copy)?;
+    let root = gpt::find(&copy, "root-a")?;
+    let offset = root.offset() + CORRUPT_OFFSET_IN_ROOT;
+    let (old, new) = fault::flip_byte(&copy, offset)?;
+    println!(
+        "  flipped byte {offset} of a copy of {} (root-a + {CORRUPT_OFFSET_IN_ROOT}): {old:#04x} -> {new:#04x}",
+        raw.display()
+    );
+    let log = serial_log(&name);
+    println!("  serial log: {}", log.display());
+    let vm = Vm::builder(arch)
+        .name(&name)
+        .disk(&copy)
+        .serial_log(&log)
+        .boot()?;
+
+    let multi_user = Regex::new(markers::MULTI_USER)?;
+    let banner = Regex::new(markers::KERNEL_BANNER)?;
+    let firmware = Regex::new(r"BdsDxe: loading Boot")?;
+    let failure = Regex::new(&format!(
+        "{}|{}|{}",
+        markers::VERITY_CORRUPTION,
+        markers::EARLY_INIT_FATAL,
+        markers::KERNEL_RESTART
+    ))?;
+    let outcome = vm.wait_until(
+        "a restart (a second kernel banner, or the firmware again after a failure line)",
+        deadline,
+        |lines| {
+            let mut banners = 0;
+            let mut failed = false;
+            for line in lines {
+                if multi_user.is_match(&line.text) {
+                    return Some(Outcome::MultiUser(line.clone()));
+                }
+                if banner.is_match(&line.text) {
+                    banners += 1;
+                }
+                failed |= failure.is_match(&line.text);
+                if banners >= 2 || (failed && firmware.is_match(&line.text)) {
+                    return Some(Outcome::Restarted(line.clone()));
+                }
+            }
+            None
+        },
+    )?;
+    let lines = vm.lines();
+    let tail = vm.tail(40);
+    vm.kill()?;
+
+    let mut checks = Checks::new();
+    match outcome {
+        Outcome::MultiUser(line) => checks.check(
+            "never reaches multi-user",
+            false,
+            format!("reached it after {:.1}s", line.elapsed.as_secs_f64()),
+        ),
+        Outcome::Restarted(line) => {
+            checks.check(
+                "machine restarts",
+                true,
+                format!("{:.1}s: {}", line.elapsed.as_secs_f64(), line.text),
+            );
+            let before: Vec<&Line> = lines.iter().take(line.index).collect();
+            let verity = Regex::new(markers::VERITY_CORRUPTION)?;
+            let fatal = Regex::new(markers::EARLY_INIT_FATAL)?;
+            let evidence: Vec<&&Line> = before
+                .iter()
+                .filter(|l| verity.is_match(&l.text) || fatal.is_match(&l.text))
+                .collect();
+            for l in &evidence {
+                println!("  evidence: {}", l.to_log());
+            }
+            checks.check(
+                "dm-verity corruption or early-init FATAL reported before the restart",
+                !evidence.is_empty(),
+                format!("{} lines", evidence.len()),
+            );
+            checks.check(
+                "never reaches multi-user",
+                !before.iter().any(|l| multi_user.is_match(&l.text)),
+                "no multi-user line before the restart",
+            );
+        }
+    }
+    checks
+        .finish()
+        .map_err(|e| anyhow!("{e}\nlast serial lines:\n{tail}"))
+}
+
+#[test]
+fn corrupt_root_restarts_x86_64() -> Result<()> {
+    corrupt_root_restarts(Arch::X86_64)
+}
+
+#[test]
+fn corrupt_root_restarts_aarch64() -> Result<()> {
+    corrupt_root_restarts(Arch::Aarch64)
+}
