@@ -228,15 +228,17 @@ impl<H: Host> Boot<H> {
         let dev = Path::new("/dev").join(&disk.data.name);
         let dev_s = dev.to_string_lossy().into_owned();
         let disk_dev = self.path(&format!("/dev/{}", disk.disk));
-        if let Some(g) = self
-            .host
-            .grow_partition(&disk_dev, "data")
-            .context("grow the data partition")?
-        {
-            say(&format!(
+        // Growing is best effort: a host that cannot grow `data` still boots, with the space
+        // it has, rather than rebooting in a loop until both slots are marked bad.
+        match self.host.grow_partition(&disk_dev, "data") {
+            Ok(Some(g)) => say(&format!(
                 "data partition grown to {} MiB",
                 g.length / (1024 * 1024)
-            ));
+            )),
+            Ok(None) => {}
+            Err(e) => say(&format!(
+                "warning: cannot grow the data partition: {e:#}; keeping its size"
+            )),
         }
         self.ensure_ext4(&self.path(&dev_s), "data")
             .context("prepare data")?;
@@ -252,10 +254,13 @@ impl<H: Host> Boot<H> {
         if let Some(info) = info {
             let want = part_bytes / info.block_size;
             if want > info.blocks {
-                self.host
-                    .resize_ext4(&self.path("/sysroot/local"), want)
-                    .context("grow the data file system (EXT4_IOC_RESIZE_FS)")?;
-                say(&format!("data file system grown to {want} blocks"));
+                match self.host.resize_ext4(&self.path("/sysroot/local"), want) {
+                    Ok(()) => say(&format!("data file system grown to {want} blocks")),
+                    Err(e) => say(&format!(
+                        "warning: cannot grow the data file system to {want} blocks \
+                         (EXT4_IOC_RESIZE_FS): {e}; keeping its size"
+                    )),
+                }
             }
         }
         for dir in ["var", "opt"] {

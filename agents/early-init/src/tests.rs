@@ -17,6 +17,8 @@ const ROOT_HASH: &str = "4c6f1a0b3c9d2e8f7a6b5c4d3e2f1a0b9c8d7e6f5a4b3c2d1e0f9a8
 struct FakeHost {
     root: PathBuf,
     ops: Vec<String>,
+    /// Operation (first word of its record) that fails.
+    fail: Option<&'static str>,
 }
 
 impl FakeHost {
@@ -61,6 +63,9 @@ impl Host for FakeHost {
     fn mkfs_ext4(&mut self, dev: &Path, label: &str) -> anyhow::Result<()> {
         let d = self.rel(dev);
         self.ops.push(format!("mkfs {d} {label}"));
+        if self.fail == Some("mkfs") {
+            anyhow::bail!("mke2fs exited with 1");
+        }
         // An ext4 superblock: 4096-byte blocks, 100 blocks.
         let mut img = vec![0u8; 2048];
         img[1024 + 56] = 0x53;
@@ -73,6 +78,9 @@ impl Host for FakeHost {
     fn grow_partition(&mut self, disk: &Path, name: &str) -> anyhow::Result<Option<Grown>> {
         let d = self.rel(disk);
         self.ops.push(format!("grow {d} {name}"));
+        if self.fail == Some("grow") {
+            anyhow::bail!("partition data is not the last partition");
+        }
         Ok(None)
     }
     fn resize_ext4(&mut self, mountpoint: &Path, blocks: u64) -> io::Result<()> {
@@ -124,11 +132,16 @@ fn fixture(root: &Path) {
 }
 
 fn boot(root: &Path) -> (anyhow::Error, Vec<String>) {
+    boot_failing(root, None)
+}
+
+fn boot_failing(root: &Path, fail: Option<&'static str>) -> (anyhow::Error, Vec<String>) {
     let mut b = Boot {
         root: root.to_path_buf(),
         host: FakeHost {
             root: root.to_path_buf(),
             ops: Vec::new(),
+            fail,
         },
         kernel: "6.12.0-test".into(),
         device_timeout: Duration::from_millis(200),
@@ -266,4 +279,30 @@ fn verity_range_larger_than_the_partition_is_refused() {
         "{msg}"
     );
     assert!(!ops.iter().any(|o| o.starts_with("dm ")), "{ops:?}");
+}
+
+#[test]
+fn a_data_partition_that_cannot_grow_still_boots() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    fixture(dir.path());
+    let (err, ops) = boot_failing(dir.path(), Some("grow"));
+    assert_eq!(
+        format!("{err:#}"),
+        "switch root: exec is not possible in a test"
+    );
+    assert_eq!(ops.last().map(String::as_str), Some("switch_root /sysroot"));
+}
+
+#[test]
+fn a_failed_mkfs_is_fatal_and_says_which_partition() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    fixture(dir.path());
+    let (err, ops) = boot_failing(dir.path(), Some("mkfs"));
+    let msg = format!("{err:#}");
+    assert!(msg.starts_with("prepare private: make ext4 on "), "{msg}");
+    assert!(msg.ends_with("vda6: mke2fs exited with 1"), "{msg}");
+    assert!(
+        !ops.iter().any(|o| o.contains("/sysroot/private")),
+        "{ops:?}"
+    );
 }
