@@ -37,6 +37,7 @@ pub mod markers;
 pub mod paths;
 pub mod probe;
 mod qmp;
+pub mod restart;
 pub mod scenario;
 pub mod vm;
 
@@ -47,4 +48,5 @@ pub use console::Line;
 pub use image::Image;
 pub use probe::ProbeReport;
 pub use qmp::QmpError;
+pub use restart::{BootOutcome, RestartDetector};
 pub use vm::{Pattern, PowerOff, RunningVm, Vm, VmBuilder, VmError};

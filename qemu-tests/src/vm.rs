@@ -174,6 +174,7 @@ pub struct VmBuilder {
     serial_log: Option<PathBuf>,
     net_user: Option<Vec<String>>,
     extra_args: Vec<String>,
+    qemu: Option<PathBuf>,
 }
 
 /// Files of one VM that the QEMU command line refers to.
@@ -203,6 +204,7 @@ impl VmBuilder {
             serial_log: None,
             net_user: None,
             extra_args: Vec::new(),
+            qemu: None,
         }
     }
 
@@ -288,6 +290,12 @@ impl VmBuilder {
     /// A raw QEMU argument, appended last.
     pub fn arg(mut self, arg: impl Into<String>) -> Self {
         self.extra_args.push(arg.into());
+        self
+    }
+
+    /// The QEMU program instead of `qemu-system-<arch>` from `PATH`.
+    pub fn qemu_binary(mut self, program: impl AsRef<Path>) -> Self {
+        self.qemu = Some(program.as_ref().to_owned());
         self
     }
 
@@ -424,10 +432,13 @@ impl VmBuilder {
             source,
         })?;
 
-        let program = self.arch.qemu_binary();
-        tracing::info!(vm = %self.name, "{program} {}", args.join(" "));
+        let program = self
+            .qemu
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(self.arch.qemu_binary()));
+        tracing::info!(vm = %self.name, "{} {}", program.display(), args.join(" "));
         let start = Instant::now();
-        let mut child = Command::new(program)
+        let mut child = Command::new(&program)
             .args(&args)
             .current_dir(&dir)
             .stdin(Stdio::null())
@@ -435,7 +446,7 @@ impl VmBuilder {
             .stderr(stderr)
             .spawn()
             .map_err(|source| VmError::Spawn {
-                program: program.to_owned(),
+                program: program.display().to_string(),
                 source,
             })?;
         let console = Arc::new(Console::new(start));
@@ -785,7 +796,12 @@ impl Drop for RunningVm {
         if let Err(e) = self.kill() {
             tracing::warn!(vm = %self.name, error = %e, "could not kill QEMU");
         }
-        if let Some(reader) = self.reader.take() {
+        // QEMU is gone, so its stdout is closed and the reader finishes the log. Should
+        // something else hold the pipe open, give up after a while rather than hang.
+        let closed = self
+            .console
+            .wait_until(Duration::from_secs(5), |state| state.closed.then_some(()));
+        if let (WaitOutcome::Found(()), Some(reader)) = (closed, self.reader.take()) {
             if reader.join().is_err() {
                 tracing::warn!(vm = %self.name, "the serial console reader panicked");
             }
@@ -876,6 +892,100 @@ mod tests {
             "-netdev",
             "user,id=net0,hostfwd=tcp:127.0.0.1:2222-:22"
         ));
+    }
+
+    /// Starts a fake QEMU: a shell script that prints a console transcript.
+    fn fake_vm(script: &str) -> anyhow::Result<(tempfile::TempDir, RunningVm)> {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir()?;
+        let qemu = dir.path().join("fake-qemu");
+        fs::write(&qemu, format!("#!/bin/sh\n{script}\n"))?;
+        fs::set_permissions(&qemu, fs::Permissions::from_mode(0o755))?;
+        let (code, vars) = (dir.path().join("code.fd"), dir.path().join("vars.fd"));
+        fs::write(&code, b"")?;
+        fs::write(&vars, b"")?;
+        let vm = Vm::builder(Arch::X86_64)
+            .qemu_binary(&qemu)
+            .firmware(&code, &vars)
+            .serial_log(dir.path().join("serial.log"))
+            .boot()?;
+        Ok((dir, vm))
+    }
+
+    #[test]
+    fn lines_carry_their_arrival_time_and_prompts_match() -> anyhow::Result<()> {
+        let (dir, vm) = fake_vm(
+            "echo 'BdsDxe: loading Boot0001'; sleep 0.5; printf 'Linux version 6.12\\r\\n'\n\
+             printf 'Linux version 6.12\\n'; printf 'Shell> '; exec sleep 30",
+        )?;
+        let kernel = vm.wait_for_line("Linux version", Duration::from_secs(10))?;
+        assert_eq!(kernel.index, 1);
+        assert!(kernel.elapsed >= Duration::from_millis(500), "{kernel:?}");
+        let second = vm.wait_for_nth_line("Linux version", 2, Duration::from_secs(10))?;
+        assert_eq!(second.index, 2);
+        let prompt = vm.wait_for_line("^Shell> $", Duration::from_secs(10))?;
+        assert_eq!(prompt.index, 3);
+        let lines = vm.lines();
+        assert!(lines[0].elapsed < kernel.elapsed);
+        assert_eq!(vm.count_matches("Linux")?, 2);
+        let status = vm.kill()?;
+        assert!(!status.success());
+        let err = vm
+            .wait_for_line("never", Duration::from_secs(10))
+            .expect_err("QEMU is gone");
+        assert!(matches!(err, VmError::Exited { .. }), "{err}");
+        drop(vm);
+        let log = fs::read_to_string(dir.path().join("serial.log"))?;
+        assert_eq!(log.lines().count(), 4, "{log}");
+        assert!(
+            log.lines().nth(3).is_some_and(|l| l.ends_with("] Shell>")),
+            "{log}"
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn timeout_shows_the_last_40_lines() -> anyhow::Result<()> {
+        let (_dir, vm) = fake_vm(
+            "i=0; while [ $i -lt 50 ]; do echo \"line $i\"; i=$((i+1)); done; exec sleep 30",
+        )?;
+        vm.wait_for_line("line 49", Duration::from_secs(10))?;
+        let err = vm
+            .wait_for_line("multi-user", Duration::from_millis(200))
+            .expect_err("never printed");
+        let VmError::Timeout { tail, .. } = &err else {
+            anyhow::bail!("not a timeout: {err}");
+        };
+        assert_eq!(tail.lines().count(), 40);
+        assert!(
+            tail.lines()
+                .next()
+                .is_some_and(|l| l.ends_with("] line 10")),
+            "{tail}"
+        );
+        assert!(err.to_string().starts_with(
+            "timed out after 200ms waiting for a line matching `multi-user`; last serial lines:\n"
+        ));
+        Ok(())
+    }
+
+    #[test]
+    fn early_exit_reports_qemu_stderr() -> anyhow::Result<()> {
+        let (_dir, vm) =
+            fake_vm("echo 'early line'; echo 'qemu: could not open disk' >&2; exit 1")?;
+        let err = vm
+            .wait_for_line("Linux version", Duration::from_secs(10))
+            .expect_err("QEMU exits");
+        let msg = err.to_string();
+        assert!(
+            msg.starts_with(
+                "QEMU exited (exit status: 1) while waiting for a line matching `Linux version`"
+            ),
+            "{msg}"
+        );
+        assert!(msg.contains("qemu: could not open disk"), "{msg}");
+        assert!(msg.contains("] early line"), "{msg}");
+        Ok(())
     }
 
     #[test]

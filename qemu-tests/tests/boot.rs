@@ -12,8 +12,8 @@ use std::time::Duration;
 
 use anyhow::{anyhow, Context, Result};
 use qemu_tests::{
-    boot_times, fault, gpt, markers, scenario, Arch, BootTimes, Checks, Image, Line, ProbeReport,
-    Vm,
+    boot_times, fault, gpt, markers, scenario, Arch, BootOutcome, BootTimes, Checks, Image,
+    ProbeReport, RestartDetector, Vm,
 };
 use regex::Regex;
 
@@ -156,12 +156,6 @@ fn boot_aarch64() -> Result<()> {
     boot(Arch::Aarch64)
 }
 
-/// What the corrupted image did first.
-enum Outcome {
-    MultiUser(Line),
-    Restarted(Line),
-}
-
 fn corrupt_root_restarts(arch: Arch) -> Result<()> {
     let name = format!("corrupt_root_{arch}");
     let deadline = multi_user_deadline(arch);
@@ -196,72 +190,40 @@ fn corrupt_root_restarts(arch: Arch) -> Result<()> {
         .serial_log(&log)
         .boot()?;
 
-    let multi_user = Regex::new(markers::MULTI_USER)?;
-    let banner = Regex::new(markers::KERNEL_BANNER)?;
-    let firmware = Regex::new(r"BdsDxe: loading Boot")?;
-    let failure = Regex::new(&format!(
-        "{}|{}|{}",
-        markers::VERITY_CORRUPTION,
-        markers::EARLY_INIT_FATAL,
-        markers::KERNEL_RESTART
-    ))?;
+    let detector = RestartDetector::new();
     let outcome = vm.wait_until(
         "a restart (a second kernel banner, or the firmware again after a failure line)",
         deadline,
-        |lines| {
-            let mut banners = 0;
-            let mut failed = false;
-            for line in lines {
-                if multi_user.is_match(&line.text) {
-                    return Some(Outcome::MultiUser(line.clone()));
-                }
-                if banner.is_match(&line.text) {
-                    banners += 1;
-                }
-                failed |= failure.is_match(&line.text);
-                if banners >= 2 || (failed && firmware.is_match(&line.text)) {
-                    return Some(Outcome::Restarted(line.clone()));
-                }
-            }
-            None
-        },
+        |lines| detector.outcome(lines),
     )?;
-    let lines = vm.lines();
     let tail = vm.tail(40);
     vm.kill()?;
 
     let mut checks = Checks::new();
     match outcome {
-        Outcome::MultiUser(line) => checks.check(
+        BootOutcome::MultiUser(line) => checks.check(
             "never reaches multi-user",
             false,
             format!("reached it after {:.1}s", line.elapsed.as_secs_f64()),
         ),
-        Outcome::Restarted(line) => {
+        BootOutcome::Restarted { restart, evidence } => {
+            checks.check(
+                "never reaches multi-user",
+                true,
+                "no multi-user line before the restart",
+            );
             checks.check(
                 "machine restarts",
                 true,
-                format!("{:.1}s: {}", line.elapsed.as_secs_f64(), line.text),
+                format!("{:.1}s: {}", restart.elapsed.as_secs_f64(), restart.text),
             );
-            let before: Vec<&Line> = lines.iter().take(line.index).collect();
-            let verity = Regex::new(markers::VERITY_CORRUPTION)?;
-            let fatal = Regex::new(markers::EARLY_INIT_FATAL)?;
-            let evidence: Vec<&&Line> = before
-                .iter()
-                .filter(|l| verity.is_match(&l.text) || fatal.is_match(&l.text))
-                .collect();
-            for l in &evidence {
-                println!("  evidence: {}", l.to_log());
+            for line in &evidence {
+                println!("  evidence: {}", line.to_log());
             }
             checks.check(
                 "dm-verity corruption or early-init FATAL reported before the restart",
                 !evidence.is_empty(),
                 format!("{} lines", evidence.len()),
-            );
-            checks.check(
-                "never reaches multi-user",
-                !before.iter().any(|l| multi_user.is_match(&l.text)),
-                "no multi-user line before the restart",
             );
         }
     }
