@@ -8,6 +8,7 @@
 # qemu-system-x86_64, mkfs.erofs, veritysetup, sfdisk, cpio.
 #   ./qemu-smoke.sh build          # make WORK/{disk.img,initrd.cpio,cmdline.berth}
 #   ./qemu-smoke.sh boot first     # boot; prints the early-init and berth-probe lines
+#   ./qemu-smoke.sh all            # build, then first boot, second boot, wrong slot, corrupt root
 set -euo pipefail
 R=${ROOT_TREE:-/var/tmp/explore/r}
 W=${WORK:-/var/tmp/e2e/work}
@@ -86,6 +87,7 @@ ls -la "$W/initrd.cpio" "$W/disk.img"
 
 boot() {
   local log="$W/serial-$1.log" extra=${2:-} deadline=$(( $(date +%s) + ${BOOT_TIMEOUT:-300} ))
+  : > "$log"
   qemu-system-x86_64 -machine q35 -m 1024 -smp 2 -nographic -no-reboot \
     -kernel "$KERNEL" -initrd "$W/initrd.cpio" \
     -append "console=ttyS0 panic=-1 systemd.gpt_auto=0 $(cat "$W/cmdline.berth") $extra" \
@@ -102,7 +104,40 @@ boot() {
   grep -aE "early-init|berth-probe" "$log" || true
 }
 
+expect() { # expect NAME PATTERN...: every pattern must be in the serial log of NAME
+  local name=$1 p ok=1; shift
+  for p in "$@"; do grep -aqE -- "$p" "$W/serial-$name.log" || { echo "  missing: $p"; ok=0; }; done
+  if [ $ok = 1 ]; then echo "PASS $name"; PASSED=$((PASSED+1)); else echo "FAIL $name"; FAILED=$((FAILED+1)); fi
+}
+
+all() {
+  PASSED=0 FAILED=0
+  build
+  boot first > /dev/null
+  expect first "early-init: making ext4 file system private" "early-init: data partition grown" \
+    "early-init: switching root to systemd" "berth-probe: root-dm-target=verity" \
+    "berth-probe: root-dm-status=V" "berth-probe: root-ro=true" "berth-probe: etc-writable=true" \
+    "berth-probe: var-partname=data" "berth-probe: private-partname=private" "berth-probe: end"
+  boot second > /dev/null
+  expect second "berth-probe: end" "berth-probe: machine-id=$(grep -aoE 'new machine id [0-9a-f]+' "$W/serial-first.log" | awk '{print $4}')"
+  grep -aq "making ext4" "$W/serial-second.log" && { echo "FAIL second: formatted again"; FAILED=$((FAILED+1)); }
+  cp "$W/cmdline.berth" "$W/cmdline.good"
+  sed -i 's/berth.slot=a/berth.slot=b/' "$W/cmdline.berth"
+  boot wrong-slot > /dev/null
+  cp "$W/cmdline.good" "$W/cmdline.berth"
+  expect wrong-slot "early-init: FATAL: set up dm-verity over root-b and verity-b: .*; rebooting" "reboot: Restarting system"
+  cp "$W/disk.img" "$W/disk.good"
+  local s; s=$(sfdisk -J "$W/disk.img" | python3 -c "import json,sys; print(json.load(sys.stdin)['partitiontable']['partitions'][1]['start'])")
+  printf 'X' | dd of="$W/disk.img" bs=1 seek=$((s * 512 + 100)) conv=notrunc status=none
+  boot corrupt > /dev/null
+  mv "$W/disk.good" "$W/disk.img"
+  expect corrupt "verity: .*data block 0 is corrupted" "Restarting system with command 'dm-verity device corrupted'"
+  echo "$PASSED passed, $FAILED failed"
+  [ "$FAILED" = 0 ]
+}
+
 case "$MODE" in
   build) build ;;
   boot) boot "${2:-1}" "${3:-}" ;;
+  all) all ;;
 esac
