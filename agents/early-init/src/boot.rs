@@ -65,8 +65,14 @@ impl<H: Host> Boot<H> {
         self.load_modules()?;
         let cmdline = self.cmdline()?;
         say(&format!("slot {}", cmdline.slot));
-        let disk = devices::wait_for_slot(&self.root, cmdline.slot, self.device_timeout)
-            .with_context(|| format!("find the partitions of slot {}", cmdline.slot))?;
+        let mut boot_disk = self.boot_disk();
+        let disk = devices::wait_for_slot(
+            &self.root,
+            cmdline.slot,
+            self.device_timeout,
+            &mut boot_disk,
+        )
+        .with_context(|| format!("find the partitions of slot {}", cmdline.slot))?;
         let root_dev = self.verity(&cmdline, &disk).with_context(|| {
             format!(
                 "set up dm-verity over root-{0} and verity-{0}",
@@ -113,6 +119,20 @@ impl<H: Host> Boot<H> {
         }
         say(&format!("loaded {loaded} of {} modules", cfg.modules.len()));
         Ok(())
+    }
+
+    /// Which disk the firmware booted from, if systemd-boot says so. Needs efivarfs (module
+    /// `efivarfs` in the initramfs list when it is not built in); without it, or on a machine
+    /// without UEFI, the slot's partitions must be on one disk only.
+    fn boot_disk(&mut self) -> devices::BootDisk {
+        if self.path("/sys/firmware/efi").is_dir() {
+            let flags = MountFlags::NOSUID | MountFlags::NODEV | MountFlags::NOEXEC;
+            let target = "/sys/firmware/efi/efivars";
+            if let Err(e) = self.mount("efivarfs", target, "efivarfs", flags, "") {
+                say(&format!("note: {e:#}; the boot disk is not known"));
+            }
+        }
+        devices::BootDisk::from_efivars(&self.root)
     }
 
     fn cmdline(&self) -> anyhow::Result<Cmdline> {

@@ -11,7 +11,7 @@ use crate::cmdline::Slot;
 pub enum DevicesError {
     #[error("cannot list block devices in {path}")]
     List { path: PathBuf, source: io::Error },
-    #[error("partition {name} found on several disks ({disks}); detach the extra disk")]
+    #[error("partition {name} found on several disks ({disks}) and none is known as the boot disk; detach the extra disks")]
     Ambiguous { name: String, disks: String },
     #[error("no partition named {missing} appeared within {secs} s (block devices seen: {seen})")]
     Timeout {
@@ -53,6 +53,54 @@ pub struct SlotDisk {
     pub verity: BlockDev,
     pub private: BlockDev,
     pub data: BlockDev,
+}
+
+/// The disk the firmware booted from, known by the partition GUID of its ESP that
+/// systemd-boot stores in the EFI variable `LoaderDevicePartUUID`.
+#[derive(Debug, Default)]
+pub struct BootDisk {
+    pub esp_guid: Option<uuid::Uuid>,
+    /// Answers per disk name, so each disk's GPT is read once.
+    seen: BTreeMap<String, bool>,
+}
+
+/// systemd-boot's vendor GUID for its EFI variables.
+pub const LOADER_VENDOR: &str = "4a67b082-0a4c-41cf-b6c7-440b29bb8c4f";
+
+impl BootDisk {
+    /// Reads `LoaderDevicePartUUID` from efivarfs under `root` (4 attribute bytes, then a
+    /// UTF-16LE GUID string).
+    pub fn from_efivars(root: &Path) -> Self {
+        let path = root
+            .join("sys/firmware/efi/efivars")
+            .join(format!("LoaderDevicePartUUID-{LOADER_VENDOR}"));
+        let esp_guid = std::fs::read(path).ok().and_then(|b| {
+            let units: Vec<u16> = b
+                .get(4..)?
+                .chunks_exact(2)
+                .map(|c| u16::from_le_bytes([c[0], c[1]]))
+                .take_while(|&u| u != 0)
+                .collect();
+            uuid::Uuid::parse_str(String::from_utf16_lossy(&units).trim()).ok()
+        });
+        Self {
+            esp_guid,
+            seen: BTreeMap::new(),
+        }
+    }
+
+    /// Does `disk`'s partition table hold the ESP the firmware booted from?
+    pub fn holds_esp(&mut self, root: &Path, disk: &str) -> bool {
+        let Some(guid) = self.esp_guid else {
+            return false;
+        };
+        *self.seen.entry(disk.to_string()).or_insert_with(|| {
+            gpt::GptConfig::new()
+                .open(root.join("dev").join(disk))
+                .map(|g| g.partitions().values().any(|p| p.part_guid == guid))
+                .unwrap_or(false)
+        })
+    }
 }
 
 /// Parses a sysfs `uevent` file into key/value pairs.
@@ -109,12 +157,29 @@ pub fn scan(sys: &Path) -> Result<Vec<BlockDev>, DevicesError> {
 }
 
 /// Picks the slot's partitions out of `devs`. `Ok(Err(missing))` names what is not there yet.
-pub fn select(devs: &[BlockDev], slot: Slot) -> Result<Result<SlotDisk, String>, DevicesError> {
+///
+/// When several disks carry the slot's root partition, `is_boot_disk` picks the one the
+/// firmware booted from (see [`BootDisk`]).
+pub fn select(
+    devs: &[BlockDev],
+    slot: Slot,
+    is_boot_disk: &mut dyn FnMut(&str) -> bool,
+) -> Result<Result<SlotDisk, String>, DevicesError> {
     let root_name = format!("root-{slot}");
-    let roots: Vec<&BlockDev> = devs
+    let mut roots: Vec<&BlockDev> = devs
         .iter()
         .filter(|d| d.partno.is_some() && d.partname.as_deref() == Some(root_name.as_str()))
         .collect();
+    if roots.len() > 1 {
+        let booted: Vec<&BlockDev> = roots
+            .iter()
+            .copied()
+            .filter(|d| is_boot_disk(&d.disk))
+            .collect();
+        if booted.len() == 1 {
+            roots = booted;
+        }
+    }
     let root = match roots.as_slice() {
         [] => return Ok(Err(root_name)),
         [one] => (*one).clone(),
@@ -150,11 +215,16 @@ pub fn select(devs: &[BlockDev], slot: Slot) -> Result<Result<SlotDisk, String>,
 }
 
 /// Waits until the slot's partitions and their device nodes exist, or the deadline passes.
-pub fn wait_for_slot(root: &Path, slot: Slot, timeout: Duration) -> Result<SlotDisk, DevicesError> {
+pub fn wait_for_slot(
+    root: &Path,
+    slot: Slot,
+    timeout: Duration,
+    boot_disk: &mut BootDisk,
+) -> Result<SlotDisk, DevicesError> {
     let start = Instant::now();
     loop {
         let devs = scan(&root.join("sys"))?;
-        let missing = match select(&devs, slot)? {
+        let missing = match select(&devs, slot, &mut |disk| boot_disk.holds_esp(root, disk))? {
             Ok(found) => {
                 let nodes = [&found.root, &found.verity, &found.private, &found.data]
                     .map(|d| root.join("dev").join(&d.name));
@@ -234,7 +304,13 @@ pub(crate) mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         fake_disk(dir.path(), "vda", 254, &LAYOUT);
         fake_disk(dir.path(), "vdb", 253, &[(1, "other")]);
-        let found = wait_for_slot(dir.path(), Slot::B, Duration::from_secs(1)).expect("found");
+        let found = wait_for_slot(
+            dir.path(),
+            Slot::B,
+            Duration::from_secs(1),
+            &mut BootDisk::default(),
+        )
+        .expect("found");
         assert_eq!(found.disk, "vda");
         assert_eq!(found.root.name, "vda4");
         assert_eq!(found.verity.name, "vda5");
@@ -248,8 +324,13 @@ pub(crate) mod tests {
     fn times_out_naming_the_missing_partition() {
         let dir = tempfile::tempdir().expect("tempdir");
         fake_disk(dir.path(), "vda", 254, &LAYOUT[..5]);
-        let err =
-            wait_for_slot(dir.path(), Slot::A, Duration::from_millis(100)).expect_err("no private");
+        let err = wait_for_slot(
+            dir.path(),
+            Slot::A,
+            Duration::from_millis(100),
+            &mut BootDisk::default(),
+        )
+        .expect_err("no private");
         let msg = err.to_string();
         assert!(
             msg.starts_with("no partition named private appeared"),
@@ -265,9 +346,48 @@ pub(crate) mod tests {
         fake_disk(dir.path(), "vdb", 253, &[(1, "private"), (2, "data")]);
         let devs = scan(&dir.path().join("sys")).expect("scan");
         assert_eq!(
-            select(&devs, Slot::A).expect("no error"),
+            select(&devs, Slot::A, &mut |_| false).expect("no error"),
             Err("private".to_string())
         );
+    }
+
+    #[test]
+    fn the_boot_disk_is_found_by_its_esp_guid() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root = dir.path();
+        fake_disk(root, "vda", 254, &LAYOUT);
+        fake_disk(root, "vdb", 253, &LAYOUT);
+        crate::storage::tests::make_image(&root.join("dev/vda"), 16 << 20, 0x10);
+        crate::storage::tests::make_image(&root.join("dev/vdb"), 16 << 20, 0x20);
+        let esp = crate::storage::tests::uuid_for(0x20); // ESP of vdb
+        let vars = root.join("sys/firmware/efi/efivars");
+        std::fs::create_dir_all(&vars).expect("mkdir");
+        let mut var = vec![6, 0, 0, 0];
+        for u in format!("{}", esp).to_uppercase().encode_utf16().chain([0]) {
+            var.extend_from_slice(&u.to_le_bytes());
+        }
+        std::fs::write(
+            vars.join(format!("LoaderDevicePartUUID-{LOADER_VENDOR}")),
+            var,
+        )
+        .expect("write");
+
+        let mut boot_disk = BootDisk::from_efivars(root);
+        assert_eq!(boot_disk.esp_guid, Some(esp));
+        assert!(!boot_disk.holds_esp(root, "vda"));
+        assert!(boot_disk.holds_esp(root, "vdb"));
+        let found =
+            wait_for_slot(root, Slot::A, Duration::from_secs(1), &mut boot_disk).expect("found");
+        assert_eq!(found.root.name, "vdb2");
+        // Without the variable the two disks are ambiguous.
+        let err = wait_for_slot(
+            root,
+            Slot::A,
+            Duration::from_secs(1),
+            &mut BootDisk::default(),
+        )
+        .expect_err("ambiguous");
+        assert!(err.to_string().contains("(vda, vdb)"), "{err}");
     }
 
     #[test]
@@ -277,8 +397,13 @@ pub(crate) mod tests {
         fake_disk(dir.path(), "vdb", 253, &LAYOUT);
         let devs = scan(&dir.path().join("sys")).expect("scan");
         assert!(matches!(
-            select(&devs, Slot::A),
+            select(&devs, Slot::A, &mut |_| false),
             Err(DevicesError::Ambiguous { .. })
         ));
+        let found = select(&devs, Slot::A, &mut |d| d == "vdb")
+            .expect("no error")
+            .expect("found");
+        assert_eq!(found.disk, "vdb");
+        assert_eq!(found.data.name, "vdb7");
     }
 }

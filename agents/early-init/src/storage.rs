@@ -182,14 +182,15 @@ pub fn grow_last_partition(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use std::collections::BTreeMap;
 
     const MIB: u64 = 1024 * 1024;
 
-    /// Makes a GPT image of `size` bytes with the Berth layout (small partitions).
-    fn make_image(path: &Path, size: u64) {
+    /// Makes a GPT image of `size` bytes with the Berth layout (small partitions); partition
+    /// i gets GUID `uuid_for(guid_base + i)`.
+    pub(crate) fn make_image(path: &Path, size: u64, guid_base: usize) {
         let f = File::create(path).expect("create");
         f.set_len(size).expect("set_len");
         drop(f);
@@ -208,7 +209,7 @@ mod tests {
                 i as u32 + 1,
                 gpt::partition::Partition {
                     part_type_guid: gpt::partition_types::LINUX_FS,
-                    part_guid: uuid_for(i),
+                    part_guid: uuid_for(guid_base + i),
                     first_lba: lba,
                     last_lba: lba + len - 1,
                     flags: 0,
@@ -224,7 +225,7 @@ mod tests {
             .expect("mbr");
     }
 
-    fn uuid_for(i: usize) -> uuid::Uuid {
+    pub(crate) fn uuid_for(i: usize) -> uuid::Uuid {
         uuid::Uuid::from_u128(0x1234_5678_0000_0000_0000_0000_0000_0000 + i as u128)
     }
 
@@ -232,7 +233,7 @@ mod tests {
     fn grows_data_to_the_new_end_of_the_disk() {
         let dir = tempfile::tempdir().expect("tempdir");
         let img = dir.path().join("disk.img");
-        make_image(&img, 16 * MIB);
+        make_image(&img, 16 * MIB, 0);
         // Same size: nothing to do.
         assert_eq!(
             grow_last_partition(&img, "data", LogicalBlockSize::Lb512).expect("grow"),
@@ -279,7 +280,7 @@ mod tests {
     fn refuses_to_grow_a_partition_that_is_not_last() {
         let dir = tempfile::tempdir().expect("tempdir");
         let img = dir.path().join("disk.img");
-        make_image(&img, 16 * MIB);
+        make_image(&img, 16 * MIB, 0);
         std::fs::OpenOptions::new()
             .write(true)
             .open(&img)
