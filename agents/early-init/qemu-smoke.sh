@@ -88,7 +88,8 @@ ls -la "$W/initrd.cpio" "$W/disk.img"
 boot() {
   local log="$W/serial-$1.log" extra=${2:-} deadline=$(( $(date +%s) + ${BOOT_TIMEOUT:-300} ))
   : > "$log"
-  qemu-system-x86_64 -machine q35 -m 1024 -smp 2 -nographic -no-reboot \
+  # shellcheck disable=SC2086
+  qemu-system-x86_64 -machine q35 -m 1024 -smp 2 -nographic -no-reboot ${QEMU_EXTRA:-} \
     -kernel "$KERNEL" -initrd "$W/initrd.cpio" \
     -append "console=ttyS0 panic=-1 systemd.gpt_auto=0 $(cat "$W/cmdline.berth") $extra" \
     -drive "file=$W/disk.img,if=virtio,format=raw" \
