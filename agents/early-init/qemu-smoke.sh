@@ -72,7 +72,7 @@ done
 MODS="kernel/drivers/block/virtio_blk.ko.xz kernel/crypto/crc32c_generic.ko.xz kernel/lib/libcrc32c.ko.xz
 kernel/fs/erofs/erofs.ko.xz kernel/drivers/md/dm-mod.ko.xz kernel/drivers/md/dm-bufio.ko.xz
 kernel/lib/reed_solomon/reed_solomon.ko.xz kernel/drivers/md/dm-verity.ko.xz kernel/lib/crc16.ko.xz
-kernel/fs/mbcache.ko.xz kernel/fs/jbd2/jbd2.ko.xz kernel/fs/ext4/ext4.ko.xz"
+kernel/fs/mbcache.ko.xz kernel/fs/jbd2/jbd2.ko.xz kernel/fs/ext4/ext4.ko.xz kernel/fs/efivarfs/efivarfs.ko.xz"
 LIST=""
 for m in $MODS; do
   mkdir -p "$I/usr/lib/modules/$KVER/$(dirname "$m")"

@@ -109,12 +109,21 @@ impl<H: Host> Boot<H> {
         let mut loaded = 0;
         for m in &cfg.modules {
             let path = self.path(&m.to_string_lossy());
-            if self
-                .host
-                .load_module(&path)
-                .with_context(|| format!("load module {}", m.display()))?
-            {
-                loaded += 1;
+            match self.host.load_module(&path) {
+                Ok(true) => loaded += 1,
+                Ok(false) => {}
+                // A driver for hardware this machine lacks (an accelerated crc32c on an old
+                // CPU, say) refuses with ENODEV. Not fatal: if the module was needed, a later
+                // step fails and names what is missing.
+                Err(e) if e.raw_os_error() == Some(libc::ENODEV) => {
+                    say(&format!(
+                        "note: module {} does not apply here: {e}",
+                        m.display()
+                    ));
+                }
+                Err(e) => {
+                    return Err(e).with_context(|| format!("load module {}", m.display()));
+                }
             }
         }
         say(&format!("loaded {loaded} of {} modules", cfg.modules.len()));

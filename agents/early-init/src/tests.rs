@@ -51,7 +51,15 @@ impl Host for FakeHost {
     fn load_module(&mut self, path: &Path) -> io::Result<bool> {
         let p = self.rel(path);
         self.ops.push(format!("module {p}"));
-        Ok(true)
+        match self.fail {
+            Some("module-enodev") if p.ends_with("dm-mod.ko.xz") => {
+                Err(io::Error::from_raw_os_error(libc::ENODEV))
+            }
+            Some("module-enoexec") if p.ends_with("dm-mod.ko.xz") => {
+                Err(io::Error::from_raw_os_error(libc::ENOEXEC))
+            }
+            _ => Ok(true),
+        }
     }
     fn create_dm(&mut self, name: &str, uuid: &str, t: &DmTarget) -> anyhow::Result<String> {
         self.ops.push(format!(
@@ -304,5 +312,27 @@ fn a_failed_mkfs_is_fatal_and_says_which_partition() {
     assert!(
         !ops.iter().any(|o| o.contains("/sysroot/private")),
         "{ops:?}"
+    );
+}
+
+#[test]
+fn a_module_without_its_hardware_is_skipped_other_module_errors_are_fatal() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    fixture(dir.path());
+    let (err, ops) = boot_failing(dir.path(), Some("module-enodev"));
+    assert_eq!(
+        format!("{err:#}"),
+        "switch root: exec is not possible in a test"
+    );
+    assert!(
+        ops.iter().any(|o| o.ends_with("dm-verity.ko.xz")),
+        "{ops:?}"
+    );
+
+    let (err, _) = boot_failing(dir.path(), Some("module-enoexec"));
+    let msg = format!("{err:#}");
+    assert!(
+        msg.starts_with("load module /usr/lib/modules/6.12.0-test/dm-mod.ko.xz: "),
+        "{msg}"
     );
 }
