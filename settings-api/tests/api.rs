@@ -348,3 +348,29 @@ fn socket_has_mode_0660_and_missing_server_is_a_clear_error() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/api.sock"));
 }
+
+#[test]
+fn readiness_is_reported_to_systemd() {
+    let dir = tempfile::tempdir().unwrap();
+    let notify = dir.path().join("notify.sock");
+    let listener = std::os::unix::net::UnixDatagram::bind(&notify).unwrap();
+    listener
+        .set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
+    let mut child = std::process::Command::new(common::APISERVER)
+        .arg("--socket-path")
+        .arg(dir.path().join("api.sock"))
+        .arg("--datastore-path")
+        .arg(dir.path().join("ds"))
+        .env("NOTIFY_SOCKET", &notify)
+        .env("RUST_LOG", "warn")
+        .spawn()
+        .unwrap();
+    let mut buf = [0u8; 64];
+    let n = listener.recv(&mut buf);
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(&buf[..n.unwrap()], b"READY=1");
+    // Ready means listening.
+    assert!(dir.path().join("api.sock").exists());
+}

@@ -33,7 +33,9 @@ fuzz_target!(|reqs: Vec<Req>| {
         let routes = settings_api::api::ROUTES;
         let path = match req.extra_path {
             Some(p) => p,
-            None => routes[usize::from(req.route) % routes.len()].path.to_string(),
+            None => routes[usize::from(req.route) % routes.len()]
+                .path
+                .to_string(),
         };
         let resp = rt.block_on(server::respond(
             &state,
