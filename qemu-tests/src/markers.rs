@@ -8,6 +8,13 @@ pub const EARLY_INIT: &str = r"early-init: ";
 pub const SWITCH_ROOT: &str = r"early-init: switching root to systemd";
 /// early-init's single failure line.
 pub const EARLY_INIT_FATAL: &str = r"early-init: FATAL: ";
+/// A line that means this boot failed: early-init gave up, the kernel panicked, or the
+/// kernel is restarting the machine.
+pub const BOOT_FAILURE: &str =
+    r"early-init: FATAL: |Kernel panic - not syncing|reboot: Restarting system";
+/// early-init failing because the root read back wrong (I/O error from dm-verity).
+pub const EARLY_INIT_READ_ERROR: &str =
+    r"early-init: FATAL: .*(?i:corrupt|input/output error|os error 5\))";
 /// systemd reached multi-user.target.
 pub const MULTI_USER: &str = r"Reached target.*[Mm]ulti-[Uu]ser";
 /// The UEFI boot manager starting a boot option: printed once per firmware boot.

@@ -12,7 +12,8 @@ pub enum BootOutcome {
     MultiUser(Line),
     /// The machine restarted: `restart` is the first line of the next boot (a second
     /// kernel banner, or the firmware's boot manager after a failure line); `evidence`
-    /// holds the dm-verity corruption and early-init FATAL lines printed before it.
+    /// holds the lines before it that blame corrupt data: the kernel's dm-verity report,
+    /// or early-init failing with an I/O error.
     Restarted { restart: Line, evidence: Vec<Line> },
 }
 
@@ -51,7 +52,7 @@ impl RestartDetector {
             evidence: re(&format!(
                 "{}|{}",
                 markers::VERITY_CORRUPTION,
-                markers::EARLY_INIT_FATAL
+                markers::EARLY_INIT_READ_ERROR
             )),
         }
     }
@@ -132,6 +133,31 @@ mod tests {
         let outcome = RestartDetector::new().outcome(&lines(&t));
         assert!(
             matches!(&outcome, Some(BootOutcome::Restarted { restart, evidence }) if restart.index == 4 && evidence.is_empty()),
+            "{outcome:?}"
+        );
+    }
+
+    #[test]
+    fn unrelated_early_init_failure_is_no_evidence() {
+        let mut t = FIRST_BOOT.to_vec();
+        t.extend([
+            "early-init: FATAL: load module /usr/lib/modules/x/libcrc32c.ko.xz: No such file or directory (os error 2); rebooting",
+            "[    9.7] reboot: Restarting system",
+            "BdsDxe: loading Boot0001 \"UEFI Misc Device\"",
+        ]);
+        let outcome = RestartDetector::new().outcome(&lines(&t));
+        assert!(
+            matches!(&outcome, Some(BootOutcome::Restarted { evidence, .. }) if evidence.is_empty()),
+            "{outcome:?}"
+        );
+        let mut t = FIRST_BOOT.to_vec();
+        t.extend([
+            "early-init: FATAL: mount /dev/mapper/root on /sysroot: Input/output error (os error 5); rebooting",
+            "BdsDxe: loading Boot0001 \"UEFI Misc Device\"",
+        ]);
+        let outcome = RestartDetector::new().outcome(&lines(&t));
+        assert!(
+            matches!(&outcome, Some(BootOutcome::Restarted { evidence, .. }) if evidence.len() == 1),
             "{outcome:?}"
         );
     }

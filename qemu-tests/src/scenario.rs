@@ -7,7 +7,7 @@
 //! would otherwise start them together.
 
 use std::fs::{File, OpenOptions};
-use std::io;
+use std::io::{self, Write};
 use std::path::PathBuf;
 
 use rustix::fs::{flock, FlockOperation};
@@ -40,10 +40,13 @@ pub fn enabled() -> bool {
 /// what it checks, and returns the host lock.
 pub fn begin(name: &str, checks: &[&str]) -> Result<Option<HostLock>, ScenarioError> {
     if !enabled() {
-        println!(
-            "{name}: skipped: {} is not set (scripts/test.sh sets it after building the images)",
+        // Straight to the process's stderr: libtest captures print! and eprint!, and a
+        // skipped scenario must say so even when the test passes.
+        let line = format!(
+            "{name}: skipped: {} is not set (scripts/test.sh sets it after building the images)\n",
             paths::ENABLE_VAR
         );
+        let _ = io::stderr().write_all(line.as_bytes());
         return Ok(None);
     }
     // Print after taking the lock, so that the scenario's output is not interleaved with

@@ -86,6 +86,14 @@ pub enum VmError {
         stderr: String,
         tail: String,
     },
+    #[error(
+        "the console showed a failure while waiting for {what}: {line}\nlast serial lines:\n{tail}"
+    )]
+    Failed {
+        what: String,
+        line: String,
+        tail: String,
+    },
     #[error("QMP command {command}")]
     Qmp {
         command: String,
@@ -175,6 +183,14 @@ pub struct VmBuilder {
     net_user: Option<Vec<String>>,
     extra_args: Vec<String>,
     qemu: Option<PathBuf>,
+    direct_kernel: Option<DirectKernel>,
+}
+
+#[derive(Debug, Clone)]
+struct DirectKernel {
+    kernel: PathBuf,
+    initrd: Option<PathBuf>,
+    cmdline: String,
 }
 
 /// Files of one VM that the QEMU command line refers to.
@@ -205,6 +221,7 @@ impl VmBuilder {
             net_user: None,
             extra_args: Vec::new(),
             qemu: None,
+            direct_kernel: None,
         }
     }
 
@@ -293,6 +310,23 @@ impl VmBuilder {
         self
     }
 
+    /// Boots `kernel` (with `initrd` and `cmdline`) through the firmware's QEMU loader
+    /// instead of the disk's boot loader: for early-init work without a full image. The
+    /// disks are still attached.
+    pub fn direct_kernel(
+        mut self,
+        kernel: impl AsRef<Path>,
+        initrd: Option<&Path>,
+        cmdline: impl Into<String>,
+    ) -> Self {
+        self.direct_kernel = Some(DirectKernel {
+            kernel: kernel.as_ref().to_owned(),
+            initrd: initrd.map(Path::to_owned),
+            cmdline: cmdline.into(),
+        });
+        self
+    }
+
     /// The QEMU program instead of `qemu-system-<arch>` from `PATH`.
     pub fn qemu_binary(mut self, program: impl AsRef<Path>) -> Self {
         self.qemu = Some(program.as_ref().to_owned());
@@ -357,6 +391,13 @@ impl VmBuilder {
                 }
             };
             push(&["-fw_cfg", &spec]);
+        }
+        if let Some(direct) = &self.direct_kernel {
+            push(&["-kernel", &direct.kernel.to_string_lossy()]);
+            if let Some(initrd) = &direct.initrd {
+                push(&["-initrd", &initrd.to_string_lossy()]);
+            }
+            push(&["-append", &direct.cmdline]);
         }
         if let Some(rules) = &self.net_user {
             let mut netdev = "user,id=net0".to_owned();
@@ -635,6 +676,42 @@ impl RunningVm {
         })
     }
 
+    /// Like [`RunningVm::wait_for_line`], but fails at once when a line matching `failure`
+    /// comes first (see [`crate::markers::BOOT_FAILURE`]), instead of waiting out the
+    /// deadline on a machine that will not get there.
+    pub fn wait_for_line_or_fail<P, F>(
+        &self,
+        pattern: &P,
+        failure: &F,
+        deadline: Duration,
+    ) -> Result<Line, VmError>
+    where
+        P: Pattern + ?Sized,
+        F: Pattern + ?Sized,
+    {
+        let re = pattern.to_regex()?;
+        let failure = failure.to_regex()?;
+        let what = format!("a line matching `{re}`");
+        let mut scanned = 0;
+        let found = self.wait(what.clone(), deadline, |state| {
+            for line in &state.lines[scanned..] {
+                if re.is_match(&line.text) {
+                    return Some(Ok(line.clone()));
+                }
+                if failure.is_match(&line.text) {
+                    return Some(Err(line.clone()));
+                }
+            }
+            scanned = state.lines.len();
+            None
+        })?;
+        found.map_err(|line| VmError::Failed {
+            what,
+            line: line.to_log(),
+            tail: self.tail(TAIL_LINES),
+        })
+    }
+
     /// Waits up to `deadline` until `found` returns a value for the complete lines so far.
     /// `what` names the condition in the error.
     pub fn wait_until<T>(
@@ -872,14 +949,22 @@ mod tests {
             "-fw_cfg",
             "name=opt/org.berth/user-data,file=/tmp/user,,data.toml"
         ));
-        assert!(!args.iter().any(|a| a == "-netdev"));
+        assert!(!args.iter().any(|a| a == "-netdev" || a == "-kernel"));
     }
 
     #[test]
     fn aarch64_uses_virt_aavmf_and_fast_pauth() {
         let args = Vm::builder(Arch::Aarch64)
             .net_user(["tcp:127.0.0.1:2222-:22"])
+            .direct_kernel(
+                "/boot/vmlinuz",
+                Some(Path::new("/tmp/initrd.cpio")),
+                "console=ttyAMA0 berth.slot=a",
+            )
             .qemu_args(&layout());
+        assert!(has(&args, "-kernel", "/boot/vmlinuz"));
+        assert!(has(&args, "-initrd", "/tmp/initrd.cpio"));
+        assert!(has(&args, "-append", "console=ttyAMA0 berth.slot=a"));
         assert!(has(&args, "-machine", "virt"));
         assert!(has(&args, "-cpu", "max,pauth-impdef=on"));
         assert!(has(
@@ -940,6 +1025,32 @@ mod tests {
         assert!(
             log.lines().nth(3).is_some_and(|l| l.ends_with("] Shell>")),
             "{log}"
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn a_failure_line_ends_the_wait_at_once() -> anyhow::Result<()> {
+        let (_dir, vm) = fake_vm(
+            "echo 'early-init: slot a'; echo 'early-init: FATAL: mount root: EIO; rebooting'; exec sleep 30",
+        )?;
+        let started = Instant::now();
+        let err = vm
+            .wait_for_line_or_fail(
+                crate::markers::MULTI_USER,
+                crate::markers::BOOT_FAILURE,
+                Duration::from_secs(20),
+            )
+            .expect_err("early-init failed");
+        assert!(started.elapsed() < Duration::from_secs(10));
+        let msg = err.to_string();
+        assert!(
+            msg.starts_with("the console showed a failure while waiting for a line matching"),
+            "{msg}"
+        );
+        assert!(
+            msg.contains("] early-init: FATAL: mount root: EIO; rebooting\n"),
+            "{msg}"
         );
         Ok(())
     }
