@@ -53,7 +53,14 @@ impl<H: Host> Boot<H> {
             flags,
             data: data.to_string(),
         };
-        fs::create_dir_all(&spec.target).ok();
+        if let Some(in_image) = target.strip_prefix("/sysroot/") {
+            // The image is read-only: its mount points must be there.
+            if !spec.target.is_dir() {
+                bail!("the root image has no /{in_image} directory to mount {source} on");
+            }
+        } else {
+            fs::create_dir_all(&spec.target).ok();
+        }
         self.host
             .mount(&spec)
             .with_context(|| format!("mount {source} ({fstype}) on {target}"))

@@ -289,4 +289,44 @@ mod tests {
             Err(CmdlineError::Missing(DATA_BLOCKS))
         );
     }
+
+    mod props {
+        use super::super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            #[test]
+            fn never_panics(line in "\\PC*") {
+                let _ = parse(&line);
+            }
+
+            #[test]
+            fn valid_parameters_parse_back_among_other_words(
+                b in any::<bool>(),
+                root in "[0-9a-f]{64}",
+                salt in proptest::option::of("([0-9a-f]{2}){1,32}"),
+                blocks in 1u64..u64::MAX / 4096,
+                start in proptest::option::of(0u64..1_000_000),
+                noise in proptest::collection::vec("[a-z_.]{1,12}(=[a-z0-9,]{0,8})?", 0..6),
+            ) {
+                let mut words = noise.clone();
+                words.push(format!("berth.slot={}", if b { "b" } else { "a" }));
+                words.push(format!("berth.verity.root={root}"));
+                words.push(format!("berth.verity.data-blocks={blocks}"));
+                if let Some(s) = &salt {
+                    words.push(format!("berth.verity.salt={s}"));
+                }
+                if let Some(s) = start {
+                    words.push(format!("berth.verity.hash-start={s}"));
+                }
+                words.rotate_left(noise.len() / 2);
+                let parsed = parse(&words.join(" ")).expect("valid");
+                prop_assert_eq!(parsed.slot, if b { Slot::B } else { Slot::A });
+                prop_assert_eq!(parsed.verity.root_hash, root);
+                prop_assert_eq!(parsed.verity.salt, salt);
+                prop_assert_eq!(parsed.verity.data_blocks, blocks);
+                prop_assert_eq!(parsed.verity.hash_start, start.unwrap_or(1));
+            }
+        }
+    }
 }

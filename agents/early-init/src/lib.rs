@@ -22,8 +22,20 @@ use std::convert::Infallible;
 use std::path::PathBuf;
 use std::time::Duration;
 
+/// If systemd has not been started by then, something hangs (a device, a mount, mke2fs
+/// waiting for entropy): reboot rather than hang, so boot counting can act.
+const WATCHDOG: Duration = Duration::from_secs(300);
+
 /// Boots the machine from the real initramfs; returns only on failure.
 pub fn run() -> anyhow::Result<Infallible> {
+    // exec() ends this thread together with the rest of the initramfs process.
+    std::thread::spawn(|| {
+        std::thread::sleep(WATCHDOG);
+        fatal::reboot_with(&format!(
+            "early-init: FATAL: boot did not reach systemd within {} s; rebooting",
+            WATCHDOG.as_secs()
+        ));
+    });
     let kernel = rustix::system::uname()
         .release()
         .to_string_lossy()

@@ -336,3 +336,15 @@ fn a_module_without_its_hardware_is_skipped_other_module_errors_are_fatal() {
         "{msg}"
     );
 }
+
+#[test]
+fn an_image_without_a_mount_point_is_reported_as_such() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    fixture(dir.path());
+    fs::remove_dir(dir.path().join("sysroot/local")).expect("rmdir");
+    let (err, _) = boot(dir.path());
+    assert_eq!(
+        format!("{err:#}"),
+        "the root image has no /local directory to mount /dev/vda7 on"
+    );
+}
