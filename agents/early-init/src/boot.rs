@@ -154,7 +154,7 @@ impl<H: Host> Boot<H> {
     fn cmdline(&self) -> anyhow::Result<Cmdline> {
         let path = self.path("/proc/cmdline");
         let text = fs::read_to_string(&path).context("read /proc/cmdline")?;
-        Ok(cmdline::parse(&text)?)
+        cmdline::parse(&text).context("check the kernel command line")
     }
 
     fn verity(&mut self, c: &Cmdline, disk: &SlotDisk) -> anyhow::Result<String> {

@@ -266,7 +266,7 @@ fn bad_command_line_stops_before_devices() {
     let (err, _) = boot(root);
     assert_eq!(
         format!("{err:#}"),
-        "missing berth.verity.root= on the kernel command line"
+        "check the kernel command line: missing berth.verity.root= on the kernel command line"
     );
 }
 
