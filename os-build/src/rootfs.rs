@@ -71,6 +71,7 @@ pub fn mmdebstrap(run: &MmdebstrapRun<'_>) -> Result<(), RootfsError> {
         std::fs::remove_dir_all(run.target).map_err(io("remove old root", run.target))?;
     }
     std::fs::create_dir_all(run.cache).map_err(io("create package cache", run.cache))?;
+    std::fs::create_dir_all(run.target).map_err(io("create", run.target))?;
     let log = std::fs::File::create(run.log).map_err(io("create log", run.log))?;
     let cache = run.cache.display().to_string();
     let mut cmd = Command::new("mmdebstrap");
@@ -94,6 +95,7 @@ pub fn mmdebstrap(run: &MmdebstrapRun<'_>) -> Result<(), RootfsError> {
         .arg(format!("--setup-hook=sync-in {cache} /var/cache/apt/archives/"))
         .arg(format!("--customize-hook=sync-out /var/cache/apt/archives {cache}"))
         .arg("--skip=download/empty")
+        .arg("--skip=essential/unlink")
         .arg(SUITE)
         .arg(run.target)
         .arg(run.mirror)
