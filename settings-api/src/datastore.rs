@@ -50,6 +50,11 @@ pub enum DatastoreError {
     Version { path: PathBuf, found: String },
     #[error("invalid transaction name '{0}': use 1 to 64 letters, digits, '-' or '_'")]
     TxName(String),
+    #[error("committing transaction '{tx}' would make live settings invalid")]
+    Invalid {
+        tx: String,
+        source: crate::model::ModelError,
+    },
 }
 
 /// A datastore rooted at a directory.
@@ -275,15 +280,23 @@ impl Datastore {
         Ok(changed_keys(&Value::Null, &pending))
     }
 
-    /// Commits transaction `tx` into live, atomically. Returns the keys whose value changed
-    /// and the new live settings.
-    pub fn commit(&self, tx: &str) -> Result<(Vec<Key>, Value), DatastoreError> {
+    /// Commits transaction `tx` into live, atomically, if `check` accepts the merged result.
+    /// Returns the keys whose value changed and the new live settings.
+    pub fn commit(
+        &self,
+        tx: &str,
+        check: &dyn Fn(&Value) -> Result<(), crate::model::ModelError>,
+    ) -> Result<(Vec<Key>, Value), DatastoreError> {
         let dir = self.tx_dir(tx)?;
         let pending = read_json(&dir.join("settings.json"))?;
         let mut live = self.live()?;
         let changed = changed_keys(&live, &pending);
         if !changed.is_empty() {
             merge(&mut live, &pending);
+            check(&live).map_err(|source| DatastoreError::Invalid {
+                tx: tx.to_string(),
+                source,
+            })?;
             write_json(&self.live_path(), &live, true)?;
         }
         remove_dir(&dir)?;
@@ -357,6 +370,29 @@ mod tests {
     use super::*;
     use serde_json::json;
 
+    fn ok(_: &Value) -> Result<(), crate::model::ModelError> {
+        Ok(())
+    }
+
+    #[test]
+    fn commit_refuses_what_the_check_rejects_and_keeps_live() {
+        let dir = tempfile::tempdir().unwrap();
+        let ds = Datastore::open(dir.path()).unwrap();
+        ds.patch_pending("t", &json!({"motd": "x"})).unwrap();
+        let reject = |_: &Value| {
+            Err(crate::model::ModelError {
+                key: "settings.motd".into(),
+                reason: "no".into(),
+            })
+        };
+        assert!(matches!(
+            ds.commit("t", &reject),
+            Err(DatastoreError::Invalid { .. })
+        ));
+        assert_eq!(ds.live().unwrap(), json!({}));
+        assert_eq!(ds.list_tx().unwrap(), vec!["t"]);
+    }
+
     #[test]
     fn transactions_are_isolated_until_commit() {
         let dir = tempfile::tempdir().unwrap();
@@ -366,7 +402,7 @@ mod tests {
         ds.patch_pending("b", &json!({"motd": "b"})).unwrap();
         assert_eq!(ds.live().unwrap(), json!({}));
         assert_eq!(ds.list_tx().unwrap(), vec!["a", "b"]);
-        let (changed, live) = ds.commit("a").unwrap();
+        let (changed, live) = ds.commit("a", &ok).unwrap();
         let changed: Vec<String> = changed.iter().map(|k| k.to_string()).collect();
         assert_eq!(changed, vec!["kubernetes.max-pods", "motd"]);
         assert_eq!(live, json!({"motd": "a", "kubernetes": {"max-pods": 1}}));
@@ -377,7 +413,7 @@ mod tests {
         assert_eq!(ds.live().unwrap()["motd"], "a");
         // Re-committing an unchanged value reports nothing changed.
         ds.patch_pending("c", &json!({"motd": "a"})).unwrap();
-        assert!(ds.commit("c").unwrap().0.is_empty());
+        assert!(ds.commit("c", &ok).unwrap().0.is_empty());
     }
 
     #[test]

@@ -84,6 +84,11 @@ impl From<DatastoreError> for ApiError {
     fn from(e: DatastoreError) -> ApiError {
         match e {
             DatastoreError::TxName(_) => ApiError::bad(e.to_string()),
+            DatastoreError::Invalid { tx, source } => ApiError {
+                status: StatusCode::BAD_REQUEST,
+                message: format!("transaction '{tx}' would make live settings invalid: {source}"),
+                key: Some(source.key),
+            },
             other => {
                 let mut message = other.to_string();
                 let mut source = std::error::Error::source(&other);
@@ -170,6 +175,27 @@ impl State {
         F: FnOnce(&Datastore) -> Result<T, DatastoreError> + Send + 'static,
     {
         let _guard = self.writer.lock().await;
+        self.blocking(f).await
+    }
+
+    /// Commits `tx` and publishes the new live snapshot under the writer lock, so that
+    /// snapshots are published in commit order.
+    async fn commit(&self, tx: String) -> Result<Vec<Key>, ApiError> {
+        let _guard = self.writer.lock().await;
+        let (changed, live) = self
+            .blocking(move |ds| ds.commit(&tx, &|live| Settings::from_json(live).map(drop)))
+            .await?;
+        if !changed.is_empty() {
+            self.publish(live);
+        }
+        Ok(changed)
+    }
+
+    async fn blocking<T, F>(&self, f: F) -> Result<T, ApiError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Datastore) -> Result<T, DatastoreError> + Send + 'static,
+    {
         let ds = self.ds.clone();
         tokio::task::spawn_blocking(move || f(&ds))
             .await
@@ -480,10 +506,7 @@ async fn dispatch(
         Op::CommitTx | Op::CommitAndApplyTx => {
             let tx = tx_param(&q);
             let span_tx = tx.clone();
-            let (changed, live) = state.write(move |ds| ds.commit(&tx)).await?;
-            if !changed.is_empty() {
-                state.publish(live);
-            }
+            let changed = state.commit(tx).await?;
             info!(tx = %span_tx, changed = changed.len(), "committed");
             if op == Op::CommitAndApplyTx {
                 apply(state, &changed);

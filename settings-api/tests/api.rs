@@ -374,3 +374,58 @@ fn readiness_is_reported_to_systemd() {
     // Ready means listening.
     assert!(dir.path().join("api.sock").exists());
 }
+
+#[test]
+fn concurrent_writers_and_readers_lose_nothing() {
+    let s = Server::start(&[]);
+    let socket = s.socket.clone();
+    let writers: Vec<_> = (0..8)
+        .map(|w| {
+            let socket = socket.clone();
+            std::thread::spawn(move || {
+                for i in 0..5 {
+                    let tx = format!("w{w}-{i}");
+                    let body = format!(
+                        r#"{{"kubernetes": {{"node-labels": {{"example.com/w{w}-{i}": "v{i}"}}}}, "motd": "w{w}-{i}"}}"#
+                    );
+                    let (code, _) = common::http(&socket, "PATCH", &format!("/settings?tx={tx}"), Some(&body));
+                    assert_eq!(code, 204);
+                    let (code, _) = common::http(&socket, "POST", &format!("/tx/commit?tx={tx}"), None);
+                    assert_eq!(code, 200);
+                }
+            })
+        })
+        .collect();
+    let readers: Vec<_> = (0..4)
+        .map(|_| {
+            let socket = socket.clone();
+            std::thread::spawn(move || {
+                for _ in 0..50 {
+                    let (code, body) = common::http(&socket, "GET", "/settings", None);
+                    assert_eq!(code, 200);
+                    let v: Value = serde_json::from_str(&body).unwrap();
+                    // Every snapshot is a whole commit: the motd's label is present.
+                    if let Some(m) = v["motd"].as_str() {
+                        assert!(
+                            v["kubernetes"]["node-labels"][format!("example.com/{m}")].is_string()
+                        );
+                    }
+                }
+            })
+        })
+        .collect();
+    for t in writers.into_iter().chain(readers) {
+        t.join().unwrap();
+    }
+    let labels = s.get(&["kubernetes.node-labels"]);
+    let labels = labels["settings"]["kubernetes"]["node-labels"]
+        .as_object()
+        .unwrap()
+        .len();
+    assert_eq!(labels, 40, "every commit's label is live");
+    // The in-memory snapshot matches the datastore after a restart.
+    let before = s.get(&[]);
+    let mut s = s;
+    s.kill_and_restart();
+    assert_eq!(s.get(&[]), before);
+}
