@@ -31,7 +31,7 @@ pub enum ClientError {
         source: hyper::http::Error,
     },
     /// The server answered with an error status.
-    #[error("{method} {uri} failed with {status}: {message}")]
+    #[error("{message} ({method} {uri}: {status})")]
     Status {
         method: String,
         uri: String,

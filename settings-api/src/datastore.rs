@@ -275,9 +275,14 @@ impl Datastore {
     /// Discards transaction `tx`, returning the keys it held.
     pub fn delete_tx(&self, tx: &str) -> Result<Vec<Key>, DatastoreError> {
         let dir = self.tx_dir(tx)?;
-        let pending = read_json(&dir.join("settings.json"))?;
+        // A pending file made unreadable by a power cut can still be discarded.
+        let keys = match read_json(&dir.join("settings.json")) {
+            Ok(pending) => changed_keys(&Value::Null, &pending),
+            Err(DatastoreError::Corrupt { .. }) => Vec::new(),
+            Err(e) => return Err(e),
+        };
         remove_dir(&dir)?;
-        Ok(changed_keys(&Value::Null, &pending))
+        Ok(keys)
     }
 
     /// Commits transaction `tx` into live, atomically, if `check` accepts the merged result.
@@ -445,6 +450,20 @@ mod tests {
         ds.set_live(&json!({"motd": "x"})).unwrap();
         let ds = Datastore::open(dir.path()).unwrap();
         assert_eq!(ds.list_tx().unwrap(), vec!["open"]);
+    }
+
+    #[test]
+    fn corrupt_pending_can_be_discarded() {
+        let dir = tempfile::tempdir().unwrap();
+        let ds = Datastore::open(dir.path()).unwrap();
+        fs::create_dir_all(dir.path().join("pending/bad")).unwrap();
+        fs::write(dir.path().join("pending/bad/settings.json"), "").unwrap();
+        assert!(matches!(
+            ds.pending("bad"),
+            Err(DatastoreError::Corrupt { .. })
+        ));
+        assert!(ds.delete_tx("bad").unwrap().is_empty());
+        assert!(ds.list_tx().unwrap().is_empty());
     }
 
     #[test]
