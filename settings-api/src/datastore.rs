@@ -25,8 +25,22 @@ use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-/// Current on-disk format; a later release migrates older ones.
+/// Current on-disk format; [`MIGRATIONS`] bring older ones up to it at open.
 pub const FORMAT_VERSION: u32 = 1;
+
+/// One step of the datastore format, applied to the live settings. Pending transactions are
+/// scratch data and are not migrated; committing one written in an old shape is refused
+/// because the merged live settings must pass the model's validation.
+#[derive(Debug)]
+pub struct Migration {
+    /// Version this step migrates from (to `from + 1`).
+    pub from: u32,
+    /// Must be idempotent (see [`Datastore::open_with`]).
+    pub migrate: fn(&mut Value),
+}
+
+/// Migrations of this release, in order. Empty while the format is at version 1.
+pub const MIGRATIONS: &[Migration] = &[];
 
 /// Errors from the datastore.
 #[derive(Debug, thiserror::Error)]
@@ -46,7 +60,7 @@ pub enum DatastoreError {
         path: PathBuf,
         source: serde_json::Error,
     },
-    #[error("datastore {path} has format version {found}; this build understands {FORMAT_VERSION} (run the migrator)")]
+    #[error("datastore {path} has format version {found}, which this build cannot migrate (it writes version {FORMAT_VERSION})")]
     Version { path: PathBuf, found: String },
     #[error("invalid transaction name '{0}': use 1 to 64 letters, digits, '-' or '_'")]
     TxName(String),
@@ -144,8 +158,17 @@ fn empty() -> Value {
 }
 
 impl Datastore {
-    /// Opens (creating if needed) a datastore at `root`.
+    /// Opens (creating if needed) a datastore at `root`, migrating an older format.
     pub fn open(root: impl Into<PathBuf>) -> Result<Datastore, DatastoreError> {
+        Datastore::open_with(root, FORMAT_VERSION, MIGRATIONS)
+    }
+
+    /// [`Datastore::open`] with an explicit target version and migration list (for tests).
+    pub fn open_with(
+        root: impl Into<PathBuf>,
+        target: u32,
+        migrations: &[Migration],
+    ) -> Result<Datastore, DatastoreError> {
         let root = root.into();
         for dir in [root.join("live"), root.join("pending")] {
             fs::create_dir_all(&dir).map_err(|source| DatastoreError::Write {
@@ -154,21 +177,17 @@ impl Datastore {
             })?;
         }
         let version_path = root.join("version");
-        match fs::read_to_string(&version_path) {
-            Ok(found) => {
-                if found.trim() != FORMAT_VERSION.to_string() {
-                    return Err(DatastoreError::Version {
-                        path: version_path,
-                        found: found.trim().to_string(),
-                    });
-                }
-            }
+        let found = match fs::read_to_string(&version_path) {
+            Ok(text) => text
+                .trim()
+                .parse::<u32>()
+                .map_err(|_| DatastoreError::Version {
+                    path: version_path.clone(),
+                    found: text.trim().to_string(),
+                })?,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                write_atomic(
-                    &version_path,
-                    format!("{FORMAT_VERSION}\n").as_bytes(),
-                    true,
-                )?;
+                write_atomic(&version_path, format!("{target}\n").as_bytes(), true)?;
+                target
             }
             Err(source) => {
                 return Err(DatastoreError::Read {
@@ -176,6 +195,29 @@ impl Datastore {
                     source,
                 })
             }
+        };
+        if found > target {
+            return Err(DatastoreError::Version {
+                path: version_path,
+                found: found.to_string(),
+            });
+        }
+        let live_path = root.join("live").join("settings.json");
+        for version in found..target {
+            let migration = migrations
+                .iter()
+                .find(|m| m.from == version)
+                .ok_or_else(|| DatastoreError::Version {
+                    path: version_path.clone(),
+                    found: version.to_string(),
+                })?;
+            // Live first, then the version: a crash in between re-runs this migration on
+            // migrated data, so migrations must be idempotent.
+            let mut live = read_json(&live_path)?;
+            (migration.migrate)(&mut live);
+            write_json(&live_path, &live, true)?;
+            write_atomic(&version_path, format!("{}\n", version + 1).as_bytes(), true)?;
+            tracing::info!(from = version, to = version + 1, "migrated datastore");
         }
         let ds = Datastore { root };
         ds.remove_stray_temp_files();
@@ -450,6 +492,31 @@ mod tests {
         ds.set_live(&json!({"motd": "x"})).unwrap();
         let ds = Datastore::open(dir.path()).unwrap();
         assert_eq!(ds.list_tx().unwrap(), vec!["open"]);
+    }
+
+    #[test]
+    fn older_formats_are_migrated_at_open() {
+        fn rename_motd(v: &mut Value) {
+            if let Some(m) = v.as_object_mut().and_then(|o| o.remove("old-motd")) {
+                v["motd"] = m;
+            }
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let ds = Datastore::open(dir.path()).unwrap();
+        ds.set_live(&json!({"old-motd": "hi"})).unwrap();
+        let steps = [Migration {
+            from: 1,
+            migrate: rename_motd,
+        }];
+        let ds = Datastore::open_with(dir.path(), 2, &steps).unwrap();
+        assert_eq!(ds.live().unwrap(), json!({"motd": "hi"}));
+        assert_eq!(
+            fs::read_to_string(dir.path().join("version")).unwrap(),
+            "2\n"
+        );
+        // A version with no migration path is refused, as is a newer one.
+        assert!(Datastore::open_with(dir.path(), 3, &steps).is_err());
+        assert!(Datastore::open(dir.path()).is_err());
     }
 
     #[test]
