@@ -117,6 +117,37 @@ impl Snapshot {
     }
 }
 
+/// Applies committed settings to the services they affect.
+pub trait Applier: Send + Sync + std::fmt::Debug {
+    /// `keys` changed; `services` are the services the metadata maps them to.
+    fn apply(&self, keys: &[Key], services: &BTreeSet<String>);
+}
+
+/// Logs the services that need their configuration rendered and a restart. Rendering and
+/// restarting through systemd's D-Bus API is the config renderer's job (a later issue).
+#[derive(Debug, Default)]
+pub struct LogApplier;
+
+impl Applier for LogApplier {
+    fn apply(&self, keys: &[Key], services: &BTreeSet<String>) {
+        if !services.is_empty() {
+            info!(keys = keys.len(), services = ?services, "applying settings");
+        }
+    }
+}
+
+/// Records every application, for tests.
+#[derive(Debug, Default)]
+pub struct RecordingApplier(pub std::sync::Mutex<Vec<BTreeSet<String>>>);
+
+impl Applier for RecordingApplier {
+    fn apply(&self, _keys: &[Key], services: &BTreeSet<String>) {
+        if let Ok(mut log) = self.0.lock() {
+            log.push(services.clone());
+        }
+    }
+}
+
 /// Server state shared by all connections.
 #[derive(Debug)]
 pub struct State {
@@ -125,6 +156,7 @@ pub struct State {
     writer: tokio::sync::Mutex<()>,
     metadata: Metadata,
     os: BTreeMap<String, String>,
+    applier: Arc<dyn Applier>,
 }
 
 impl State {
@@ -150,7 +182,14 @@ impl State {
             writer: tokio::sync::Mutex::new(()),
             metadata,
             os,
+            applier: Arc::new(LogApplier),
         })
+    }
+
+    /// Replaces the applier (the default logs).
+    pub fn with_applier(mut self, applier: Arc<dyn Applier>) -> State {
+        self.applier = applier;
+        self
     }
 
     fn snapshot(&self) -> Arc<Snapshot> {
@@ -577,17 +616,13 @@ fn leaf_keys(value: &Value) -> Vec<Key> {
     crate::datastore::changed_keys(&Value::Null, value)
 }
 
-/// Applies changed keys: finds the affected services. Rendering their configuration files and
-/// restarting them through systemd's D-Bus API is the config renderer's job (a later issue);
-/// until then this records what would be applied.
+/// Applies changed keys: the services they affect, from the metadata, go to the applier.
 fn apply(state: &State, keys: &[Key]) {
     let services: BTreeSet<String> = keys
         .iter()
         .flat_map(|k| state.metadata.affected_services(k))
         .collect();
-    if !services.is_empty() {
-        info!(services = ?services, "settings applied; affected services need a restart");
-    }
+    state.applier.apply(keys, &services);
 }
 
 /// Tells systemd the server is ready when `NOTIFY_SOCKET` is set.
@@ -762,6 +797,65 @@ mod tests {
                 prop_assert!(Settings::from_json(&state.ds.live().unwrap()).is_ok());
             }
         }
+    }
+
+    #[test]
+    fn commit_and_apply_hands_the_affected_services_to_the_applier() {
+        let dir = tempfile::tempdir().unwrap();
+        let md = Metadata::parse(
+            "[affected-services]\n\"ntp\" = [\"chronyd\"]\n[services.chronyd]\n",
+            std::path::Path::new("t"),
+        )
+        .unwrap();
+        let recorder = Arc::new(RecordingApplier::default());
+        let state = Arc::new(
+            State::open(
+                Datastore::open(dir.path()).unwrap(),
+                None,
+                md,
+                BTreeMap::new(),
+            )
+            .unwrap()
+            .with_applier(recorder.clone()),
+        );
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let call = |m: &str, p: &str, q: Option<&str>, b: &str| {
+            rt.block_on(respond(&state, m, p, q, Bytes::from(b.to_string())))
+                .status()
+        };
+        let patch = r#"{"ntp": {"time-servers": ["a.example.com"]}, "motd": "x"}"#;
+        assert_eq!(
+            call("PATCH", "/settings", Some("tx=a"), patch),
+            StatusCode::NO_CONTENT
+        );
+        assert_eq!(call("POST", "/tx/commit", Some("tx=a"), ""), StatusCode::OK);
+        assert!(
+            recorder.0.lock().unwrap().is_empty(),
+            "commit alone applies nothing"
+        );
+        assert_eq!(
+            call(
+                "POST",
+                "/tx/apply",
+                Some("keys=settings.ntp.time-servers"),
+                ""
+            ),
+            StatusCode::NO_CONTENT
+        );
+        let patch = r#"{"ntp": {"time-servers": ["b.example.com"]}}"#;
+        assert_eq!(
+            call("PATCH", "/settings", Some("tx=b"), patch),
+            StatusCode::NO_CONTENT
+        );
+        assert_eq!(
+            call("POST", "/tx/commit_and_apply", Some("tx=b"), ""),
+            StatusCode::OK
+        );
+        let chronyd = BTreeSet::from(["chronyd".to_string()]);
+        assert_eq!(*recorder.0.lock().unwrap(), vec![chronyd.clone(), chronyd]);
     }
 
     #[test]
