@@ -219,6 +219,27 @@ pub fn random_tx(prefix: &str) -> String {
     format!("{prefix}-{:016x}", rand::random::<u64>())
 }
 
+/// The full model key of an `apiclient get` argument: `os`, `services` and
+/// `configuration-files` name those parts of the model; anything else is a setting, with or
+/// without its `settings.` prefix.
+pub fn model_key(arg: &str) -> Result<Key, ClientError> {
+    let key = Key::parse(arg).map_err(|source| ClientError::Key {
+        arg: arg.to_string(),
+        source,
+    })?;
+    let first = key.segments()[0].as_str();
+    if matches!(
+        first,
+        "settings" | "os" | "services" | "configuration-files"
+    ) {
+        Ok(key)
+    } else {
+        let mut segments = vec!["settings".to_string()];
+        segments.extend(key.segments().iter().cloned());
+        Ok(Key::from_segments(segments).unwrap_or(key))
+    }
+}
+
 /// Builds the keypair body of `apiclient set k=v ...`.
 pub fn keypair_body(args: &[String]) -> Result<Value, ClientError> {
     let mut map = Map::new();
@@ -337,21 +358,26 @@ pub async fn run(args: ClientArgs, out: &mut impl Write) -> Result<(), ClientErr
         ClientCommand::Get { prefixes } => {
             let mut merged = Value::Object(Map::new());
             if prefixes.is_empty() {
-                merged = serde_json::from_slice(&call(socket, "GET", "/settings", None).await?)
-                    .unwrap_or_default();
+                let settings: Value =
+                    serde_json::from_slice(&call(socket, "GET", "/settings", None).await?)
+                        .unwrap_or_default();
+                merged = serde_json::json!({ "settings": settings });
             }
             for prefix in &prefixes {
-                let key = Key::parse_setting(prefix).map_err(|source| ClientError::Key {
-                    arg: prefix.clone(),
-                    source,
-                })?;
-                let uri = format!("/settings?prefix={}", percent_encode(&key.to_string()));
+                let key = model_key(prefix)?;
+                let uri = format!("/?prefix={}", percent_encode(&key.to_string()));
                 let part: Value = serde_json::from_slice(&call(socket, "GET", &uri, None).await?)
                     .unwrap_or_default();
                 crate::datastore::merge(&mut merged, &part);
             }
-            let wrapped = serde_json::json!({ "settings": merged });
-            print(out, &serde_json::to_vec(&wrapped).unwrap_or_default())
+            if merged.get("settings").is_none()
+                && prefixes
+                    .iter()
+                    .all(|p| model_key(p).is_ok_and(|k| k.segments()[0] == "settings"))
+            {
+                merged["settings"] = Value::Object(Map::new());
+            }
+            print(out, &serde_json::to_vec(&merged).unwrap_or_default())
         }
         ClientCommand::Set { json, settings } => {
             if let Some(json) = json {
@@ -459,6 +485,16 @@ mod tests {
             keypair_body(&["motd".to_string()]),
             Err(ClientError::NotKeyValue { .. })
         ));
+    }
+
+    #[test]
+    fn get_arguments_map_to_model_keys() {
+        let k = |s| model_key(s).unwrap().to_string();
+        assert_eq!(k("motd"), "settings.motd");
+        assert_eq!(k("settings.kubernetes"), "settings.kubernetes");
+        assert_eq!(k("os"), "os");
+        assert_eq!(k("services.chronyd"), "services.chronyd");
+        assert!(model_key("a..b").is_err());
     }
 
     #[test]

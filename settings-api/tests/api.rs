@@ -26,6 +26,11 @@ fn set_then_get_types_values_by_the_model() {
             "kernel": {"sysctl": {"vm.max_map_count": "262144"}}
         }})
     );
+    assert_eq!(
+        s.get(&["ecs"]),
+        json!({"settings": {}}),
+        "unset prefix prints empty settings"
+    );
     // Prefix queries, with and without "settings.".
     assert_eq!(
         s.get(&["settings.kubernetes.max-pods", "motd"]),
@@ -294,6 +299,14 @@ fn defaults_fill_in_and_user_values_survive_restart() {
     let (code, body) = s.http("GET", "/os", None);
     assert_eq!(code, 200);
     assert!(body.contains("\"arch\""));
+    // apiclient get reaches the other parts of the model too.
+    let got = s.get(&["os", "services.chronyd", "motd"]);
+    assert!(got["os"]["arch"].is_string());
+    assert_eq!(
+        got["services"]["chronyd"]["configuration-files"],
+        json!(["chrony-conf"])
+    );
+    assert_eq!(got["settings"]["motd"], "mine");
 }
 
 #[test]
