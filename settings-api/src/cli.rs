@@ -20,9 +20,9 @@ pub struct ServerArgs {
     /// Service metadata file (setting prefixes, services, configuration files).
     #[arg(long)]
     pub metadata_file: Option<PathBuf>,
-    /// Group that owns the socket (the `api` group on a host).
+    /// Group that owns the socket: a gid or a name from /etc/group (`api` on a host).
     #[arg(long)]
-    pub socket_gid: Option<u32>,
+    pub socket_gid: Option<String>,
     /// os-release file served at /os.
     #[arg(long, default_value = paths::OS_RELEASE)]
     pub os_release: PathBuf,
@@ -185,5 +185,7 @@ mod tests {
         assert_eq!(a.socket_path, PathBuf::from("/run/api.sock"));
         assert_eq!(a.datastore_path, PathBuf::from("/private/datastore"));
         assert!(a.socket_gid.is_none());
+        let a = ServerArgs::try_parse_from(["apiserver", "--socket-gid", "api"]).unwrap();
+        assert_eq!(a.socket_gid.as_deref(), Some("api"));
     }
 }

@@ -6,3 +6,5 @@ pub const API_SOCKET: &str = "/run/api.sock";
 pub const DATASTORE: &str = "/private/datastore";
 /// os-release file served at `/os`.
 pub const OS_RELEASE: &str = "/etc/os-release";
+/// Group database used to resolve `--socket-gid NAME`.
+pub const GROUP_FILE: &str = "/etc/group";

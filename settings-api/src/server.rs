@@ -651,6 +651,20 @@ pub fn notify_ready() {
     }
 }
 
+/// Resolves a group given as a number or as a name in the `group(5)` file at `group_file`.
+pub fn resolve_gid(group: &str, group_file: &std::path::Path) -> Option<u32> {
+    if let Ok(gid) = group.parse() {
+        return Some(gid);
+    }
+    let text = std::fs::read_to_string(group_file).ok()?;
+    text.lines().find_map(|line| {
+        let mut fields = line.split(':');
+        let name = fields.next()?;
+        let gid = fields.nth(1)?;
+        (name == group).then(|| gid.parse().ok()).flatten()
+    })
+}
+
 /// Binds the socket (replacing a stale one), sets mode 0660 and the optional group.
 pub fn bind(
     path: &std::path::Path,
@@ -856,6 +870,16 @@ mod tests {
         );
         let chronyd = BTreeSet::from(["chronyd".to_string()]);
         assert_eq!(*recorder.0.lock().unwrap(), vec![chronyd.clone(), chronyd]);
+    }
+
+    #[test]
+    fn groups_resolve_by_number_or_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let group = dir.path().join("group");
+        std::fs::write(&group, "root:x:0:\napi:x:274:\n").unwrap();
+        assert_eq!(resolve_gid("274", &group), Some(274));
+        assert_eq!(resolve_gid("api", &group), Some(274));
+        assert_eq!(resolve_gid("nope", &group), None);
     }
 
     #[test]

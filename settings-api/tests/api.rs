@@ -350,10 +350,19 @@ fn status_codes_follow_bottlerocket() {
 
 #[test]
 fn socket_has_mode_0660_and_missing_server_is_a_clear_error() {
-    use std::os::unix::fs::PermissionsExt;
-    let s = Server::start(&[]);
-    let mode = std::fs::metadata(&s.socket).unwrap().permissions().mode() & 0o777;
-    assert_eq!(mode, 0o660);
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    // Our own primary group: any user may give a file it owns to it.
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let gid = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Gid:"))
+        .and_then(|v| v.split_whitespace().next())
+        .unwrap()
+        .to_string();
+    let s = Server::start(&["--socket-gid", &gid]);
+    let meta = std::fs::metadata(&s.socket).unwrap();
+    assert_eq!(meta.permissions().mode() & 0o777, 0o660);
+    assert_eq!(meta.gid().to_string(), gid);
     let out = std::process::Command::new(common::APICLIENT)
         .args(["--socket-path", "/nonexistent/api.sock", "get"])
         .output()

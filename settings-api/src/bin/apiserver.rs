@@ -37,8 +37,20 @@ fn run(args: ServerArgs) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("starting the async runtime")?;
+    let gid = match &args.socket_gid {
+        Some(group) => Some(
+            server::resolve_gid(group, std::path::Path::new(settings_api::paths::GROUP_FILE))
+                .with_context(|| {
+                    format!(
+                        "unknown group '{group}' for --socket-gid (not a number, not in {})",
+                        settings_api::paths::GROUP_FILE
+                    )
+                })?,
+        ),
+        None => None,
+    };
     runtime.block_on(async {
-        let listener = server::bind(&args.socket_path, args.socket_gid)?;
+        let listener = server::bind(&args.socket_path, gid)?;
         tracing::info!(socket = %args.socket_path.display(), "listening");
         server::notify_ready();
         server::serve(listener, Arc::new(state))
