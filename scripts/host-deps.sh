@@ -12,7 +12,7 @@ if [ "$(id -u)" != 0 ]; then
 fi
 
 export DEBIAN_FRONTEND=noninteractive
-stamp=/var/lib/berth-host-deps.v2
+stamp=/var/lib/berth-host-deps.v3
 
 src=/etc/apt/sources.list.d/berth-backports.sources
 if [ ! -f "$src" ]; then
@@ -36,7 +36,7 @@ if [ ! -f "$stamp" ]; then
     >/dev/null
   apt-get install -y -qq --no-install-recommends \
     ovmf qemu-efi-aarch64 mmdebstrap erofs-utils cryptsetup-bin dosfstools mtools \
-    e2fsprogs fdisk kmod cpio gcc-aarch64-linux-gnu libc6-dev-arm64-cross \
+    e2fsprogs fdisk kmod cpio arch-test gcc-aarch64-linux-gnu libc6-dev-arm64-cross \
     rustc-web cargo-web libstd-rust-web-dev:arm64 binfmt-support zstd xz-utils \
     debian-archive-keyring ca-certificates >/dev/null
   touch "$stamp"
