@@ -29,14 +29,23 @@ pub fn verity(args: &BenchVerityArgs) -> Result<()> {
 
         let t = Instant::now();
         let out = Command::new("veritysetup")
-            .args(["format", "--uuid", &Uuid::nil().to_string(), "--salt", &hex::encode(salt)])
+            .args([
+                "format",
+                "--uuid",
+                &Uuid::nil().to_string(),
+                "--salt",
+                &hex::encode(salt),
+            ])
             .arg(&args.image)
             .arg(dir.path().join("theirs"))
             .output()
             .context("cannot run veritysetup (apt-get install cryptsetup-bin)")?;
         theirs.push(t.elapsed());
         if !out.status.success() {
-            bail!("veritysetup format failed: {}", String::from_utf8_lossy(&out.stderr));
+            bail!(
+                "veritysetup format failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
         }
         their_root = String::from_utf8_lossy(&out.stdout)
             .lines()
@@ -53,13 +62,26 @@ pub fn verity(args: &BenchVerityArgs) -> Result<()> {
         runs.sort();
         let best = runs[0].as_secs_f64();
         let median = runs[runs.len() / 2].as_secs_f64();
-        println!("{name:<22} {best:>8.3} {median:>9.3} {:>10.0}", mib / median);
+        println!(
+            "{name:<22} {best:>8.3} {median:>9.3} {:>10.0}",
+            mib / median
+        );
         median
     };
-    println!("dm-verity hash tree of {} ({mib:.0} MiB), {} runs", args.image.display(), args.runs);
-    println!("{:<22} {:>8} {:>9} {:>10}", "implementation", "best s", "median s", "MiB/s");
+    println!(
+        "dm-verity hash tree of {} ({mib:.0} MiB), {} runs",
+        args.image.display(),
+        args.runs
+    );
+    println!(
+        "{:<22} {:>8} {:>9} {:>10}",
+        "implementation", "best s", "median s", "MiB/s"
+    );
     let a = row("os-build (sha2)", &mut ours);
     let b = row("veritysetup format", &mut theirs);
-    println!("os-build / veritysetup throughput: {:.2}x (same root hash {our_root})", b / a);
+    println!(
+        "os-build / veritysetup throughput: {:.2}x (same root hash {our_root})",
+        b / a
+    );
     Ok(())
 }

@@ -24,18 +24,34 @@ pub enum BinariesError {
 
 /// Builds the cargo packages of `programs` in release mode for `arch`; returns the
 /// directory holding the binaries.
-pub fn build(workspace: &Path, arch: Arch, programs: &[&Program]) -> Result<PathBuf, BinariesError> {
+pub fn build(
+    workspace: &Path,
+    arch: Arch,
+    programs: &[&Program],
+) -> Result<PathBuf, BinariesError> {
     let host = Arch::host();
     let (cargo, target_dir) = if host == Some(arch) {
-        (std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()), workspace.join("target"))
+        (
+            std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()),
+            workspace.join("target"),
+        )
     } else {
         // Debian's toolchain gets its own target dir: its artifacts are not compatible.
-        ("/usr/bin/cargo".to_owned(), workspace.join("target/debian-rustc"))
+        (
+            "/usr/bin/cargo".to_owned(),
+            workspace.join("target/debian-rustc"),
+        )
     };
     let mut cmd = Command::new(&cargo);
     cmd.current_dir(workspace)
         .env("CARGO_TARGET_DIR", &target_dir)
-        .args(["build", "--release", "--locked", "--target", arch.rust_target()]);
+        .args([
+            "build",
+            "--release",
+            "--locked",
+            "--target",
+            arch.rust_target(),
+        ]);
     let mut packages: Vec<&str> = programs.iter().map(|p| p.package).collect();
     packages.dedup();
     for package in packages {
@@ -46,7 +62,10 @@ pub fn build(workspace: &Path, arch: Arch, programs: &[&Program]) -> Result<Path
             .env("RUSTDOC", "/usr/bin/rustdoc")
             .env_remove("RUSTUP_TOOLCHAIN")
             .env(
-                format!("CARGO_TARGET_{}_LINKER", arch.rust_target().to_uppercase().replace('-', "_")),
+                format!(
+                    "CARGO_TARGET_{}_LINKER",
+                    arch.rust_target().to_uppercase().replace('-', "_")
+                ),
                 format!("{}-gcc", arch.triplet()),
             );
     }

@@ -7,7 +7,11 @@ use clap::{Args, Parser, Subcommand};
 use crate::arch::Arch;
 
 #[derive(Debug, Parser)]
-#[command(name = "os-build", version, about = "Builds Berth disk images from a variant")]
+#[command(
+    name = "os-build",
+    version,
+    about = "Builds Berth disk images from a variant"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -70,7 +74,9 @@ mod tests {
     #[test]
     fn build_defaults() {
         let cli = Cli::try_parse_from(["os-build", "build"]).unwrap();
-        let Command::Build(args) = cli.command else { panic!("not build") };
+        let Command::Build(args) = cli.command else {
+            panic!("not build")
+        };
         assert_eq!(args.variant, "qemu");
         assert_eq!(args.arch, Arch::X86_64);
         assert!(!args.locked);
@@ -79,10 +85,20 @@ mod tests {
     #[test]
     fn build_arch_and_flags() {
         let cli = Cli::try_parse_from([
-            "os-build", "build", "--variant", "qemu-dev", "--arch", "aarch64", "--locked", "--version", "2.0.0",
+            "os-build",
+            "build",
+            "--variant",
+            "qemu-dev",
+            "--arch",
+            "aarch64",
+            "--locked",
+            "--version",
+            "2.0.0",
         ])
         .unwrap();
-        let Command::Build(args) = cli.command else { panic!("not build") };
+        let Command::Build(args) = cli.command else {
+            panic!("not build")
+        };
         assert_eq!(args.arch, Arch::Aarch64);
         assert_eq!(args.version, "2.0.0");
         assert!(args.locked);

@@ -104,7 +104,11 @@ pub fn layout(arch: Arch, sizes: &Partitions, identity: &str) -> Layout {
 }
 
 /// Writes the raw disk: GPT + protective MBR, then each `(partition, image)` copied in.
-pub fn write_raw(out: &Path, layout: &Layout, contents: &[(&'static str, &Path)]) -> Result<(), DiskError> {
+pub fn write_raw(
+    out: &Path,
+    layout: &Layout,
+    contents: &[(&'static str, &Path)],
+) -> Result<(), DiskError> {
     let werr = |source| DiskError::Write {
         path: out.to_owned(),
         source,
@@ -134,9 +138,12 @@ pub fn write_raw(out: &Path, layout: &Layout, contents: &[(&'static str, &Path)]
         path: out.to_owned(),
         reason,
     };
-    let mbr = gpt::mbr::ProtectiveMBR::with_lb_size(u32::try_from(layout.size / SECTOR - 1).unwrap_or(u32::MAX));
+    let mbr = gpt::mbr::ProtectiveMBR::with_lb_size(
+        u32::try_from(layout.size / SECTOR - 1).unwrap_or(u32::MAX),
+    );
     let mut file = file;
-    mbr.overwrite_lba0(&mut file).map_err(|e| gpt_err(e.to_string()))?;
+    mbr.overwrite_lba0(&mut file)
+        .map_err(|e| gpt_err(e.to_string()))?;
     let mut disk = gpt::GptConfig::new()
         .writable(true)
         .logical_block_size(gpt::disk::LogicalBlockSize::Lb512)
@@ -147,8 +154,15 @@ pub fn write_raw(out: &Path, layout: &Layout, contents: &[(&'static str, &Path)]
             guid: p.type_guid,
             os: gpt::partition_types::OperatingSystem::Custom("berth".into()),
         };
-        disk.add_partition_at(p.name, p.number, p.first_lba, p.last_lba - p.first_lba + 1, part_type, 0)
-            .map_err(|e| gpt_err(format!("partition {}: {e}", p.name)))?;
+        disk.add_partition_at(
+            p.name,
+            p.number,
+            p.first_lba,
+            p.last_lba - p.first_lba + 1,
+            part_type,
+            0,
+        )
+        .map_err(|e| gpt_err(format!("partition {}: {e}", p.name)))?;
     }
     let mut table = disk.partitions().clone();
     for p in &layout.partitions {
@@ -156,7 +170,8 @@ pub fn write_raw(out: &Path, layout: &Layout, contents: &[(&'static str, &Path)]
             entry.part_guid = p.guid;
         }
     }
-    disk.update_partitions(table).map_err(|e| gpt_err(e.to_string()))?;
+    disk.update_partitions(table)
+        .map_err(|e| gpt_err(e.to_string()))?;
     let mut file = disk.write().map_err(|e| gpt_err(e.to_string()))?;
 
     for (name, image) in contents {
@@ -215,11 +230,16 @@ mod tests {
     fn layout_matches_golden() {
         let l = layout(Arch::X86_64, &sizes(), "qemu/x86_64/1.0.0");
         let got = serde_json::to_string_pretty(&l).unwrap();
-        let golden = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/layout-x86_64.json");
+        let golden =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/layout-x86_64.json");
         if std::env::var_os("BERTH_BLESS").is_some() {
             std::fs::write(&golden, &got).unwrap();
         }
-        assert_eq!(got, std::fs::read_to_string(&golden).unwrap(), "run with BERTH_BLESS=1 to update");
+        assert_eq!(
+            got,
+            std::fs::read_to_string(&golden).unwrap(),
+            "run with BERTH_BLESS=1 to update"
+        );
     }
 
     #[test]
@@ -232,7 +252,10 @@ mod tests {
         write_raw(&out, &l, &[("root-a", &root)]).unwrap();
         let disk = gpt::GptConfig::new().open(&out).unwrap();
         let names: Vec<_> = disk.partitions().values().map(|p| p.name.clone()).collect();
-        assert_eq!(names, ["ESP", "root-a", "verity-a", "root-b", "verity-b", "private", "data"]);
+        assert_eq!(
+            names,
+            ["ESP", "root-a", "verity-a", "root-b", "verity-b", "private", "data"]
+        );
         let root_a = &disk.partitions()[&2];
         assert_eq!(root_a.part_type_guid.guid, Arch::Aarch64.root_type());
         assert_eq!(root_a.part_guid, l.get("root-a").guid);
@@ -240,9 +263,16 @@ mod tests {
         let at = l.get("root-a").offset as usize;
         assert_eq!(&bytes[at..at + 3 * 4096], &vec![0x5au8; 3 * 4096][..]);
         // sfdisk, when present, reads the same table.
-        if let Ok(o) = std::process::Command::new("sfdisk").arg("--json").arg(&out).output() {
+        if let Ok(o) = std::process::Command::new("sfdisk")
+            .arg("--json")
+            .arg(&out)
+            .output()
+        {
             let text = String::from_utf8_lossy(&o.stdout);
-            assert!(text.contains("\"name\":\"verity-b\"") || text.contains("\"name\": \"verity-b\""), "{text}");
+            assert!(
+                text.contains("\"name\":\"verity-b\"") || text.contains("\"name\": \"verity-b\""),
+                "{text}"
+            );
         }
     }
 

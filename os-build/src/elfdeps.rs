@@ -26,7 +26,11 @@ pub enum ElfDepsError {
 
 /// Absolute in-image paths (`/usr/lib/...`) of the loader and every library `programs`
 /// need, transitively. `programs` are host paths; libraries are looked up in `root`.
-pub fn closure(root: &Path, triplet: &str, programs: &[PathBuf]) -> Result<BTreeSet<String>, ElfDepsError> {
+pub fn closure(
+    root: &Path,
+    triplet: &str,
+    programs: &[PathBuf],
+) -> Result<BTreeSet<String>, ElfDepsError> {
     let search = [
         format!("usr/lib/{triplet}"),
         format!("lib/{triplet}"),
@@ -87,9 +91,13 @@ mod tests {
     #[test]
     fn missing_library_is_named() {
         let dir = tempfile::tempdir().unwrap();
-        let err = closure(dir.path(), "x86_64-linux-gnu", &[PathBuf::from("/usr/bin/ls")])
-            .unwrap_err()
-            .to_string();
+        let err = closure(
+            dir.path(),
+            "x86_64-linux-gnu",
+            &[PathBuf::from("/usr/bin/ls")],
+        )
+        .unwrap_err()
+        .to_string();
         assert!(err.contains("libc.so.6") || err.contains("lib"), "{err}");
     }
 }

@@ -42,7 +42,10 @@ pub fn build(root: &Path, out: &Path, uuid: Uuid, epoch: u64) -> Result<u64, Ero
         path: out.to_owned(),
         source,
     };
-    let file = std::fs::OpenOptions::new().write(true).open(out).map_err(pad)?;
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(out)
+        .map_err(pad)?;
     let len = file.metadata().map_err(pad)?.len();
     let padded = len.next_multiple_of(crate::verity::BLOCK_SIZE);
     file.set_len(padded).map_err(pad)?;

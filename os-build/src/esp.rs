@@ -107,7 +107,14 @@ pub fn build(out: &Path, size_mib: u64, content: &EspContent<'_>) -> Result<(), 
         ("loader/loader.conf".into(), LOADER_CONF.as_bytes()),
     ];
     files.extend(content.files.iter().map(|(p, d)| (p.clone(), *d)));
-    for dir in ["EFI", "EFI/BOOT", "EFI/systemd", "EFI/Linux", "loader", "loader/entries"] {
+    for dir in [
+        "EFI",
+        "EFI/BOOT",
+        "EFI/systemd",
+        "EFI/Linux",
+        "loader",
+        "loader/entries",
+    ] {
         root.create_dir(dir).map_err(|source| EspError::Write {
             path: out.to_owned(),
             file: dir.into(),

@@ -52,7 +52,9 @@ mod tests {
     fn missing_tool_names_package_and_script() {
         let err = check(&[("surely-not-a-tool-berth", "berth-pkg")]).unwrap_err();
         let text = err.to_string();
-        assert!(text.contains("surely-not-a-tool-berth") && text.contains("apt-get install berth-pkg"));
+        assert!(
+            text.contains("surely-not-a-tool-berth") && text.contains("apt-get install berth-pkg")
+        );
         assert!(check(&[("sh", "dash")]).is_ok());
     }
 }

@@ -57,7 +57,10 @@ pub fn build(input: &InitramfsInput<'_>, out: &Path) -> Result<InitrdConfig, Ini
     let modules = module_closure(&input.root.join(&modules_dir), input.modules)?;
     let config = InitrdConfig {
         kernel_version: input.kernel_version.to_owned(),
-        modules: modules.iter().map(|m| format!("/{modules_dir}/{m}")).collect(),
+        modules: modules
+            .iter()
+            .map(|m| format!("/{modules_dir}/{m}"))
+            .collect(),
     };
 
     let mke2fs = "/usr/sbin/mke2fs";
@@ -88,14 +91,32 @@ pub fn build(input: &InitramfsInput<'_>, out: &Path) -> Result<InitrdConfig, Ini
     let file = std::fs::File::create(out).map_err(write_err)?;
     let mut cpio = CpioWriter::new(BufWriter::new(file), input.mtime);
     let mut dirs = BTreeSet::new();
-    for dir in ["/dev", "/proc", "/sys", "/run", "/sysroot", "/tmp", "/usr/bin", "/usr/sbin", "/usr/lib", "/usr/lib64", "/etc/berth"] {
+    for dir in [
+        "/dev",
+        "/proc",
+        "/sys",
+        "/run",
+        "/sysroot",
+        "/tmp",
+        "/usr/bin",
+        "/usr/sbin",
+        "/usr/lib",
+        "/usr/lib64",
+        "/etc/berth",
+    ] {
         add_parents(&mut cpio, &mut dirs, &format!("{dir}/x")).map_err(write_err)?;
     }
-    for (link, target) in [("/bin", "usr/bin"), ("/sbin", "usr/sbin"), ("/lib", "usr/lib"), ("/lib64", "usr/lib64")] {
+    for (link, target) in [
+        ("/bin", "usr/bin"),
+        ("/sbin", "usr/sbin"),
+        ("/lib", "usr/lib"),
+        ("/lib64", "usr/lib64"),
+    ] {
         cpio.symlink(link, target).map_err(write_err)?;
     }
     // The kernel opens /dev/console for PID 1 before early-init mounts devtmpfs.
-    cpio.char_device("/dev/console", 0o600, 5, 1).map_err(write_err)?;
+    cpio.char_device("/dev/console", 0o600, 5, 1)
+        .map_err(write_err)?;
 
     let init = std::fs::read(input.early_init).map_err(|source| InitramfsError::Read {
         path: input.early_init.to_owned(),
@@ -112,7 +133,11 @@ pub fn build(input: &InitramfsInput<'_>, out: &Path) -> Result<InitrdConfig, Ini
             path: host.clone(),
             source,
         })?;
-        let mode = if dest.contains(".ko") || dest.starts_with("/etc/") { 0o644 } else { 0o755 };
+        let mode = if dest.contains(".ko") || dest.starts_with("/etc/") {
+            0o644
+        } else {
+            0o755
+        };
         add_parents(&mut cpio, &mut dirs, dest).map_err(write_err)?;
         cpio.file(dest, mode, &data).map_err(write_err)?;
     }
@@ -277,10 +302,19 @@ mod tests {
              kernel/fs/erofs.ko.xz:\n",
         )
         .unwrap();
-        std::fs::write(dir.path().join("modules.builtin"), "kernel/drivers/virtio_pci.ko\n").unwrap();
+        std::fs::write(
+            dir.path().join("modules.builtin"),
+            "kernel/drivers/virtio_pci.ko\n",
+        )
+        .unwrap();
         let order = module_closure(
             dir.path(),
-            &["dm_verity".into(), "virtio-pci".into(), "erofs".into(), "dm-mod".into()],
+            &[
+                "dm_verity".into(),
+                "virtio-pci".into(),
+                "erofs".into(),
+                "dm-mod".into(),
+            ],
         )
         .unwrap();
         assert_eq!(

@@ -67,7 +67,9 @@ pub fn installed(status_file: &Path) -> Result<BTreeMap<String, (String, String)
                 .find_map(|l| l.strip_prefix(key)?.strip_prefix(':'))
                 .map(|v| v.trim().to_owned())
         };
-        let (Some(name), Some(version), Some(status)) = (field("Package"), field("Version"), field("Status")) else {
+        let (Some(name), Some(version), Some(status)) =
+            (field("Package"), field("Version"), field("Status"))
+        else {
             continue;
         };
         if status.ends_with(" installed") {
@@ -108,7 +110,9 @@ pub fn from_root(root: &Path, cache: &Path, suite: &str, arch: &str) -> Result<L
 
 pub fn read(path: &Path) -> Result<Lock, LockError> {
     if !path.exists() {
-        return Err(LockError::Absent { path: path.to_owned() });
+        return Err(LockError::Absent {
+            path: path.to_owned(),
+        });
     }
     let text = std::fs::read_to_string(path).map_err(|source| LockError::Read {
         path: path.to_owned(),
@@ -138,19 +142,24 @@ pub fn write(path: &Path, lock: &Lock) -> Result<(), LockError> {
 /// Differences between the lock on disk and a freshly built one, one per line.
 pub fn check(path: &Path, expected: &Lock, actual: &Lock) -> Result<(), LockError> {
     let index = |lock: &Lock| -> BTreeMap<String, LockedPackage> {
-        lock.packages.iter().map(|p| (p.name.clone(), p.clone())).collect()
+        lock.packages
+            .iter()
+            .map(|p| (p.name.clone(), p.clone()))
+            .collect()
     };
     let (want, got) = (index(expected), index(actual));
     let mut lines = Vec::new();
     for (name, w) in &want {
         match got.get(name) {
             None => lines.push(format!("  missing {name} {}", w.version)),
-            Some(g) if g.version != w.version => {
-                lines.push(format!("  {name}: locked {} but got {}", w.version, g.version))
-            }
-            Some(g) if g.sha256 != w.sha256 => {
-                lines.push(format!("  {name} {}: sha256 differs (locked {}, got {})", g.version, w.sha256, g.sha256))
-            }
+            Some(g) if g.version != w.version => lines.push(format!(
+                "  {name}: locked {} but got {}",
+                w.version, g.version
+            )),
+            Some(g) if g.sha256 != w.sha256 => lines.push(format!(
+                "  {name} {}: sha256 differs (locked {}, got {})",
+                g.version, w.sha256, g.sha256
+            )),
             Some(_) => {}
         }
     }
@@ -183,7 +192,11 @@ mod tests {
             status.push_str(&format!(
                 "Package: {name}\nStatus: install ok installed\nArchitecture: amd64\nVersion: {version}\n\n"
             ));
-            std::fs::write(cache.join(deb_name(name, version, "amd64")), format!("{name}{version}")).unwrap();
+            std::fs::write(
+                cache.join(deb_name(name, version, "amd64")),
+                format!("{name}{version}"),
+            )
+            .unwrap();
         }
         status.push_str("Package: gone\nStatus: deinstall ok config-files\nVersion: 1\n");
         std::fs::write(root.join("var/lib/dpkg/status"), status).unwrap();
@@ -211,17 +224,26 @@ mod tests {
             sha256: "00".into(),
         });
         let err = check(&path, &lock, &changed).unwrap_err().to_string();
-        assert!(err.contains("libc6: locked 2.41-12 but got 2.42-1"), "{err}");
+        assert!(
+            err.contains("libc6: locked 2.41-12 but got 2.42-1"),
+            "{err}"
+        );
         assert!(err.contains("unexpected bash 5"), "{err}");
     }
 
     #[test]
     fn epoch_is_escaped_and_missing_deb_is_named() {
-        assert_eq!(deb_name("e2fsprogs", "1:1.47-1", "amd64"), "e2fsprogs_1%3a1.47-1_amd64.deb");
+        assert_eq!(
+            deb_name("e2fsprogs", "1:1.47-1", "amd64"),
+            "e2fsprogs_1%3a1.47-1_amd64.deb"
+        );
         let dir = tempfile::tempdir().unwrap();
         let root = root_with(dir.path(), &[("a", "1")]);
         let err = from_root(&root, &dir.path().join("elsewhere"), "trixie", "amd64").unwrap_err();
         assert!(err.to_string().contains("package a 1"), "{err}");
-        assert!(matches!(read(&dir.path().join("none.lock")), Err(LockError::Absent { .. })));
+        assert!(matches!(
+            read(&dir.path().join("none.lock")),
+            Err(LockError::Absent { .. })
+        ));
     }
 }

@@ -15,7 +15,10 @@ use crate::cli::BuildArgs;
 use crate::manifest::{self, Manifest};
 use crate::progress::Progress;
 use crate::variant::{ImageFormat, Variant};
-use crate::{binaries, disk, erofs, esp, hosttools, initramfs, lockfile, programs, rootfs, uki, variant, verity};
+use crate::{
+    binaries, disk, erofs, esp, hosttools, initramfs, lockfile, programs, rootfs, uki, variant,
+    verity,
+};
 
 /// Timestamps inside the image (files, EROFS, cpio) unless SOURCE_DATE_EPOCH says otherwise.
 const DEFAULT_EPOCH: u64 = 1_735_689_600; // 2025-01-01
@@ -60,7 +63,10 @@ pub fn build(args: &BuildArgs) -> Result<Built> {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(DEFAULT_EPOCH);
-    let out = workspace.join(&args.out).join(&variant.name).join(arch.name());
+    let out = workspace
+        .join(&args.out)
+        .join(&variant.name)
+        .join(arch.name());
     std::fs::create_dir_all(&out).with_context(|| format!("cannot create {}", out.display()))?;
     let work = out.join("work");
 
@@ -71,7 +77,10 @@ pub fn build(args: &BuildArgs) -> Result<Built> {
     }
     let bin_dir = binaries::build(&workspace, arch, &wanted)?;
 
-    progress.step(&format!("assembling the Debian root ({} packages asked)", variant.packages.len()));
+    progress.step(&format!(
+        "assembling the Debian root ({} packages asked)",
+        variant.packages.len()
+    ));
     let root = work.join("root");
     let cache = args.cache_dir.join(arch.debian());
     rootfs::mmdebstrap(&rootfs::MmdebstrapRun {
@@ -97,12 +106,14 @@ pub fn build(args: &BuildArgs) -> Result<Built> {
         lockfile::write(&lock_path, &lock)?;
     }
     let lock_sha = hex::encode(Sha256::digest(
-        std::fs::read(&lock_path).with_context(|| format!("cannot read {}", lock_path.display()))?,
+        std::fs::read(&lock_path)
+            .with_context(|| format!("cannot read {}", lock_path.display()))?,
     ));
 
     progress.step("configuring and pruning the root");
     let (kernel_release, kernel_path) = rootfs::kernel_release(&root)?;
-    let kernel = std::fs::read(&kernel_path).with_context(|| format!("cannot read {}", kernel_path.display()))?;
+    let kernel = std::fs::read(&kernel_path)
+        .with_context(|| format!("cannot read {}", kernel_path.display()))?;
     let efi_dir = root.join("usr/lib/systemd/boot/efi");
     let suffix = arch.efi_suffix();
     let systemd_boot = read(&efi_dir.join(format!("systemd-boot{suffix}.efi")))?;
@@ -112,7 +123,12 @@ pub fn build(args: &BuildArgs) -> Result<Built> {
     let mut prune = variant.prune.clone();
     prune.extend(["boot/*".to_owned(), "usr/lib/systemd/boot".to_owned()]);
     let modules_root = format!("usr/lib/modules/{kernel_release}/kernel");
-    prune.extend(variant.prune_modules.iter().map(|m| format!("{modules_root}/{m}")));
+    prune.extend(
+        variant
+            .prune_modules
+            .iter()
+            .map(|m| format!("{modules_root}/{m}")),
+    );
     rootfs::prune(&root, &prune)?;
     rootfs::depmod(&root, &kernel_release)?;
     if variant.production {
@@ -136,7 +152,12 @@ pub fn build(args: &BuildArgs) -> Result<Built> {
 
     progress.step("EROFS root image");
     let root_img = out.join("root.erofs");
-    let uuid = |what: &str| Uuid::new_v5(&Uuid::NAMESPACE_URL, format!("berth:{identity}:{what}").as_bytes());
+    let uuid = |what: &str| {
+        Uuid::new_v5(
+            &Uuid::NAMESPACE_URL,
+            format!("berth:{identity}:{what}").as_bytes(),
+        )
+    };
     erofs::build(&root, &root_img, uuid("erofs"), epoch)?;
 
     progress.step("dm-verity hash tree");
@@ -154,11 +175,26 @@ pub fn build(args: &BuildArgs) -> Result<Built> {
             &stub,
             stub_path.clone(),
             &[
-                uki::Section { name: ".osrel", data: osrel.as_bytes() },
-                uki::Section { name: ".cmdline", data: cmdline.as_bytes() },
-                uki::Section { name: ".uname", data: kernel_release.as_bytes() },
-                uki::Section { name: ".initrd", data: &initrd },
-                uki::Section { name: ".linux", data: &kernel },
+                uki::Section {
+                    name: ".osrel",
+                    data: osrel.as_bytes(),
+                },
+                uki::Section {
+                    name: ".cmdline",
+                    data: cmdline.as_bytes(),
+                },
+                uki::Section {
+                    name: ".uname",
+                    data: kernel_release.as_bytes(),
+                },
+                uki::Section {
+                    name: ".initrd",
+                    data: &initrd,
+                },
+                uki::Section {
+                    name: ".linux",
+                    data: &kernel,
+                },
             ],
         )?;
         let path = out.join(format!("uki-{slot}.efi"));
@@ -185,7 +221,11 @@ pub fn build(args: &BuildArgs) -> Result<Built> {
     disk::write_raw(
         &raw,
         &layout,
-        &[("ESP", &esp_img), ("root-a", &root_img), ("verity-a", &verity_img)],
+        &[
+            ("ESP", &esp_img),
+            ("root-a", &root_img),
+            ("verity-a", &verity_img),
+        ],
     )?;
     if variant.formats.contains(&ImageFormat::Qcow2) {
         qcow2(&raw, &out.join("disk.qcow2"))?;
@@ -193,7 +233,15 @@ pub fn build(args: &BuildArgs) -> Result<Built> {
 
     progress.step("manifest");
     let mut artifacts = BTreeMap::new();
-    let mut files = vec!["root.erofs", "verity.img", "uki-a.efi", "uki-b.efi", "initramfs.cpio", "esp.img", "disk.raw"];
+    let mut files = vec![
+        "root.erofs",
+        "verity.img",
+        "uki-a.efi",
+        "uki-b.efi",
+        "initramfs.cpio",
+        "esp.img",
+        "disk.raw",
+    ];
     if variant.formats.contains(&ImageFormat::Qcow2) {
         files.push("disk.qcow2");
     }
@@ -219,8 +267,11 @@ pub fn build(args: &BuildArgs) -> Result<Built> {
         artifacts,
     };
     let manifest_path = out.join("manifest.json");
-    std::fs::write(&manifest_path, serde_json::to_string_pretty(&manifest)? + "\n")
-        .with_context(|| format!("cannot write {}", manifest_path.display()))?;
+    std::fs::write(
+        &manifest_path,
+        serde_json::to_string_pretty(&manifest)? + "\n",
+    )
+    .with_context(|| format!("cannot write {}", manifest_path.display()))?;
     std::fs::remove_dir_all(&work).with_context(|| format!("cannot remove {}", work.display()))?;
     progress.finish(&format!(
         "built {} {} {} -> {} (root hash {})",
@@ -244,14 +295,20 @@ fn nix_is_root() -> bool {
     // /proc/self/status "Uid:" real uid; avoids unsafe geteuid.
     std::fs::read_to_string("/proc/self/status")
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("Uid:")).map(|l| l.split_whitespace().nth(2) == Some("0")))
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .map(|l| l.split_whitespace().nth(2) == Some("0"))
+        })
         .unwrap_or(false)
 }
 
 /// Versions go into file names on the ESP and into os-release: keep them simple.
 fn validate_version(version: &str) -> Result<()> {
     let ok = !version.is_empty()
-        && version.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'))
+        && version
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'))
         && version.starts_with(|c: char| c.is_ascii_digit());
     if !ok {
         bail!("--version `{version}`: use digits, letters, `.`, `-` or `_`, starting with a digit (e.g. 1.2.0)");
@@ -261,7 +318,11 @@ fn validate_version(version: &str) -> Result<()> {
 
 /// The kernel command line of a slot's UKI (docs/boot.md).
 pub fn cmdline(variant: &Variant, slot: char, params: &verity::VerityParams) -> String {
-    let salt = if params.salt.is_empty() { "-".to_owned() } else { hex::encode(&params.salt) };
+    let salt = if params.salt.is_empty() {
+        "-".to_owned()
+    } else {
+        hex::encode(&params.salt)
+    };
     let mut args = vec![
         format!("berth.slot={slot}"),
         format!("berth.verity.root={}", params.root_hash_hex()),
@@ -274,7 +335,13 @@ pub fn cmdline(variant: &Variant, slot: char, params: &verity::VerityParams) -> 
 }
 
 /// Berth's identity, programs, units and the variant's files, into the root.
-fn configure(root: &Path, variant: &Variant, workspace: &Path, bin_dir: &Path, version: &str) -> Result<()> {
+fn configure(
+    root: &Path,
+    variant: &Variant,
+    workspace: &Path,
+    bin_dir: &Path,
+    version: &str,
+) -> Result<()> {
     let os_release = format!(
         "NAME=Berth\nID=berth\nID_LIKE=debian\nPRETTY_NAME=\"Berth {version} ({})\"\n\
          VERSION_ID={version}\nVARIANT_ID={}\nIMAGE_ID=berth-{}\nIMAGE_VERSION={version}\n\
@@ -286,7 +353,8 @@ fn configure(root: &Path, variant: &Variant, workspace: &Path, bin_dir: &Path, v
     // early-init writes the machine's persistent id here every boot.
     rootfs::write_file(root, "/etc/machine-id", b"", 0o444)?;
     for dir in ["private", "local", "opt"] {
-        std::fs::create_dir_all(root.join(dir)).with_context(|| format!("cannot create /{dir} in the root"))?;
+        std::fs::create_dir_all(root.join(dir))
+            .with_context(|| format!("cannot create /{dir} in the root"))?;
     }
     for name in &variant.programs {
         let program = programs::find(name).expect("variant::load checked program names");
@@ -294,8 +362,16 @@ fn configure(root: &Path, variant: &Variant, workspace: &Path, bin_dir: &Path, v
         rootfs::write_file(root, program.install_path, &data, 0o755)?;
         for unit in program.units {
             let data = read(&workspace.join(unit))?;
-            let file = Path::new(unit).file_name().expect("unit paths name a file").to_string_lossy();
-            rootfs::write_file(root, &format!("/usr/lib/systemd/system/{file}"), &data, 0o644)?;
+            let file = Path::new(unit)
+                .file_name()
+                .expect("unit paths name a file")
+                .to_string_lossy();
+            rootfs::write_file(
+                root,
+                &format!("/usr/lib/systemd/system/{file}"),
+                &data,
+                0o644,
+            )?;
         }
     }
     for (path, content) in &variant.files {
@@ -356,6 +432,10 @@ mod tests {
         if std::env::var_os("BERTH_BLESS").is_some() {
             std::fs::write(&golden, &got).unwrap();
         }
-        assert_eq!(got, std::fs::read_to_string(golden).unwrap(), "run with BERTH_BLESS=1 to update");
+        assert_eq!(
+            got,
+            std::fs::read_to_string(golden).unwrap(),
+            "run with BERTH_BLESS=1 to update"
+        );
     }
 }

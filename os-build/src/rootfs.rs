@@ -92,8 +92,12 @@ pub fn mmdebstrap(run: &MmdebstrapRun<'_>) -> Result<(), RootfsError> {
         .arg("--dpkgopt=path-exclude=/usr/share/locale/*")
         .arg("--dpkgopt=path-exclude=/usr/share/lintian/*")
         .arg("--setup-hook=mkdir -p \"$1\"/var/cache/apt/archives/")
-        .arg(format!("--setup-hook=sync-in {cache} /var/cache/apt/archives/"))
-        .arg(format!("--customize-hook=sync-out /var/cache/apt/archives {cache}"))
+        .arg(format!(
+            "--setup-hook=sync-in {cache} /var/cache/apt/archives/"
+        ))
+        .arg(format!(
+            "--customize-hook=sync-out /var/cache/apt/archives {cache}"
+        ))
         .arg("--skip=download/empty")
         .arg("--skip=essential/unlink")
         .arg(SUITE)
@@ -121,10 +125,15 @@ pub fn kernel_release(root: &Path) -> Result<(String, PathBuf), RootfsError> {
         .map_err(io("list", &boot))?
         .flatten()
         .map(|e| e.path())
-        .filter(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("vmlinuz-")))
+        .filter(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("vmlinuz-"))
+        })
         .collect();
     kernels.sort();
-    let path = kernels.pop().ok_or_else(|| RootfsError::NoKernel(root.to_owned()))?;
+    let path = kernels
+        .pop()
+        .ok_or_else(|| RootfsError::NoKernel(root.to_owned()))?;
     let release = path
         .file_name()
         .and_then(|n| n.to_str())
@@ -158,9 +167,19 @@ pub fn prune(root: &Path, patterns: &[String]) -> Result<u64, RootfsError> {
 
 /// Shells, interpreters and package managers a production image must not ship.
 const FORBIDDEN: &[&str] = &[
-    "usr/bin/sh", "usr/bin/bash", "usr/bin/dash", "usr/bin/rbash", "usr/bin/busybox",
-    "usr/bin/perl", "usr/bin/python3", "usr/bin/dpkg", "usr/bin/apt", "usr/bin/apt-get",
-    "bin/sh", "bin/bash", "bin/dash",
+    "usr/bin/sh",
+    "usr/bin/bash",
+    "usr/bin/dash",
+    "usr/bin/rbash",
+    "usr/bin/busybox",
+    "usr/bin/perl",
+    "usr/bin/python3",
+    "usr/bin/dpkg",
+    "usr/bin/apt",
+    "usr/bin/apt-get",
+    "bin/sh",
+    "bin/bash",
+    "bin/dash",
 ];
 
 pub fn check_production(root: &Path) -> Result<(), RootfsError> {
@@ -179,7 +198,10 @@ pub fn depmod(root: &Path, release: &str) -> Result<(), RootfsError> {
         .arg(root)
         .arg(release)
         .output()
-        .map_err(|source| RootfsError::Spawn { tool: "depmod", source })?;
+        .map_err(|source| RootfsError::Spawn {
+            tool: "depmod",
+            source,
+        })?;
     if !out.status.success() {
         return Err(RootfsError::Tool {
             tool: "depmod",
@@ -200,7 +222,8 @@ pub fn write_file(root: &Path, path: &str, content: &[u8], mode: u32) -> Result<
         std::fs::remove_file(&full).map_err(io("replace", &full))?;
     }
     std::fs::write(&full, content).map_err(io("write", &full))?;
-    std::fs::set_permissions(&full, std::fs::Permissions::from_mode(mode)).map_err(io("chmod", &full))
+    std::fs::set_permissions(&full, std::fs::Permissions::from_mode(mode))
+        .map_err(io("chmod", &full))
 }
 
 pub fn symlink(root: &Path, link: &str, target: &str) -> Result<(), RootfsError> {
@@ -226,7 +249,8 @@ pub fn enable_unit(root: &Path, unit: &str) -> Result<(), RootfsError> {
         }
         let dir = "usr/lib/systemd/system";
         let path = root.join(dir).join(&unit);
-        let text = std::fs::read_to_string(&path).map_err(|_| RootfsError::NoUnit { unit: unit.clone() })?;
+        let text = std::fs::read_to_string(&path)
+            .map_err(|_| RootfsError::NoUnit { unit: unit.clone() })?;
         let mut in_install = false;
         for line in text.lines().map(str::trim) {
             if line.starts_with('[') {
@@ -236,11 +260,21 @@ pub fn enable_unit(root: &Path, unit: &str) -> Result<(), RootfsError> {
             if !in_install {
                 continue;
             }
-            let Some((key, value)) = line.split_once('=') else { continue };
+            let Some((key, value)) = line.split_once('=') else {
+                continue;
+            };
             for item in value.split_whitespace() {
                 match key.trim() {
-                    "WantedBy" => symlink(root, &format!("{dir}/{item}.wants/{unit}"), &format!("../{unit}"))?,
-                    "RequiredBy" => symlink(root, &format!("{dir}/{item}.requires/{unit}"), &format!("../{unit}"))?,
+                    "WantedBy" => symlink(
+                        root,
+                        &format!("{dir}/{item}.wants/{unit}"),
+                        &format!("../{unit}"),
+                    )?,
+                    "RequiredBy" => symlink(
+                        root,
+                        &format!("{dir}/{item}.requires/{unit}"),
+                        &format!("../{unit}"),
+                    )?,
                     "Also" => queue.push(item.to_owned()),
                     "Alias" => symlink(root, &format!("{dir}/{item}"), &unit)?,
                     _ => {}
@@ -266,7 +300,15 @@ mod tests {
         for f in ["usr/share/doc/a/x", "usr/bin/bash", "usr/bin/ls"] {
             write_file(root, f, b"x", 0o644).unwrap();
         }
-        let n = prune(root, &["usr/share/doc".into(), "/usr/bin/ba*".into(), "nothing/*".into()]).unwrap();
+        let n = prune(
+            root,
+            &[
+                "usr/share/doc".into(),
+                "/usr/bin/ba*".into(),
+                "nothing/*".into(),
+            ],
+        )
+        .unwrap();
         assert_eq!(n, 2);
         assert!(root.join("usr/bin/ls").exists());
         assert!(!root.join("usr/bin/bash").exists());
@@ -286,13 +328,30 @@ mod tests {
     fn enable_follows_install_section() {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path();
-        write_file(root, "usr/lib/systemd/system/a.service", b"[Unit]\n[Install]\nWantedBy=multi-user.target\nAlso=a.socket\n", 0o644).unwrap();
-        write_file(root, "usr/lib/systemd/system/a.socket", b"[Install]\nWantedBy=sockets.target\n", 0o644).unwrap();
+        write_file(
+            root,
+            "usr/lib/systemd/system/a.service",
+            b"[Unit]\n[Install]\nWantedBy=multi-user.target\nAlso=a.socket\n",
+            0o644,
+        )
+        .unwrap();
+        write_file(
+            root,
+            "usr/lib/systemd/system/a.socket",
+            b"[Install]\nWantedBy=sockets.target\n",
+            0o644,
+        )
+        .unwrap();
         enable_unit(root, "a.service").unwrap();
         let link = root.join("usr/lib/systemd/system/multi-user.target.wants/a.service");
         assert_eq!(std::fs::read_link(link).unwrap(), Path::new("../a.service"));
-        assert!(root.join("usr/lib/systemd/system/sockets.target.wants/a.socket").exists());
-        assert!(matches!(enable_unit(root, "b.service"), Err(RootfsError::NoUnit { .. })));
+        assert!(root
+            .join("usr/lib/systemd/system/sockets.target.wants/a.socket")
+            .exists());
+        assert!(matches!(
+            enable_unit(root, "b.service"),
+            Err(RootfsError::NoUnit { .. })
+        ));
     }
 
     #[test]

@@ -52,7 +52,11 @@ fn align(v: u64, to: u64) -> u64 {
 }
 
 /// Returns the stub with `sections` appended, in order, after its own sections.
-pub fn assemble(stub: &[u8], stub_path: PathBuf, sections: &[Section<'_>]) -> Result<Vec<u8>, UkiError> {
+pub fn assemble(
+    stub: &[u8],
+    stub_path: PathBuf,
+    sections: &[Section<'_>],
+) -> Result<Vec<u8>, UkiError> {
     let bad = |reason| UkiError::BadStub {
         path: stub_path.clone(),
         reason,
@@ -174,9 +178,18 @@ mod tests {
             &tiny_stub(),
             "stub".into(),
             &[
-                Section { name: ".osrel", data: b"ID=berth\n" },
-                Section { name: ".cmdline", data: b"berth.slot=a" },
-                Section { name: ".linux", data: &[0xaa; 5000] },
+                Section {
+                    name: ".osrel",
+                    data: b"ID=berth\n",
+                },
+                Section {
+                    name: ".cmdline",
+                    data: b"berth.slot=a",
+                },
+                Section {
+                    name: ".linux",
+                    data: &[0xaa; 5000],
+                },
             ],
         )
         .unwrap();
@@ -184,7 +197,11 @@ mod tests {
         let names: Vec<String> = pe
             .sections
             .iter()
-            .map(|s| String::from_utf8_lossy(&s.name).trim_end_matches('\0').to_owned())
+            .map(|s| {
+                String::from_utf8_lossy(&s.name)
+                    .trim_end_matches('\0')
+                    .to_owned()
+            })
             .collect();
         assert_eq!(names, [".text", ".osrel", ".cmdline", ".linux"]);
         let cmdline = &pe.sections[2];
@@ -192,16 +209,29 @@ mod tests {
         assert_eq!(&out[start..start + 12], b"berth.slot=a");
         // Virtual ranges are increasing and do not overlap.
         for w in pe.sections.windows(2) {
-            assert!(w[0].virtual_address + w[0].virtual_size.max(w[0].size_of_raw_data) <= w[1].virtual_address);
+            assert!(
+                w[0].virtual_address + w[0].virtual_size.max(w[0].size_of_raw_data)
+                    <= w[1].virtual_address
+            );
         }
-        let size_of_image = pe.header.optional_header.unwrap().windows_fields.size_of_image;
+        let size_of_image = pe
+            .header
+            .optional_header
+            .unwrap()
+            .windows_fields
+            .size_of_image;
         let last = pe.sections.last().unwrap();
         assert!(size_of_image >= last.virtual_address + last.virtual_size);
     }
 
     #[test]
     fn stub_without_room_is_refused() {
-        let many: Vec<Section<'_>> = (0..20).map(|_| Section { name: ".x", data: b"x" }).collect();
+        let many: Vec<Section<'_>> = (0..20)
+            .map(|_| Section {
+                name: ".x",
+                data: b"x",
+            })
+            .collect();
         let err = assemble(&tiny_stub(), "stub".into(), &many).unwrap_err();
         assert!(matches!(err, UkiError::NoRoom { .. }));
         assert!(assemble(b"not a pe", "s".into(), &[]).is_err());

@@ -194,10 +194,12 @@ fn collect(
     stack.push(canonical);
     for include in std::mem::take(&mut fragment.include) {
         let included = dir.join(&include);
-        let key = included.canonicalize().map_err(|source| VariantError::Read {
-            path: included.clone(),
-            source,
-        })?;
+        let key = included
+            .canonicalize()
+            .map_err(|source| VariantError::Read {
+                path: included.clone(),
+                source,
+            })?;
         if stack.contains(&key) {
             return Err(VariantError::IncludeCycle {
                 path: path.to_owned(),
@@ -205,7 +207,10 @@ fn collect(
             });
         }
         // A fragment included twice (diamond) is merged once.
-        if out.iter().any(|(p, _)| p.canonicalize().ok().as_ref() == Some(&key)) {
+        if out
+            .iter()
+            .any(|(p, _)| p.canonicalize().ok().as_ref() == Some(&key))
+        {
             continue;
         }
         collect(&included, stack, out)?;
@@ -255,7 +260,9 @@ fn merge(into: &mut Fragment, from: Fragment) {
         append(&mut k.cmdline, &kernel.cmdline);
     }
     if let Some(parts) = from.partitions {
-        let p = into.partitions.get_or_insert_with(PartitionsFragment::default);
+        let p = into
+            .partitions
+            .get_or_insert_with(PartitionsFragment::default);
         p.esp_mib = parts.esp_mib.or(p.esp_mib);
         p.root_mib = parts.root_mib.or(p.root_mib);
         p.verity_mib = parts.verity_mib.or(p.verity_mib);
@@ -294,20 +301,27 @@ fn resolve(
     let parts = merged.partitions.ok_or_else(|| missing("partitions"))?;
     let partitions = Partitions {
         esp_mib: parts.esp_mib.ok_or_else(|| missing("partitions.esp-mib"))?,
-        root_mib: parts.root_mib.ok_or_else(|| missing("partitions.root-mib"))?,
+        root_mib: parts
+            .root_mib
+            .ok_or_else(|| missing("partitions.root-mib"))?,
         verity_mib: parts
             .verity_mib
             .ok_or_else(|| missing("partitions.verity-mib"))?,
         private_mib: parts
             .private_mib
             .ok_or_else(|| missing("partitions.private-mib"))?,
-        data_mib: parts.data_mib.ok_or_else(|| missing("partitions.data-mib"))?,
+        data_mib: parts
+            .data_mib
+            .ok_or_else(|| missing("partitions.data-mib"))?,
     };
     // FAT32 needs at least 65525 clusters; with 512-byte clusters that is 33 MiB.
     if partitions.esp_mib < 40 {
         return Err(invalid(
             "partitions.esp-mib",
-            format!("{} MiB is too small for FAT32, use 40 or more", partitions.esp_mib),
+            format!(
+                "{} MiB is too small for FAT32, use 40 or more",
+                partitions.esp_mib
+            ),
         ));
     }
     for (key, mib) in [
@@ -460,7 +474,11 @@ mod tests {
     #[test]
     fn unknown_key_names_file_and_key() {
         let dir = tempfile::tempdir().unwrap();
-        write(dir.path(), "shared/base.toml", &format!("{BASE}\nsize = 3\n"));
+        write(
+            dir.path(),
+            "shared/base.toml",
+            &format!("{BASE}\nsize = 3\n"),
+        );
         write(
             dir.path(),
             "v/variant.toml",

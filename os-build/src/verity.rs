@@ -304,7 +304,10 @@ mod tests {
         .unwrap();
         assert_eq!(params.root_hash_hex(), their_root);
         // Same superblock and tree, byte for byte.
-        assert_eq!(std::fs::read(&ours).unwrap(), std::fs::read(&theirs).unwrap());
+        assert_eq!(
+            std::fs::read(&ours).unwrap(),
+            std::fs::read(&theirs).unwrap()
+        );
     }
 
     #[test]
