@@ -61,9 +61,29 @@ fn copy_dir_contents(src: &Path, dst: &Path, count: &mut u64) -> Result<(), Copy
             fs::set_permissions(&to, fs::Permissions::from_mode(meta.mode() & 0o7777))
                 .map_err(&err)?;
         }
+        // Last, since copying a directory's contents changes its mtime. Kept because systemd's
+        // ConditionNeedsUpdate= compares /etc/.updated with /usr.
+        let times = rustix::fs::Timestamps {
+            last_access: timespec(meta.atime(), meta.atime_nsec()),
+            last_modification: timespec(meta.mtime(), meta.mtime_nsec()),
+        };
+        rustix::fs::utimensat(
+            rustix::fs::CWD,
+            &to,
+            &times,
+            rustix::fs::AtFlags::SYMLINK_NOFOLLOW,
+        )
+        .map_err(|e| err(e.into()))?;
         *count += 1;
     }
     Ok(())
+}
+
+fn timespec(sec: i64, nsec: i64) -> rustix::fs::Timespec {
+    rustix::fs::Timespec {
+        tv_sec: sec,
+        tv_nsec: nsec as _,
+    }
 }
 
 #[cfg(test)]
@@ -85,6 +105,19 @@ mod tests {
             .expect("chmod");
         symlink("../proc/self/mounts", src.join("mtab")).expect("symlink");
         symlink("ssl/certs/ca.pem", src.join("ca.pem")).expect("symlink");
+        let old = rustix::fs::Timestamps {
+            last_access: timespec(1_000_000_000, 5),
+            last_modification: timespec(1_000_000_000, 5),
+        };
+        for p in ["hostname", "ssl/certs", "ssl", "mtab"] {
+            rustix::fs::utimensat(
+                rustix::fs::CWD,
+                src.join(p),
+                &old,
+                rustix::fs::AtFlags::SYMLINK_NOFOLLOW,
+            )
+            .expect("utimensat");
+        }
 
         let n = copy_tree(&src, &dst).expect("copy");
         assert_eq!(n, 7);
@@ -117,6 +150,17 @@ mod tests {
             fs::metadata(dst.join("hostname")).expect("meta"),
         );
         assert_eq!((s.uid(), s.gid()), (d.uid(), d.gid()));
+        for p in ["hostname", "ssl", "ssl/certs", "mtab"] {
+            let (s, d) = (
+                fs::symlink_metadata(src.join(p)).expect("meta"),
+                fs::symlink_metadata(dst.join(p)).expect("meta"),
+            );
+            assert_eq!(
+                (s.mtime(), s.mtime_nsec()),
+                (d.mtime(), d.mtime_nsec()),
+                "{p}"
+            );
+        }
     }
 
     #[test]
