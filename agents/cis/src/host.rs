@@ -160,7 +160,9 @@ mod tests {
         assert_eq!(host.sysctl("kernel.randomize_va_space").unwrap(), "2");
         let err = host.sysctl("kernel.missing").unwrap_err();
         assert!(err.is_not_found());
-        assert!(err.reason().starts_with("cannot read /proc/sys/kernel/missing: "));
+        assert!(err
+            .reason()
+            .starts_with("cannot read /proc/sys/kernel/missing: "));
         assert_eq!(host.read_optional("/etc/none").unwrap(), None);
         assert!(host.list("/nope").unwrap().is_empty());
         assert_eq!(host.list("/proc").unwrap(), vec!["sys".to_string()]);

@@ -11,7 +11,7 @@ use crate::cmdline::Slot;
 pub enum DevicesError {
     #[error("cannot list block devices in {path}")]
     List { path: PathBuf, source: io::Error },
-    #[error("partition {name} found on several disks ({disks}) and none is known as the boot disk; detach the extra disks")]
+    #[error("partition {name} found on several disks ({disks}) and the boot disk cannot be told apart; detach the extra disks")]
     Ambiguous { name: String, disks: String },
     #[error("no partition named {missing} appeared within {secs} s (block devices seen: {seen})")]
     Timeout {

@@ -1,0 +1,56 @@
+//! Host paths the checks read, as absolute paths resolved under the host root.
+
+/// Loaded kernel modules.
+pub const PROC_MODULES: &str = "/proc/modules";
+/// Mounts of the reading process's namespace.
+pub const PROC_MOUNTS: &str = "/proc/mounts";
+/// The kernel command line.
+pub const PROC_CMDLINE: &str = "/proc/cmdline";
+/// Kernel lockdown mode.
+pub const LOCKDOWN: &str = "/sys/kernel/security/lockdown";
+/// SELinux enforcing flag.
+pub const SELINUX_ENFORCE: &str = "/sys/fs/selinux/enforce";
+/// modprobe configuration directories, in precedence order (modprobe.d(5)).
+pub const MODPROBE_DIRS: &[&str] = &[
+    "/etc/modprobe.d",
+    "/run/modprobe.d",
+    "/usr/local/lib/modprobe.d",
+    "/usr/lib/modprobe.d",
+    "/lib/modprobe.d",
+];
+/// chrony configuration files (Debian's, then the upstream default).
+pub const CHRONY_CONFS: &[&str] = &["/etc/chrony/chrony.conf", "/etc/chrony.conf"];
+/// chrony configuration and source directories (Debian's `confdir`/`sourcedir`).
+pub const CHRONY_DIRS: &[&str] = &["/etc/chrony/conf.d", "/etc/chrony/sources.d"];
+/// audit rules loaded by `augenrules` and the directory it compiles them from.
+pub const AUDIT_RULES: &str = "/etc/audit/audit.rules";
+/// Directory of audit rule fragments.
+pub const AUDIT_RULES_DIR: &str = "/etc/audit/rules.d";
+/// journald's main configuration file.
+pub const JOURNALD_CONF: &str = "/etc/systemd/journald.conf";
+/// journald drop-in directories, in precedence order.
+pub const JOURNALD_DROPIN_DIRS: &[&str] = &[
+    "/etc/systemd/journald.conf.d",
+    "/run/systemd/journald.conf.d",
+    "/usr/lib/systemd/journald.conf.d",
+];
+/// Persistent journal directory.
+pub const JOURNAL_DIR: &str = "/var/log/journal";
+/// Directories that must hold no shell or interpreter.
+pub const BIN_DIRS: &[&str] = &["/usr/bin", "/usr/sbin", "/usr/local/bin", "/bin", "/sbin"];
+/// The nftables ruleset the firewall checks read (Debian's `nftables.service` loads it).
+pub const NFT_RULESET: &str = "/etc/nftables.conf";
+/// systemd unit directories searched for kubelet.service and its drop-ins.
+pub const UNIT_DIRS: &[&str] = &["/etc/systemd/system", "/usr/lib/systemd/system"];
+/// Kubelet configuration file, in the names Berth accepts (first found wins).
+pub const KUBELET_CONFIGS: &[&str] = &[
+    "/etc/kubernetes/kubelet/config",
+    "/etc/kubernetes/kubelet/config.json",
+    "/etc/kubernetes/kubelet/config.yaml",
+];
+/// Kubelet's kubeconfig.
+pub const KUBELET_KUBECONFIG: &str = "/etc/kubernetes/kubelet/kubeconfig";
+/// Client CA used when the kubelet config names none.
+pub const KUBELET_DEFAULT_CA: &str = "/etc/kubernetes/pki/ca.crt";
+/// kube-proxy's kubeconfig.
+pub const KUBE_PROXY_KUBECONFIG: &str = "/etc/kubernetes/kube-proxy/kubeconfig";
