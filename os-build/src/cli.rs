@@ -38,7 +38,7 @@ pub struct BuildArgs {
     /// Image version (goes into os-release, the UKI names and the manifest).
     #[arg(long, default_value = env!("CARGO_PKG_VERSION"))]
     pub version: String,
-    /// Output folder; the image lands in <out>/<variant>/<arch>/.
+    /// Output folder; the image lands in `<out>/<variant>/<arch>/`.
     #[arg(long, default_value = "build")]
     pub out: PathBuf,
     /// Cache of downloaded Debian packages, kept between builds.
@@ -47,7 +47,7 @@ pub struct BuildArgs {
     /// Debian mirror (a snapshot.debian.org URL makes builds repeatable over time).
     #[arg(long, default_value = "http://deb.debian.org/debian")]
     pub mirror: String,
-    /// Refuse to build unless the packages equal variants/<variant>/<arch>.lock.
+    /// Refuse to build unless the packages equal `variants/<variant>/<arch>.lock`.
     #[arg(long)]
     pub locked: bool,
     /// Plain progress lines even on a terminal.

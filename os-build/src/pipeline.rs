@@ -23,6 +23,11 @@ use crate::{
 /// Timestamps inside the image (files, EROFS, cpio) unless SOURCE_DATE_EPOCH says otherwise.
 const DEFAULT_EPOCH: u64 = 1_735_689_600; // 2025-01-01
 
+/// Variant default settings in the image (`NN-<name>.toml`, merged in order by apiserver).
+pub const DEFAULTS_DIR: &str = "/usr/share/berth/defaults";
+/// Service metadata in the image.
+pub const METADATA_FILE: &str = "/usr/share/berth/metadata.toml";
+
 /// Where a finished build is.
 #[derive(Debug)]
 pub struct Built {
@@ -373,6 +378,21 @@ fn configure(
                 0o644,
             )?;
         }
+        for (source, dest) in program.data {
+            rootfs::write_file(root, dest, &read(&workspace.join(source))?, 0o644)?;
+        }
+    }
+    // Variant defaults, in merge order: apiserver reads them in lexical order.
+    for (i, path) in variant.settings.iter().enumerate() {
+        let file = path
+            .file_name()
+            .with_context(|| format!("settings fragment {} names no file", path.display()))?
+            .to_string_lossy();
+        let dest = format!("{DEFAULTS_DIR}/{:02}-{file}", i + 1);
+        rootfs::write_file(root, &dest, &read(path)?, 0o644)?;
+    }
+    if let Some(path) = &variant.metadata {
+        rootfs::write_file(root, METADATA_FILE, &read(path)?, 0o644)?;
     }
     for (path, content) in &variant.files {
         rootfs::write_file(root, path, content.as_bytes(), 0o644)?;

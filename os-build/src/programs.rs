@@ -11,6 +11,8 @@ pub struct Program {
     pub install_path: &'static str,
     /// Unit files, relative to the workspace root, installed to /usr/lib/systemd/system.
     pub units: &'static [&'static str],
+    /// Data files: (source relative to the workspace root, destination in the image).
+    pub data: &'static [(&'static str, &'static str)],
 }
 
 /// The initramfs PID 1: always built, installed into the initramfs, not the root.
@@ -19,14 +21,48 @@ pub const EARLY_INIT: Program = Program {
     package: "early-init",
     install_path: "/init",
     units: &[],
+    data: &[],
 };
 
-const PROGRAMS: &[Program] = &[Program {
-    name: "berth-probe",
-    package: "probe",
-    install_path: "/usr/bin/berth-probe",
-    units: &["agents/probe/berth-probe.service"],
-}];
+const PROGRAMS: &[Program] = &[
+    Program {
+        name: "berth-probe",
+        package: "probe",
+        install_path: "/usr/bin/berth-probe",
+        units: &["agents/probe/berth-probe.service"],
+        data: &[],
+    },
+    Program {
+        name: "apiserver",
+        package: "settings-api",
+        install_path: "/usr/bin/apiserver",
+        units: &["settings-api/units/apiserver.service"],
+        data: &[("settings-api/units/berth-api.sysusers", "/usr/lib/sysusers.d/berth-api.conf")],
+    },
+    Program {
+        name: "apiclient",
+        package: "settings-api",
+        install_path: "/usr/bin/apiclient",
+        units: &[],
+        data: &[],
+    },
+    Program {
+        name: "boot-config",
+        package: "boot-config",
+        install_path: "/usr/bin/boot-config",
+        units: &[
+            "agents/boot-config/units/preconfigured.target",
+            "agents/boot-config/units/configured.target",
+            "agents/boot-config/units/boot-config-userdata.service",
+            "agents/boot-config/units/boot-config-render.service",
+        ],
+        data: &[
+            ("agents/boot-config/templates/motd", "/usr/share/berth/templates/motd"),
+            ("agents/boot-config/templates/chrony-conf", "/usr/share/berth/templates/chrony-conf"),
+            ("agents/boot-config/units/chrony-berth.conf", "/usr/lib/systemd/system/chrony.service.d/berth.conf"),
+        ],
+    },
+];
 
 pub fn find(name: &str) -> Option<&'static Program> {
     PROGRAMS.iter().find(|p| p.name == name)

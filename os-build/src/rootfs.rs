@@ -237,7 +237,7 @@ pub fn symlink(root: &Path, link: &str, target: &str) -> Result<(), RootfsError>
     std::os::unix::fs::symlink(target, &full).map_err(io("symlink", &full))
 }
 
-/// Enables a unit the way `systemctl enable` would, from its [Install] section:
+/// Enables a unit the way `systemctl enable` would, from its `[Install]` section:
 /// symlinks in `<target>.wants/` under /usr/lib (the image's /etc is rebuilt every boot
 /// from the image, so vendor symlinks are the stable place), following `Also=`.
 pub fn enable_unit(root: &Path, unit: &str) -> Result<(), RootfsError> {

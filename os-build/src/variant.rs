@@ -65,6 +65,9 @@ struct Fragment {
     /// Settings default fragments (TOML), relative to this file.
     #[serde(default)]
     settings: Vec<PathBuf>,
+    /// Service metadata (setting prefixes -> services -> configuration files), relative to
+    /// this file; the last fragment that sets it wins.
+    metadata: Option<PathBuf>,
     /// Files written into the root: path in the image -> content.
     #[serde(default)]
     files: BTreeMap<String, String>,
@@ -134,6 +137,7 @@ pub struct Variant {
     pub systemd_mask: Vec<String>,
     pub default_target: String,
     pub settings: Vec<PathBuf>,
+    pub metadata: Option<PathBuf>,
     pub files: BTreeMap<String, String>,
     /// Every file merged, in order; the variant file last.
     pub sources: Vec<PathBuf>,
@@ -190,6 +194,7 @@ fn collect(
     })?;
     let dir = path.parent().unwrap_or(Path::new("."));
     fragment.settings = fragment.settings.iter().map(|p| dir.join(p)).collect();
+    fragment.metadata = fragment.metadata.as_ref().map(|p| dir.join(p));
     let canonical = path.canonicalize().unwrap_or_else(|_| path.to_owned());
     stack.push(canonical);
     for include in std::mem::take(&mut fragment.include) {
@@ -249,6 +254,9 @@ fn merge(into: &mut Fragment, from: Fragment) {
     append(&mut into.programs, &from.programs);
     append(&mut into.prune, &from.prune);
     append(&mut into.settings, &from.settings);
+    if from.metadata.is_some() {
+        into.metadata = from.metadata;
+    }
     into.files.extend(from.files);
     if let Some(kernel) = from.kernel {
         let k = into.kernel.get_or_insert_with(KernelFragment::default);
@@ -400,6 +408,7 @@ fn resolve(
             .default_target
             .unwrap_or_else(|| "multi-user.target".into()),
         settings: merged.settings,
+        metadata: merged.metadata,
         files: merged.files,
         sources,
     })
