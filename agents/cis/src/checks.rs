@@ -1278,3 +1278,90 @@ fn pod_pids_limit(k: &Kubelet) -> CheckResult {
         None => CheckResult::Fail("podPidsLimit is not set (unlimited)".into()),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_registry_is_well_formed() {
+        let mut ids = std::collections::BTreeSet::new();
+        for c in CHECKS {
+            assert!(
+                ids.insert((c.benchmark as u8, c.id)),
+                "duplicate id {}",
+                c.id
+            );
+            assert!(matches!(c.level, 1 | 2), "{}: level {}", c.id, c.level);
+            assert!(
+                c.title.starts_with("Ensure")
+                    || c.title.starts_with("Verify")
+                    || c.title.starts_with("If "),
+                "{}",
+                c.id
+            );
+            assert!(!c.how.is_empty());
+            if c.mode == Mode::Manual {
+                // Manual checks never touch the host and always say what to look at.
+                match (c.run)(&HostRoot::new("/nonexistent")) {
+                    CheckResult::Skip(r) => assert!(r.starts_with("manual: "), "{}", c.id),
+                    other => panic!("{}: manual check answered {other:?}", c.id),
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn the_readme_lists_every_check() {
+        // The README's tables are these rows; on a change, paste the printed rows there.
+        let readme = include_str!("../README.md");
+        let rows: Vec<String> = CHECKS
+            .iter()
+            .map(|c| {
+                format!(
+                    "| {} | {} | {} | {} | {} |",
+                    c.id, c.title, c.level, c.mode, c.how
+                )
+            })
+            .collect();
+        let missing: Vec<&String> = rows
+            .iter()
+            .filter(|r| !readme.contains(r.as_str()))
+            .collect();
+        assert!(
+            missing.is_empty(),
+            "README.md lacks rows:\n{}",
+            rows.join("\n")
+        );
+    }
+
+    #[test]
+    fn nft_chains_are_read() {
+        let chains = nft_chains(
+            "table inet filter {\n chain input { # base\n  type filter hook input priority 0; policy drop;\n  iif \"lo\" accept\n }\n chain helper {\n  accept\n }\n}\n",
+        );
+        assert_eq!(chains.len(), 1);
+        assert_eq!(chains[0].family, "inet");
+        assert_eq!(chains[0].hook, "input");
+        assert_eq!(chains[0].policy, "drop");
+        assert_eq!(chains[0].rules, vec!["iif \"lo\" accept".to_string()]);
+    }
+
+    #[test]
+    fn interpreter_names() {
+        for n in [
+            "sh",
+            "bash",
+            "python3",
+            "python3.13",
+            "perl5.40.1",
+            "lua5.4",
+            "busybox",
+        ] {
+            assert!(is_shell_or_interpreter(n), "{n}");
+        }
+        for n in ["shred", "python-config", "luac-helper", "kubelet", "nsh"] {
+            assert!(!is_shell_or_interpreter(n), "{n}");
+        }
+    }
+}
