@@ -99,6 +99,26 @@ const BAD: (u16, &str, Option<Schema>) = (
 );
 const ERR: (u16, &str, Option<Schema>) = (500, "Server error", Some(Schema::Error));
 const UNIMPL: (u16, &str, Option<Schema>) = (501, NOT_IMPL, Some(Schema::Error));
+const LEVEL: Param = Param {
+    name: "level",
+    description: "1 (default: Level 1 checks) or 2 (both levels)",
+    required: false,
+    list: false,
+};
+const FORMAT: Param = Param {
+    name: "format",
+    description: "text (default, text/plain) or json",
+    required: false,
+    list: false,
+};
+const REPORT_RESPONSES: &[(u16, &str, Option<Schema>)] = &[
+    (
+        200,
+        "Report; its Status is FAIL when an automated check failed",
+        None,
+    ),
+    (400, "Bad type, level or format", Some(Schema::Error)),
+];
 
 /// Every route the server answers.
 pub static ROUTES: &[Route] = &[
@@ -344,45 +364,28 @@ pub static ROUTES: &[Route] = &[
         method: "GET",
         path: "/report/cis",
         op: Op::ReportCis,
-        summary: "CIS Bottlerocket benchmark report",
+        summary: "CIS benchmark report: runs the checks on the host",
         params: &[
             Param {
-                name: "level",
-                description: "1 or 2",
+                name: "type",
+                description: "bottlerocket (default) or kubernetes",
                 required: false,
                 list: false,
             },
-            Param {
-                name: "format",
-                description: "text or json",
-                required: false,
-                list: false,
-            },
+            LEVEL,
+            FORMAT,
         ],
         body: None,
-        responses: &[(200, "Report", None), UNIMPL],
+        responses: REPORT_RESPONSES,
     },
     Route {
         method: "GET",
         path: "/report/cis-k8s",
         op: Op::ReportCisK8s,
-        summary: "CIS Kubernetes worker node report",
-        params: &[
-            Param {
-                name: "level",
-                description: "1 or 2",
-                required: false,
-                list: false,
-            },
-            Param {
-                name: "format",
-                description: "text or json",
-                required: false,
-                list: false,
-            },
-        ],
+        summary: "CIS Kubernetes worker node report (the same as /report/cis?type=kubernetes)",
+        params: &[LEVEL, FORMAT],
         body: None,
-        responses: &[(200, "Report", None), UNIMPL],
+        responses: REPORT_RESPONSES,
     },
 ];
 

@@ -26,6 +26,9 @@ pub struct ServerArgs {
     /// os-release file served at /os.
     #[arg(long, default_value = paths::OS_RELEASE)]
     pub os_release: PathBuf,
+    /// Root of the host tree the CIS checks of /report/cis read (tests point it at a fixture).
+    #[arg(long, default_value = "/")]
+    pub cis_root: PathBuf,
 }
 
 /// Berth settings API client.
@@ -185,6 +188,9 @@ mod tests {
         assert_eq!(a.socket_path, PathBuf::from("/run/api.sock"));
         assert_eq!(a.datastore_path, PathBuf::from("/private/datastore"));
         assert!(a.socket_gid.is_none());
+        assert_eq!(a.cis_root, PathBuf::from("/"));
+        let a = ServerArgs::try_parse_from(["apiserver", "--cis-root", "/tmp/host"]).unwrap();
+        assert_eq!(a.cis_root, PathBuf::from("/tmp/host"));
         let a = ServerArgs::try_parse_from(["apiserver", "--socket-gid", "api"]).unwrap();
         assert_eq!(a.socket_gid.as_deref(), Some("api"));
     }

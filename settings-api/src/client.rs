@@ -336,19 +336,16 @@ async fn stage_and_commit(
     Ok(())
 }
 
-fn report_uri(name: &str, args: &ReportArgs) -> String {
-    let mut q = Vec::new();
+/// `/report/cis?type=...&level=...&format=...`, as Bottlerocket's apiclient asks for it.
+fn report_uri(benchmark: &str, args: &ReportArgs) -> String {
+    let mut q = vec![format!("type={benchmark}")];
     if let Some(l) = args.level {
         q.push(format!("level={l}"));
     }
     if let Some(f) = &args.format {
         q.push(format!("format={}", percent_encode(f)));
     }
-    if q.is_empty() {
-        format!("/report/{name}")
-    } else {
-        format!("/report/{name}?{}", q.join("&"))
-    }
+    format!("/report/cis?{}", q.join("&"))
 }
 
 /// Runs one `apiclient` command, writing results to `out`.
@@ -456,8 +453,8 @@ pub async fn run(args: ClientArgs, out: &mut impl Write) -> Result<(), ClientErr
         }
         ClientCommand::Report(cmd) => {
             let uri = match &cmd {
-                ReportCommand::Cis(a) => report_uri("cis", a),
-                ReportCommand::CisK8s(a) => report_uri("cis-k8s", a),
+                ReportCommand::Cis(a) => report_uri("bottlerocket", a),
+                ReportCommand::CisK8s(a) => report_uri("kubernetes", a),
             };
             let body = call(socket, "GET", &uri, None).await?;
             print(out, &body)
@@ -469,6 +466,26 @@ pub async fn run(args: ClientArgs, out: &mut impl Write) -> Result<(), ClientErr
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn report_commands_ask_for_the_benchmark_by_type() {
+        let args = ReportArgs {
+            level: Some(2),
+            format: Some("json".to_string()),
+        };
+        assert_eq!(
+            report_uri("kubernetes", &args),
+            "/report/cis?type=kubernetes&level=2&format=json"
+        );
+        let args = ReportArgs {
+            level: None,
+            format: None,
+        };
+        assert_eq!(
+            report_uri("bottlerocket", &args),
+            "/report/cis?type=bottlerocket"
+        );
+    }
 
     #[test]
     fn keypair_body_normalizes_keys() {

@@ -157,6 +157,8 @@ pub struct State {
     metadata: Metadata,
     os: BTreeMap<String, String>,
     applier: Arc<dyn Applier>,
+    /// Root of the host tree the CIS checks read.
+    cis_root: std::path::PathBuf,
 }
 
 impl State {
@@ -183,12 +185,19 @@ impl State {
             metadata,
             os,
             applier: Arc::new(LogApplier),
+            cis_root: std::path::PathBuf::from("/"),
         })
     }
 
     /// Replaces the applier (the default logs).
     pub fn with_applier(mut self, applier: Arc<dyn Applier>) -> State {
         self.applier = applier;
+        self
+    }
+
+    /// Runs the CIS checks against `root` instead of `/`.
+    pub fn with_cis_root(mut self, root: std::path::PathBuf) -> State {
+        self.cis_root = root;
         self
     }
 
@@ -589,8 +598,70 @@ async fn dispatch(
             Err(not_implemented("the update action"))
         }
         Op::UpdateStatus => Err(not_implemented("update status")),
-        Op::ReportCis | Op::ReportCisK8s => Err(not_implemented("the CIS report")),
+        Op::ReportCis | Op::ReportCisK8s => cis_report(state, op, &q).await,
     }
+}
+
+/// Runs the CIS checks on the blocking pool and answers the report as text or JSON.
+async fn cis_report(
+    state: &Arc<State>,
+    op: Op,
+    q: &BTreeMap<String, String>,
+) -> Result<Response<Full<Bytes>>, ApiError> {
+    let default = if op == Op::ReportCisK8s {
+        cis::Benchmark::Kubernetes
+    } else {
+        cis::Benchmark::Bottlerocket
+    };
+    let benchmark = match q.get("type") {
+        None => default,
+        Some(t) => cis::Benchmark::parse(t)
+            .filter(|b| op == Op::ReportCis || *b == default)
+            .ok_or_else(|| {
+                ApiError::bad(format!(
+                    "query parameter 'type' must be bottlerocket or kubernetes, not '{t}'"
+                ))
+            })?,
+    };
+    let level = match q.get("level").map(String::as_str) {
+        None | Some("1") => 1,
+        Some("2") => 2,
+        Some(l) => {
+            return Err(ApiError::bad(format!(
+                "query parameter 'level' must be 1 or 2, not '{l}'"
+            )))
+        }
+    };
+    let format = match q.get("format") {
+        None => cis::Format::Text,
+        Some(f) => cis::Format::parse(f).ok_or_else(|| {
+            ApiError::bad(format!(
+                "query parameter 'format' must be text or json, not '{f}'"
+            ))
+        })?,
+    };
+    let root = state.cis_root.clone();
+    let report = tokio::task::spawn_blocking(move || {
+        cis::Report::run(
+            benchmark,
+            level,
+            &cis::HostRoot::new(root),
+            std::time::SystemTime::now(),
+        )
+    })
+    .await
+    .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    let body = report
+        .render(format)
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    let mut resp = Response::new(Full::new(Bytes::from(body)));
+    let content_type = match format {
+        cis::Format::Text => "text/plain; charset=utf-8",
+        cis::Format::Json => "application/json",
+    };
+    resp.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    Ok(resp)
 }
 
 fn pick<T: serde::Serialize>(

@@ -322,7 +322,6 @@ fn status_codes_follow_bottlerocket() {
         ("POST", "/actions/reboot"),
         ("POST", "/actions/refresh-updates"),
         ("GET", "/updates/status"),
-        ("GET", "/report/cis"),
     ] {
         let (code, body) = s.http(method, path, None);
         assert_eq!(code, 501, "{path}");
@@ -330,9 +329,6 @@ fn status_codes_follow_bottlerocket() {
     }
     assert!(s.fails(&["reboot"]).contains("501"));
     assert!(s.fails(&["update", "check"]).contains("501"));
-    assert!(s
-        .fails(&["report", "cis", "-l", "1", "-f", "json"])
-        .contains("501"));
     // raw prints the body and fails on an error status.
     assert_eq!(s.ok(&["raw", "-u", "/tx/list"]).trim(), "[]");
     s.ok(&[

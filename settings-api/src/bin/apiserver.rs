@@ -31,6 +31,7 @@ fn run(args: ServerArgs) -> anyhow::Result<()> {
         None => metadata::Metadata::default(),
     };
     let state = server::State::open(ds, defaults, metadata, server::os_info(&args.os_release))?;
+    let state = state.with_cis_root(args.cis_root.clone());
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .max_blocking_threads(4)
