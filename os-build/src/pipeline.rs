@@ -222,9 +222,12 @@ pub fn build(args: &BuildArgs) -> Result<Built> {
 
     progress.step("GPT disk image");
     let layout = disk::layout(arch, &variant.partitions, &identity);
+    // Disks are written under a temporary name and renamed: a VM still running on the
+    // previous build (qcow2 overlays point at these files) keeps its old inode.
     let raw = out.join("disk.raw");
+    let raw_tmp = out.join("disk.raw.tmp");
     disk::write_raw(
-        &raw,
+        &raw_tmp,
         &layout,
         &[
             ("ESP", &esp_img),
@@ -233,8 +236,11 @@ pub fn build(args: &BuildArgs) -> Result<Built> {
         ],
     )?;
     if variant.formats.contains(&ImageFormat::Qcow2) {
-        qcow2(&raw, &out.join("disk.qcow2"))?;
+        let qcow2_tmp = out.join("disk.qcow2.tmp");
+        qcow2(&raw_tmp, &qcow2_tmp)?;
+        rename(&qcow2_tmp, &out.join("disk.qcow2"))?;
     }
+    rename(&raw_tmp, &raw)?;
 
     progress.step("manifest");
     let mut artifacts = BTreeMap::new();
@@ -290,6 +296,11 @@ pub fn build(args: &BuildArgs) -> Result<Built> {
         dir: out,
         root_hash: manifest.root_hash,
     })
+}
+
+fn rename(from: &Path, to: &Path) -> Result<()> {
+    std::fs::rename(from, to)
+        .with_context(|| format!("cannot rename {} to {}", from.display(), to.display()))
 }
 
 fn read(path: &Path) -> Result<Vec<u8>> {
