@@ -37,7 +37,10 @@ const PROGRAMS: &[Program] = &[
         package: "settings-api",
         install_path: "/usr/bin/apiserver",
         units: &["settings-api/units/apiserver.service"],
-        data: &[("settings-api/units/berth-api.sysusers", "/usr/lib/sysusers.d/berth-api.conf")],
+        data: &[(
+            "settings-api/units/berth-api.sysusers",
+            "/usr/lib/sysusers.d/berth-api.conf",
+        )],
     },
     Program {
         name: "apiclient",
@@ -57,9 +60,18 @@ const PROGRAMS: &[Program] = &[
             "agents/boot-config/units/boot-config-render.service",
         ],
         data: &[
-            ("agents/boot-config/templates/motd", "/usr/share/berth/templates/motd"),
-            ("agents/boot-config/templates/chrony-conf", "/usr/share/berth/templates/chrony-conf"),
-            ("agents/boot-config/units/chrony-berth.conf", "/usr/lib/systemd/system/chrony.service.d/berth.conf"),
+            (
+                "agents/boot-config/templates/motd",
+                "/usr/share/berth/templates/motd",
+            ),
+            (
+                "agents/boot-config/templates/chrony-conf",
+                "/usr/share/berth/templates/chrony-conf",
+            ),
+            (
+                "agents/boot-config/units/chrony-berth.conf",
+                "/usr/lib/systemd/system/chrony.service.d/berth.conf",
+            ),
         ],
     },
 ];

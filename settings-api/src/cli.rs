@@ -23,6 +23,10 @@ pub struct ServerArgs {
     /// Group that owns the socket: a gid or a name from /etc/group (`api` on a host).
     #[arg(long)]
     pub socket_gid: Option<String>,
+    /// Configuration renderer run after each apply as `PROGRAM render --services a,b`
+    /// (`/usr/bin/boot-config` on a host); without it, applies are only logged.
+    #[arg(long)]
+    pub apply_command: Option<PathBuf>,
     /// os-release file served at /os.
     #[arg(long, default_value = paths::OS_RELEASE)]
     pub os_release: PathBuf,

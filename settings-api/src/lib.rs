@@ -2,6 +2,7 @@
 //! client, compatible with Bottlerocket's API and `apiclient`.
 
 pub mod api;
+pub mod apply;
 pub mod cli;
 pub mod client;
 pub mod datastore;

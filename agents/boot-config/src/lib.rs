@@ -55,9 +55,10 @@ pub enum Command {
 
 pub fn run(args: Args) -> Result<()> {
     match args.command {
-        Command::Userdata { source, status_file } => {
-            userdata::run(&args.socket_path, &source, &status_file)
-        }
+        Command::Userdata {
+            source,
+            status_file,
+        } => userdata::run(&args.socket_path, &source, &status_file),
         Command::Render {
             services,
             no_restart,
@@ -76,7 +77,8 @@ pub fn run(args: Args) -> Result<()> {
                 return Ok(());
             }
             let units = systemd::DbusUnits::connect()?;
-            renderer.finish(&settings, &plan, &units)
+            renderer.finish(&settings, &plan, &units)?;
+            Ok(())
         }
     }
 }
@@ -107,10 +109,14 @@ mod tests {
 
     #[test]
     fn parses_subcommands() {
-        let a = Args::try_parse_from(["boot-config", "render", "--services", "chronyd,motd"])
-            .unwrap();
+        let a =
+            Args::try_parse_from(["boot-config", "render", "--services", "chronyd,motd"]).unwrap();
         match a.command {
-            Command::Render { services, no_restart, .. } => {
+            Command::Render {
+                services,
+                no_restart,
+                ..
+            } => {
                 assert_eq!(services, ["chronyd", "motd"]);
                 assert!(!no_restart);
             }

@@ -58,7 +58,10 @@ pub enum Action {
 /// Parses one restart command.
 pub fn parse_action(service: &str, command: &str) -> Result<Action, RenderError> {
     let mut words: Vec<&str> = command.split_whitespace().collect();
-    if words.first().is_some_and(|w| *w == "systemctl" || w.ends_with("/systemctl")) {
+    if words
+        .first()
+        .is_some_and(|w| *w == "systemctl" || w.ends_with("/systemctl"))
+    {
         words.remove(0);
     }
     match words.as_slice() {
@@ -105,8 +108,7 @@ impl Renderer<'_> {
         };
         let mut env = minijinja::Environment::new();
         env.set_undefined_behavior(minijinja::UndefinedBehavior::Chainable);
-        env.set_keep_trailing_newline(true);
-        let ctx = minijinja::context! { settings => settings };
+        let ctx = minijinja::context! { settings => minijinja::Value::from(minijinja::value::Serde(settings)) };
         let mut plan = Plan::default();
         for name in names {
             let service =
@@ -127,13 +129,16 @@ impl Renderer<'_> {
                         source,
                     }
                 })?;
-                let text = env
-                    .render_str(&template, &ctx)
-                    .map_err(|source| RenderError::Template {
-                        path: template_path.clone(),
-                        file: file_name.clone(),
-                        source,
-                    })?;
+                let mut text =
+                    env.render_str(&template, &ctx)
+                        .map_err(|source| RenderError::Template {
+                            path: template_path.clone(),
+                            file: file_name.clone(),
+                            source,
+                        })?;
+                if !text.ends_with('\n') {
+                    text.push('\n');
+                }
                 let mode = match &file.mode {
                     Some(m) => u32::from_str_radix(m, 8).map_err(|_| RenderError::Mode {
                         file: file_name.clone(),
@@ -285,7 +290,9 @@ mod tests {
     }
 
     fn golden(name: &str, got: &str) {
-        let path = workspace().join("agents/boot-config/tests/fixtures").join(name);
+        let path = workspace()
+            .join("agents/boot-config/tests/fixtures")
+            .join(name);
         if std::env::var_os("BERTH_BLESS").is_some() {
             std::fs::write(&path, got).unwrap();
         }
@@ -330,7 +337,10 @@ mod tests {
             *units.0.lock().unwrap(),
             vec![(Verb::TryRestart, "chrony.service".to_string())]
         );
-        assert!(!root.path().join("etc/motd").exists(), "motd was not asked for");
+        assert!(
+            !root.path().join("etc/motd").exists(),
+            "motd was not asked for"
+        );
 
         let plan = r.render(&settings(), &["sysctl".to_string()]).unwrap();
         r.finish(&settings(), &plan, &units).unwrap();
@@ -355,7 +365,11 @@ mod tests {
         let e = r
             .finish(&bad, &plan, &RecordingUnits::default())
             .unwrap_err();
-        assert!(e.to_string().contains("settings.kernel.sysctl.\"net.no.such\""), "{e}");
+        assert!(
+            e.to_string()
+                .contains("settings.kernel.sysctl.\"net.no.such\""),
+            "{e}"
+        );
         assert!(matches!(
             parse_action("x", "systemctl stop a.service"),
             Err(RenderError::Command { .. })

@@ -77,7 +77,10 @@ pub fn run(socket: &Path, source: &Path, status_file: &Path) -> Result<()> {
             }
         }
         Err(ClientError::Status {
-            status, message, key, ..
+            status,
+            message,
+            key,
+            ..
         }) if status.is_client_error() => {
             let key_text = key.as_deref().unwrap_or("(no key)");
             tracing::error!(
@@ -158,20 +161,39 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let status = dir.path().join("s/user-data.json");
         // No socket is needed: nothing is sent without user data.
-        run(Path::new("/nonexistent.sock"), &dir.path().join("none"), &status).unwrap();
+        run(
+            Path::new("/nonexistent.sock"),
+            &dir.path().join("none"),
+            &status,
+        )
+        .unwrap();
         let s: Status = serde_json::from_slice(&std::fs::read(&status).unwrap()).unwrap();
         assert_eq!(s.state, "none");
         // A second boot does nothing, even with user data present now.
         std::fs::write(dir.path().join("ud"), "[settings]\nmotd = \"x\"\n").unwrap();
-        run(Path::new("/nonexistent.sock"), &dir.path().join("ud"), &status).unwrap();
+        run(
+            Path::new("/nonexistent.sock"),
+            &dir.path().join("ud"),
+            &status,
+        )
+        .unwrap();
     }
 
     #[test]
     fn unparsable_user_data_is_rejected_without_calling_the_api() {
         let dir = tempfile::tempdir().unwrap();
         let status = dir.path().join("user-data.json");
-        std::fs::write(dir.path().join("ud"), "[kubernetes]\ncluster-name = \"a\"\n").unwrap();
-        let e = run(Path::new("/nonexistent.sock"), &dir.path().join("ud"), &status).unwrap_err();
+        std::fs::write(
+            dir.path().join("ud"),
+            "[kubernetes]\ncluster-name = \"a\"\n",
+        )
+        .unwrap();
+        let e = run(
+            Path::new("/nonexistent.sock"),
+            &dir.path().join("ud"),
+            &status,
+        )
+        .unwrap_err();
         assert!(e.to_string().contains("user data rejected"), "{e}");
         let s: Status = serde_json::from_slice(&std::fs::read(&status).unwrap()).unwrap();
         assert_eq!(s.state, "invalid");

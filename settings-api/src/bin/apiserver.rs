@@ -3,7 +3,7 @@
 use anyhow::Context;
 use clap::Parser;
 use settings_api::cli::ServerArgs;
-use settings_api::{datastore, defaults, metadata, server};
+use settings_api::{apply, datastore, defaults, metadata, server};
 use std::sync::Arc;
 
 fn main() -> std::process::ExitCode {
@@ -30,7 +30,10 @@ fn run(args: ServerArgs) -> anyhow::Result<()> {
         Some(path) => metadata::Metadata::load(path)?,
         None => metadata::Metadata::default(),
     };
-    let state = server::State::open(ds, defaults, metadata, server::os_info(&args.os_release))?;
+    let mut state = server::State::open(ds, defaults, metadata, server::os_info(&args.os_release))?;
+    if let Some(program) = &args.apply_command {
+        state = state.with_applier(Arc::new(apply::CommandApplier::new(program.clone())));
+    }
     let state = state.with_cis_root(args.cis_root.clone());
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
