@@ -184,6 +184,8 @@ pub struct VmBuilder {
     extra_args: Vec<String>,
     qemu: Option<PathBuf>,
     direct_kernel: Option<DirectKernel>,
+    /// Serial console on the caller's terminal ([`VmBuilder::run_attached`]).
+    attached: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -222,6 +224,7 @@ impl VmBuilder {
             extra_args: Vec::new(),
             qemu: None,
             direct_kernel: None,
+            attached: false,
         }
     }
 
@@ -369,12 +372,23 @@ impl VmBuilder {
             "-device",
             "virtio-rng-pci,rng=rng0",
         ]);
-        push(&[
-            "-chardev",
-            "stdio,id=serial0,signal=off",
-            "-serial",
-            "chardev:serial0",
-        ]);
+        if self.attached {
+            push(&[
+                "-chardev",
+                "stdio,id=serial0,mux=on,signal=off",
+                "-serial",
+                "chardev:serial0",
+                "-mon",
+                "chardev=serial0,mode=readline",
+            ]);
+        } else {
+            push(&[
+                "-chardev",
+                "stdio,id=serial0,signal=off",
+                "-serial",
+                "chardev:serial0",
+            ]);
+        }
         let qmp = escape(&layout.qmp.to_string_lossy());
         push(&["-qmp", &format!("unix:{qmp},server=on,wait=off")]);
         for entry in &self.fw_cfg {
@@ -411,8 +425,9 @@ impl VmBuilder {
         a
     }
 
-    /// Prepares the VM's directory and starts QEMU.
-    pub fn boot(self) -> Result<RunningVm, VmError> {
+    /// The VM's directory (temporary unless BERTH_KEEP_VM says otherwise), its private
+    /// firmware variables and disk overlays.
+    fn prepare(&self) -> Result<(Option<tempfile::TempDir>, PathBuf, Layout), VmError> {
         let tempdir = tempfile::Builder::new()
             .prefix("berth-vm-")
             .tempdir()
@@ -451,6 +466,33 @@ impl VmBuilder {
             overlays,
             qmp: dir.join("qmp.sock"),
         };
+        Ok((tempdir, dir, layout))
+    }
+
+    /// Runs QEMU in the foreground with the serial console and QEMU's monitor on this
+    /// terminal (Ctrl-A X quits, Ctrl-A C toggles the monitor) until the guest powers off.
+    pub fn run_attached(mut self) -> Result<ExitStatus, VmError> {
+        let (_tempdir, dir, layout) = self.prepare()?;
+        self.attached = true;
+        let args = self.qemu_args(&layout);
+        let program = self
+            .qemu
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(self.arch.qemu_binary()));
+        let mut child = Command::new(&program)
+            .args(&args)
+            .current_dir(&dir)
+            .spawn()
+            .map_err(|source| VmError::Spawn {
+                program: program.display().to_string(),
+                source,
+            })?;
+        child.wait().map_err(VmError::Wait)
+    }
+
+    /// Prepares the VM's directory and starts QEMU.
+    pub fn boot(self) -> Result<RunningVm, VmError> {
+        let (tempdir, dir, layout) = self.prepare()?;
         let args = self.qemu_args(&layout);
 
         let serial_log = self
