@@ -13,6 +13,8 @@ pub struct Program {
     pub units: &'static [&'static str],
     /// Data files: (source relative to the workspace root, destination in the image).
     pub data: &'static [(&'static str, &'static str)],
+    /// Only for test images: refused in variants that do not set `test = true`.
+    pub test_only: bool,
 }
 
 /// The initramfs PID 1: always built, installed into the initramfs, not the root.
@@ -22,6 +24,7 @@ pub const EARLY_INIT: Program = Program {
     install_path: "/init",
     units: &[],
     data: &[],
+    test_only: false,
 };
 
 const PROGRAMS: &[Program] = &[
@@ -31,6 +34,7 @@ const PROGRAMS: &[Program] = &[
         install_path: "/usr/bin/berth-probe",
         units: &["agents/probe/berth-probe.service"],
         data: &[],
+        test_only: false,
     },
     Program {
         name: "apiserver",
@@ -41,6 +45,7 @@ const PROGRAMS: &[Program] = &[
             "settings-api/units/berth-api.sysusers",
             "/usr/lib/sysusers.d/berth-api.conf",
         )],
+        test_only: false,
     },
     Program {
         name: "apiclient",
@@ -48,6 +53,7 @@ const PROGRAMS: &[Program] = &[
         install_path: "/usr/bin/apiclient",
         units: &[],
         data: &[],
+        test_only: false,
     },
     Program {
         name: "boot-config",
@@ -73,6 +79,15 @@ const PROGRAMS: &[Program] = &[
                 "/usr/lib/systemd/system/chrony.service.d/berth.conf",
             ),
         ],
+        test_only: false,
+    },
+    Program {
+        name: "berth-api-bridge",
+        package: "api-bridge",
+        install_path: "/usr/bin/berth-api-bridge",
+        units: &["agents/api-bridge/berth-api-bridge.service"],
+        data: &[],
+        test_only: true,
     },
 ];
 
