@@ -50,6 +50,8 @@ struct Fragment {
     include: Vec<PathBuf>,
     /// Production variants ship no shell, interpreter or package manager.
     production: Option<bool>,
+    /// Test images (`qemu-test`) may hold test-only programs such as berth-api-bridge.
+    test: Option<bool>,
     #[serde(default)]
     packages: Vec<String>,
     kernel: Option<KernelFragment>,
@@ -249,6 +251,9 @@ fn merge(into: &mut Fragment, from: Fragment) {
     if from.production.is_some() {
         into.production = from.production;
     }
+    if from.test.is_some() {
+        into.test = from.test;
+    }
     append(&mut into.packages, &from.packages);
     append(&mut into.formats, &from.formats);
     append(&mut into.programs, &from.programs);
@@ -378,7 +383,14 @@ fn resolve(
         if !seen.insert(program) {
             continue;
         }
-        if crate::programs::find(program).is_none() {
+        let found = crate::programs::find(program);
+        if found.is_some_and(|p| p.test_only) && merged.test != Some(true) {
+            return Err(invalid(
+                "programs",
+                format!("`{program}` is for test images only; set `test = true` in a test variant"),
+            ));
+        }
+        if found.is_none() {
             return Err(invalid(
                 "programs",
                 format!(
@@ -566,5 +578,24 @@ mod tests {
                 assert!(!v.packages.is_empty());
             }
         }
+    }
+
+    #[test]
+    fn test_only_programs_stay_out_of_shipped_variants() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../variants");
+        for name in list(&dir) {
+            let v = load(&dir, &name, Arch::X86_64).unwrap();
+            let has_bridge = v.programs.iter().any(|p| p == "berth-api-bridge");
+            assert_eq!(has_bridge, name == "qemu-test", "{name}: {:?}", v.programs);
+        }
+        let tmp = tempfile::tempdir().unwrap();
+        write(tmp.path(), "shared/base.toml", BASE);
+        write(
+            tmp.path(),
+            "v/variant.toml",
+            "include = [\"../shared/base.toml\"]\nproduction = true\nprograms = [\"berth-api-bridge\"]\n",
+        );
+        let err = load(tmp.path(), "v", Arch::X86_64).unwrap_err();
+        assert!(err.to_string().contains("test images only"), "{err}");
     }
 }

@@ -52,20 +52,67 @@ impl DbusUnits {
     }
 }
 
-impl Units for DbusUnits {
-    fn restart(&self, verb: Verb, unit: &str) -> Result<()> {
-        let proxy = zbus::blocking::Proxy::new(
-            &self.conn,
-            "org.freedesktop.systemd1",
+impl DbusUnits {
+    fn proxy<'a>(&'a self, path: &'a str, interface: &'a str) -> Result<zbus::blocking::Proxy<'a>> {
+        zbus::blocking::Proxy::new(&self.conn, "org.freedesktop.systemd1", path, interface)
+            .with_context(|| format!("cannot reach systemd's {interface} over D-Bus"))
+    }
+
+    /// ActiveState and ActiveEnterTimestamp of a loaded unit.
+    fn state(&self, unit: &str) -> Result<(String, u64)> {
+        let manager = self.proxy(
             "/org/freedesktop/systemd1",
             "org.freedesktop.systemd1.Manager",
-        )
-        .context("cannot reach systemd's manager over D-Bus")?;
-        let job: zbus::zvariant::OwnedObjectPath = proxy
+        )?;
+        let path: zbus::zvariant::OwnedObjectPath = manager
+            .call("GetUnit", &(unit,))
+            .with_context(|| format!("systemd does not know {unit}"))?;
+        let proxy = self.proxy(path.as_str(), "org.freedesktop.systemd1.Unit")?;
+        let state: String = proxy.get_property("ActiveState")?;
+        let since: u64 = proxy.get_property("ActiveEnterTimestamp")?;
+        Ok((state, since))
+    }
+}
+
+/// How long a restarted unit may take to be active again.
+const ACTIVE_DEADLINE: std::time::Duration = std::time::Duration::from_secs(90);
+
+impl Units for DbusUnits {
+    /// Queues the job, then waits until the unit is active again (for restarts of a running
+    /// unit) so that the log line marks the moment the new configuration is in effect.
+    fn restart(&self, verb: Verb, unit: &str) -> Result<()> {
+        let started = std::time::Instant::now();
+        let before = self.state(unit).ok();
+        let manager = self.proxy(
+            "/org/freedesktop/systemd1",
+            "org.freedesktop.systemd1.Manager",
+        )?;
+        let job: zbus::zvariant::OwnedObjectPath = manager
             .call(verb.method(), &(unit, "replace"))
             .with_context(|| format!("systemd {} {unit} failed", verb.method()))?;
-        tracing::info!(unit, job = %job.as_str(), "queued {}", verb.method());
-        Ok(())
+        tracing::debug!(unit, job = %job.as_str(), "queued {}", verb.method());
+        let Some((state, since)) = before else {
+            return Ok(());
+        };
+        if verb == Verb::TryRestart && state != "active" {
+            tracing::info!(unit, state = %state, "not running; not restarted");
+            return Ok(());
+        }
+        loop {
+            let (now, entered) = self.state(unit)?;
+            if now == "active" && entered > since {
+                tracing::info!(
+                    unit,
+                    seconds = format!("{:.2}", started.elapsed().as_secs_f64()),
+                    "restarted and active"
+                );
+                return Ok(());
+            }
+            if now == "failed" || started.elapsed() > ACTIVE_DEADLINE {
+                anyhow::bail!("{unit} is {now} after {}", verb.method());
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
     }
 }
 

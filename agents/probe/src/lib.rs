@@ -185,6 +185,35 @@ pub fn facts(root: &Path, dm: &dyn DeviceMapper) -> Vec<(String, String)> {
     push("stub-image", efi_string(root, "StubImageIdentifier"));
     push("kernel", read_trim(root.join("proc/sys/kernel/osrelease")));
     push("machine-id", read_trim(root.join("etc/machine-id")));
+    // Boot-time configuration (docs/boot-config.md): rendered files, live sysctl, user data.
+    push("motd", read_trim(root.join("etc/motd")));
+    push(
+        "chrony-servers",
+        read_trim(root.join("etc/chrony/chrony.conf")).map(|t| {
+            t.lines()
+                .filter_map(|l| {
+                    let mut w = l.split_whitespace();
+                    matches!(w.next(), Some("pool" | "server"))
+                        .then(|| w.next())
+                        .flatten()
+                })
+                .collect::<Vec<_>>()
+                .join(",")
+        }),
+    );
+    push(
+        "sysctl-vm.max_map_count",
+        read_trim(root.join("proc/sys/vm/max_map_count")),
+    );
+    push(
+        "user-data-state",
+        read_trim(root.join("private/boot-config/user-data.json")).and_then(|t| {
+            let rest = &t[t.find("\"state\"")? + 7..];
+            let start = rest.find('"')? + 1;
+            let end = start + rest[start..].find('"')?;
+            Some(rest[start..end].to_string())
+        }),
+    );
 
     out.into_iter()
         .map(|(k, v)| {

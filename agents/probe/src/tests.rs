@@ -66,6 +66,10 @@ fn facts_of_a_booted_berth_host() {
             "stub-image",
             "kernel",
             "machine-id",
+            "motd",
+            "chrony-servers",
+            "sysctl-vm.max_map_count",
+            "user-data-state",
         ]
     );
     let f: BTreeMap<_, _> = facts.into_iter().collect();
@@ -85,12 +89,16 @@ fn facts_of_a_booted_berth_host() {
     assert_eq!(f["stub-image"], "\\EFI\\Linux\\berth-1.2.0+3.efi");
     assert_eq!(f["kernel"], "6.12.107+deb13-amd64");
     assert_eq!(f["machine-id"], "0f1e2d3c4b5a69788796a5b4c3d2e1f0");
+    assert_eq!(f["motd"], "Welcome to Berth!");
+    assert_eq!(f["chrony-servers"], "10.0.2.2,ntp.example.com");
+    assert_eq!(f["sysctl-vm.max_map_count"], "262144");
+    assert_eq!(f["user-data-state"], "applied");
     // The write test left nothing behind.
     assert_eq!(
         std::fs::read_dir(root.path().join("etc"))
             .expect("etc")
             .count(),
-        1
+        3
     );
 }
 
