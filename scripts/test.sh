@@ -19,11 +19,13 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 stage "cargo doc"
 RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --locked --quiet
 
-stage "images: qemu x86_64 and aarch64"
+stage "images: qemu x86_64 and aarch64, qemu-test x86_64"
 cargo build --release --locked -p os-build
 for arch in x86_64 aarch64; do
   target/release/os-build build --variant qemu --arch "$arch" --plain
 done
+# The qemu image plus berth-api-bridge, for the boot-time configuration scenario.
+target/release/os-build build --variant qemu-test --arch x86_64 --plain
 
 stage "tests (unit, host integration, QEMU scenarios)"
 export BERTH_QEMU_TESTS=1

@@ -1,18 +1,43 @@
 //! Boot-time configuration (docs/boot-config.md): user data by QEMU fw_cfg at first boot,
 //! configuration rendered from settings, changes through the real `apiclient`.
 //!
-//! Gated by BERTH_QEMU_TESTS=1 like the boot scenarios; boots the `qemu-test` variant
-//! (the `qemu` image plus `berth-api-bridge`, a TCP listener that forwards to /run/api.sock).
+//! Gated by BERTH_QEMU_TESTS=1 like the boot scenarios; boots the `qemu-test` variant (the
+//! `qemu` image plus `berth-api-bridge`, which forwards guest TCP port 8080 to /run/api.sock).
+//! The host forwards a Unix socket to that port, so `apiclient --socket-path` drives the guest.
 
-use std::path::PathBuf;
+use std::io::Write;
+use std::net::TcpStream;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
 use std::time::Duration;
 
-use anyhow::{Context, Result};
-use qemu_tests::{markers, scenario, Arch, Image, Vm};
+use anyhow::{bail, Context, Result};
+use qemu_tests::{markers, scenario, Arch, Checks, Image, ProbeReport, Vm};
 
-const VARIANT: &str = "qemu";
+const VARIANT: &str = "qemu-test";
 const USER_DATA_FW_CFG: &str = "opt/org.berth/user-data";
+const PROBE_FW_CFG: &str = "opt/org.berth/probe";
+const GUEST_API_PORT: u16 = 8080;
 const CONFIGURED: &str = r"Reached target configured\.target";
+/// Generous under TCG on a loaded 2-core machine (about 20 s is usual).
+const CONFIGURED_DEADLINE: Duration = Duration::from_secs(300);
+/// boot-config's log lines (through apiserver's stderr, on the console).
+const RENDERED: &str = r"rendered file=";
+const RESTARTED: &str = r"restarted and active";
+/// Matches only once the line is complete enough to name the unit.
+const RESTARTED_CHRONY: &str = r#"restarted and active unit="?chrony\.service"#;
+const STEP_DEADLINE: Duration = Duration::from_secs(120);
+
+const USER_DATA: &str = r#"[settings]
+motd = "hello from user data"
+
+[settings.ntp]
+time-servers = ["10.0.2.2", "ntp.example.com"]
+
+[settings.kernel.sysctl]
+"vm.max_map_count" = "262144"
+"#;
 
 fn serial_log(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
@@ -20,39 +45,273 @@ fn serial_log(name: &str) -> PathBuf {
         .join(format!("{name}.serial.log"))
 }
 
+/// The real apiclient binary, built on demand into this workspace's target folder.
+fn apiclient() -> Result<PathBuf> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let status = Command::new(cargo)
+        .args([
+            "build",
+            "--quiet",
+            "-p",
+            "settings-api",
+            "--bin",
+            "apiclient",
+        ])
+        .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
+        .status()
+        .context("cannot run cargo build for apiclient")?;
+    if !status.success() {
+        bail!("cargo build -p settings-api --bin apiclient failed ({status})");
+    }
+    let target = Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .parent()
+        .context("CARGO_TARGET_TMPDIR has a parent")?;
+    Ok(target.join("debug/apiclient"))
+}
+
+/// A free TCP port on the host loopback (QEMU binds it right after).
+fn free_port() -> Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+/// Forwards every connection on a host Unix socket to `127.0.0.1:port` (QEMU's hostfwd).
+fn forward_unix_to_tcp(socket: &Path, port: u16) -> Result<()> {
+    let listener =
+        UnixListener::bind(socket).with_context(|| format!("cannot bind {}", socket.display()))?;
+    std::thread::spawn(move || {
+        for unix in listener.incoming().flatten() {
+            std::thread::spawn(move || {
+                if let Ok(tcp) = TcpStream::connect(("127.0.0.1", port)) {
+                    copy_both_ways(unix, tcp);
+                }
+            });
+        }
+    });
+    Ok(())
+}
+
+fn copy_both_ways(unix: UnixStream, tcp: TcpStream) {
+    let (Ok(mut unix_r), Ok(mut tcp_w)) = (unix.try_clone(), tcp.try_clone()) else {
+        return;
+    };
+    let down = std::thread::spawn(move || {
+        let _ = std::io::copy(&mut unix_r, &mut tcp_w);
+        let _ = tcp_w.shutdown(std::net::Shutdown::Write);
+    });
+    let (mut tcp_r, mut unix_w) = (tcp, unix);
+    let _ = std::io::copy(&mut tcp_r, &mut unix_w);
+    let _ = unix_w.shutdown(std::net::Shutdown::Write);
+    let _ = down.join();
+}
+
+struct Api {
+    apiclient: PathBuf,
+    socket: PathBuf,
+}
+
+impl Api {
+    fn run(&self, args: &[&str]) -> Result<Output> {
+        let out = Command::new(&self.apiclient)
+            .arg("--socket-path")
+            .arg(&self.socket)
+            .args(args)
+            .output()
+            .with_context(|| format!("cannot run {}", self.apiclient.display()))?;
+        println!(
+            "  $ apiclient {}\n    exit {:?}\n    stdout: {}\n    stderr: {}",
+            args.join(" "),
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).trim(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+        Ok(out)
+    }
+
+    fn get(&self, prefix: &str) -> Result<serde_json::Value> {
+        let out = self.run(&["get", prefix])?;
+        if !out.status.success() {
+            bail!("apiclient get {prefix} failed");
+        }
+        serde_json::from_slice(&out.stdout).context("apiclient get printed no JSON")
+    }
+
+    /// Waits until the API answers through the bridge (the bridge starts after the API).
+    fn wait_ready(&self, deadline: Duration) -> Result<()> {
+        let start = std::time::Instant::now();
+        loop {
+            let out = Command::new(&self.apiclient)
+                .arg("--socket-path")
+                .arg(&self.socket)
+                .args(["get", "motd"])
+                .output()?;
+            if out.status.success() {
+                return Ok(());
+            }
+            if start.elapsed() > deadline {
+                bail!(
+                    "the API did not answer through the bridge within {deadline:?}: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
+            std::thread::sleep(Duration::from_secs(2));
+        }
+    }
+}
+
 #[test]
-fn user_data_and_apiclient_x86_64() -> Result<()> {
+fn user_data_rendering_and_apiclient_x86_64() -> Result<()> {
     let arch = Arch::X86_64;
     let name = format!("config_{arch}");
-    let Some(_lock) = scenario::begin(&name, &["user data by fw_cfg reaches configured"])? else {
+    let Some(_lock) = scenario::begin(
+        &name,
+        &[
+            "user data by fw_cfg (motd, ntp.time-servers, kernel.sysctl) applied at first boot",
+            "configured.target reached; chrony.conf lists the servers; the sysctl is live",
+            "apiclient get (through berth-api-bridge) shows the user data settings",
+            "apiclient set ntp.time-servers re-renders chrony.conf and restarts chrony only",
+            "apiclient set with an invalid value: 400 naming the key, old value kept",
+        ],
+    )?
+    else {
         return Ok(());
     };
     let image = Image::locate(VARIANT, arch)?;
+    let apiclient = apiclient()?;
     let dir = tempfile::tempdir()?;
     let user_data = dir.path().join("user-data.toml");
-    std::fs::write(
-        &user_data,
-        "[settings]\nmotd = \"hello from user data\"\n\
-         [settings.ntp]\ntime-servers = [\"10.0.2.2\", \"ntp.example.com\"]\n\
-         [settings.kernel.sysctl]\n\"vm.max_map_count\" = \"262144\"\n",
-    )?;
+    std::fs::File::create(&user_data)?.write_all(USER_DATA.as_bytes())?;
+    let port = free_port()?;
+    let api = Api {
+        apiclient,
+        socket: dir.path().join("api.sock"),
+    };
+    forward_unix_to_tcp(&api.socket, port)?;
     let log = serial_log(&name);
     println!("  serial log: {}", log.display());
     let vm = Vm::builder(arch)
         .name(&name)
         .disk(&image.qcow2)
         .fw_cfg_file(USER_DATA_FW_CFG, &user_data)
+        .fw_cfg_string(PROBE_FW_CFG, "1")
+        .net_user([format!("tcp:127.0.0.1:{port}-:{GUEST_API_PORT}")])
         .serial_log(&log)
         .boot()?;
+    let mut checks = Checks::new();
+
     let configured = vm
-        .wait_for_line_or_fail(CONFIGURED, markers::BOOT_FAILURE, Duration::from_secs(240))
+        .wait_for_line_or_fail(CONFIGURED, markers::BOOT_FAILURE, CONFIGURED_DEADLINE)
         .context("configured.target")?;
     println!(
         "  configured after {:.1}s",
         configured.elapsed.as_secs_f64()
     );
-    vm.wait_for_line(markers::MULTI_USER, Duration::from_secs(120))?;
-    std::thread::sleep(Duration::from_secs(5));
+    vm.wait_for_line(markers::PROBE_END, STEP_DEADLINE)
+        .context("berth-probe did not finish its report")?;
+    // The end line may still be unfinished (no newline yet) when the wait matches it.
+    let report = vm.wait_until("a complete berth-probe report", STEP_DEADLINE, |lines| {
+        ProbeReport::parse(lines.iter().map(|l| l.text.as_str())).ok()
+    })?;
+    checks.equal("user data state", report.get("user-data-state"), "applied");
+    checks.equal("motd", report.get("motd"), "hello from user data");
+    checks.equal(
+        "chrony.conf servers",
+        report.get("chrony-servers"),
+        "10.0.2.2,ntp.example.com",
+    );
+    checks.equal(
+        "vm.max_map_count live",
+        report.get("sysctl-vm.max_map_count"),
+        "262144",
+    );
+
+    api.wait_ready(STEP_DEADLINE)?;
+    let got = api.get("settings")?;
+    checks.equal(
+        "apiclient get: motd",
+        got.pointer("/settings/motd").and_then(|v| v.as_str()),
+        "hello from user data",
+    );
+    checks.check(
+        "apiclient get: ntp.time-servers",
+        got.pointer("/settings/ntp/time-servers")
+            == Some(&serde_json::json!(["10.0.2.2", "ntp.example.com"])),
+        format!("{:?}", got.pointer("/settings/ntp")),
+    );
+    checks.check(
+        "apiclient get: kernel.sysctl",
+        got.pointer("/settings/kernel/sysctl/vm.max_map_count")
+            == Some(&serde_json::json!("262144")),
+        format!("{:?}", got.pointer("/settings/kernel/sysctl")),
+    );
+
+    // A change re-renders chrony.conf and restarts chrony, and nothing else.
+    let rendered_before = vm.count_matches(RENDERED)?;
+    let restarted_before = vm.count_matches(RESTARTED)?;
+    let set_at = vm.elapsed();
+    let out = api.run(&["set", r#"ntp.time-servers=["10.0.2.3"]"#])?;
+    checks.check(
+        "apiclient set ntp.time-servers",
+        out.status.success(),
+        "exit status",
+    );
+    let restarted_chrony = vm.count_matches(RESTARTED_CHRONY)?;
+    let restarted = vm.wait_for_nth_line(RESTARTED_CHRONY, restarted_chrony + 1, STEP_DEADLINE)?;
+    println!(
+        "  apiclient set -> chrony restarted and active: {:.1}s ({})",
+        (restarted.elapsed.saturating_sub(set_at)).as_secs_f64(),
+        restarted.text
+    );
+    std::thread::sleep(Duration::from_secs(3));
+    let lines = vm.lines();
+    let rendered: Vec<&str> = lines
+        .iter()
+        .filter(|l| l.elapsed >= set_at && l.text.contains("rendered file="))
+        .map(|l| l.text.as_str())
+        .collect();
+    checks.check(
+        "only chrony.conf re-rendered",
+        rendered.len() == 1 && rendered[0].contains("/etc/chrony/chrony.conf"),
+        format!("{rendered:?}"),
+    );
+    checks.check(
+        "only one unit restarted",
+        vm.count_matches(RESTARTED)? == restarted_before + 1
+            && vm.count_matches(RENDERED)? == rendered_before + 1,
+        "restart lines after set",
+    );
+    let got = api.get("settings.ntp")?;
+    checks.check(
+        "new servers stored",
+        got.pointer("/settings/ntp/time-servers") == Some(&serde_json::json!(["10.0.2.3"])),
+        format!("{got}"),
+    );
+
+    // An invalid value is refused with the key, and the old value stays.
+    let out = api.run(&[
+        "set",
+        "kernel.sysctl.\"vm.max_map_count\"=1",
+        "ntp.time-servers=[\"bad server name\"]",
+    ])?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    checks.check("invalid set fails", !out.status.success(), "exit status");
+    checks.check(
+        "invalid set names the key and 400",
+        stderr.contains("settings.ntp.time-servers") && stderr.contains("400"),
+        stderr.trim().to_string(),
+    );
+    let got = api.get("settings")?;
+    checks.check(
+        "nothing of the invalid set stored",
+        got.pointer("/settings/ntp/time-servers") == Some(&serde_json::json!(["10.0.2.3"]))
+            && got.pointer("/settings/kernel/sysctl/vm.max_map_count")
+                == Some(&serde_json::json!("262144")),
+        format!("{got}"),
+    );
+
     vm.power_off(Duration::from_secs(60))?;
-    Ok(())
+    checks
+        .finish()
+        .map_err(|e| anyhow::anyhow!("{e}\n{}", vm.tail(40)))
 }

@@ -18,6 +18,7 @@ pub enum Op {
     ApplyTx,
     CommitAndApplyTx,
     GetOs,
+    UserDataStatus,
     AffectedServices,
     Services,
     ConfigurationFiles,
@@ -51,6 +52,7 @@ pub enum Schema {
     StringListMap,
     Services,
     ConfigurationFiles,
+    UserDataStatus,
     Error,
 }
 
@@ -226,6 +228,19 @@ pub static ROUTES: &[Route] = &[
         params: &[],
         body: None,
         responses: &[(200, "OS information", Some(Schema::StringMap)), ERR],
+    },
+    Route {
+        method: "GET",
+        path: "/boot/user-data",
+        op: Op::UserDataStatus,
+        summary: "Outcome of the first-boot user data step (boot-config): applied, none or invalid, with the key and the error",
+        params: &[],
+        body: None,
+        responses: &[
+            (200, "User data status", Some(Schema::UserDataStatus)),
+            (404, "User data not handled yet", Some(Schema::Error)),
+            ERR,
+        ],
     },
     Route {
         method: "GET",
@@ -420,6 +435,17 @@ fn schema_json(schema: Schema) -> Value {
         Schema::StringListMap => json!({"type": "object", "additionalProperties": string_list}),
         Schema::Services => json!({"$ref": "#/components/schemas/Services"}),
         Schema::ConfigurationFiles => json!({"$ref": "#/components/schemas/ConfigurationFiles"}),
+        Schema::UserDataStatus => json!({
+            "type": "object",
+            "required": ["state", "source"],
+            "properties": {
+                "state": {"type": "string", "enum": ["applied", "none", "invalid"]},
+                "source": {"type": "string"},
+                "changed": string_list,
+                "key": {"type": "string"},
+                "error": {"type": "string"}
+            }
+        }),
         Schema::Error => json!({"$ref": "#/components/schemas/Error"}),
     }
 }

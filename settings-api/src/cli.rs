@@ -27,6 +27,9 @@ pub struct ServerArgs {
     /// (`/usr/bin/boot-config` on a host); without it, applies are only logged.
     #[arg(long)]
     pub apply_command: Option<PathBuf>,
+    /// boot-config's first-boot user data status (JSON), served at /boot/user-data.
+    #[arg(long)]
+    pub user_data_status: Option<PathBuf>,
     /// os-release file served at /os.
     #[arg(long, default_value = paths::OS_RELEASE)]
     pub os_release: PathBuf,

@@ -159,6 +159,8 @@ pub struct State {
     applier: Arc<dyn Applier>,
     /// Root of the host tree the CIS checks read.
     cis_root: std::path::PathBuf,
+    /// boot-config's first-boot user data status file, served at /boot/user-data.
+    user_data_status: Option<std::path::PathBuf>,
 }
 
 impl State {
@@ -186,6 +188,7 @@ impl State {
             os,
             applier: Arc::new(LogApplier),
             cis_root: std::path::PathBuf::from("/"),
+            user_data_status: None,
         })
     }
 
@@ -198,6 +201,12 @@ impl State {
     /// Runs the CIS checks against `root` instead of `/`.
     pub fn with_cis_root(mut self, root: std::path::PathBuf) -> State {
         self.cis_root = root;
+        self
+    }
+
+    /// Serves boot-config's user data status file at /boot/user-data.
+    pub fn with_user_data_status(mut self, path: std::path::PathBuf) -> State {
+        self.user_data_status = Some(path);
         self
     }
 
@@ -570,6 +579,23 @@ async fn dispatch(
             no_content()
         }
         Op::GetOs => ok_json(&json!(state.os)),
+        Op::UserDataStatus => {
+            let missing = || {
+                ApiError::new(
+                    StatusCode::NOT_FOUND,
+                    "user data has not been handled yet (boot-config userdata runs at first boot)",
+                )
+            };
+            let path = state.user_data_status.clone().ok_or_else(missing)?;
+            let text = tokio::fs::read(&path).await.map_err(|_| missing())?;
+            let value: Value = serde_json::from_slice(&text).map_err(|e| {
+                ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    format!("{} is not JSON: {e}", path.display()),
+                )
+            })?;
+            ok_json(&value)
+        }
         Op::AffectedServices => {
             let list = q
                 .get("keys")
@@ -827,6 +853,45 @@ mod tests {
     fn test_state(dir: &std::path::Path) -> Arc<State> {
         let ds = Datastore::open(dir).unwrap();
         Arc::new(State::open(ds, None, Metadata::default(), BTreeMap::new()).unwrap())
+    }
+
+    #[test]
+    fn user_data_status_is_served_when_boot_config_wrote_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let status = dir.path().join("user-data.json");
+        let ds = Datastore::open(dir.path().join("ds")).unwrap();
+        let state = Arc::new(
+            State::open(ds, None, Metadata::default(), BTreeMap::new())
+                .unwrap()
+                .with_user_data_status(status.clone()),
+        );
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let get = || {
+            rt.block_on(respond(
+                &state,
+                "GET",
+                "/boot/user-data",
+                None,
+                Bytes::new(),
+            ))
+        };
+        assert_eq!(get().status(), StatusCode::NOT_FOUND);
+        std::fs::write(
+            &status,
+            r#"{"state": "invalid", "source": "fw_cfg", "key": "settings.motd", "error": "bad"}"#,
+        )
+        .unwrap();
+        let resp = get();
+        assert_eq!(resp.status(), StatusCode::OK);
+        let body = rt
+            .block_on(http_body_util::BodyExt::collect(resp.into_body()))
+            .unwrap()
+            .to_bytes();
+        let v: Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(v["key"], "settings.motd");
     }
 
     fn method() -> impl Strategy<Value = String> {

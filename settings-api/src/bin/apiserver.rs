@@ -34,7 +34,10 @@ fn run(args: ServerArgs) -> anyhow::Result<()> {
     if let Some(program) = &args.apply_command {
         state = state.with_applier(Arc::new(apply::CommandApplier::new(program.clone())));
     }
-    let state = state.with_cis_root(args.cis_root.clone());
+    let mut state = state.with_cis_root(args.cis_root.clone());
+    if let Some(path) = &args.user_data_status {
+        state = state.with_user_data_status(path.clone());
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .max_blocking_threads(4)
