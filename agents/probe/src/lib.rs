@@ -95,6 +95,26 @@ pub fn efi_string(root: &Path, name: &str) -> Option<String> {
     Some(String::from_utf16_lossy(&units))
 }
 
+/// Sum of VmRSS (kB) of the processes whose `comm` is `comm`; None when there is none.
+fn rss_kib(root: &Path, comm: &str) -> Option<u64> {
+    let mut total = None;
+    for entry in std::fs::read_dir(root.join("proc")).ok()?.flatten() {
+        let dir = entry.path();
+        if read_trim(dir.join("comm")).as_deref() != Some(comm) {
+            continue;
+        }
+        let status = std::fs::read_to_string(dir.join("status")).unwrap_or_default();
+        let kib = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok());
+        if let Some(kib) = kib {
+            total = Some(total.unwrap_or(0) + kib);
+        }
+    }
+    total
+}
+
 fn read_trim(p: PathBuf) -> Option<String> {
     std::fs::read_to_string(p)
         .ok()
@@ -214,6 +234,15 @@ pub fn facts(root: &Path, dm: &dyn DeviceMapper) -> Vec<(String, String)> {
             Some(rest[start..end].to_string())
         }),
     );
+
+    // Resident memory of Berth's long-running programs (kB, summed over processes).
+    for (key, comm) in [
+        ("rss-kib-apiserver", "apiserver"),
+        ("rss-kib-chronyd", "chronyd"),
+        ("rss-kib-berth-api-bridge", "berth-api-bridg"),
+    ] {
+        push(key, rss_kib(root, comm).map(|k| k.to_string()));
+    }
 
     out.into_iter()
         .map(|(k, v)| {

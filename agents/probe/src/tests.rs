@@ -70,6 +70,9 @@ fn facts_of_a_booted_berth_host() {
             "chrony-servers",
             "sysctl-vm.max_map_count",
             "user-data-state",
+            "rss-kib-apiserver",
+            "rss-kib-chronyd",
+            "rss-kib-berth-api-bridge",
         ]
     );
     let f: BTreeMap<_, _> = facts.into_iter().collect();
@@ -93,6 +96,7 @@ fn facts_of_a_booted_berth_host() {
     assert_eq!(f["chrony-servers"], "10.0.2.2,ntp.example.com");
     assert_eq!(f["sysctl-vm.max_map_count"], "262144");
     assert_eq!(f["user-data-state"], "applied");
+    assert_eq!(f["rss-kib-apiserver"], "5120");
     // The write test left nothing behind.
     assert_eq!(
         std::fs::read_dir(root.path().join("etc"))
