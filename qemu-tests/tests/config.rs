@@ -160,6 +160,124 @@ impl Api {
     }
 }
 
+/// Boots the qemu-test image with `user_data` by fw_cfg, the probe on, and the API reachable
+/// through a host Unix socket. The temporary folder holds the user data and the socket.
+fn boot_with_user_data(
+    arch: Arch,
+    name: &str,
+    user_data: &str,
+) -> Result<(qemu_tests::RunningVm, Api, tempfile::TempDir)> {
+    let image = Image::locate(VARIANT, arch)?;
+    let apiclient = apiclient()?;
+    let dir = tempfile::tempdir()?;
+    let user_data_path = dir.path().join("user-data.toml");
+    std::fs::File::create(&user_data_path)?.write_all(user_data.as_bytes())?;
+    let port = free_port()?;
+    let api = Api {
+        apiclient,
+        socket: dir.path().join("api.sock"),
+    };
+    forward_unix_to_tcp(&api.socket, port)?;
+    let log = serial_log(name);
+    println!("  serial log: {}", log.display());
+    let vm = Vm::builder(arch)
+        .name(name)
+        .disk(&image.qcow2)
+        .fw_cfg_file(USER_DATA_FW_CFG, &user_data_path)
+        .fw_cfg_string(PROBE_FW_CFG, "1")
+        .net_user([format!("tcp:127.0.0.1:{port}-:{GUEST_API_PORT}")])
+        .serial_log(&log)
+        .boot()?;
+    Ok((vm, api, dir))
+}
+
+/// Waits for configured.target and for the probe's complete report.
+fn configured_report(vm: &qemu_tests::RunningVm) -> Result<ProbeReport> {
+    let configured = vm
+        .wait_for_line_or_fail(CONFIGURED, markers::BOOT_FAILURE, CONFIGURED_DEADLINE)
+        .context("configured.target")?;
+    println!(
+        "  configured after {:.1}s",
+        configured.elapsed.as_secs_f64()
+    );
+    vm.wait_for_line(markers::PROBE_END, STEP_DEADLINE)
+        .context("berth-probe did not finish its report")?;
+    // The end line may still be unfinished (no newline yet) when the wait matches it.
+    let report = vm.wait_until("a complete berth-probe report", STEP_DEADLINE, |lines| {
+        ProbeReport::parse(lines.iter().map(|l| l.text.as_str())).ok()
+    })?;
+    for key in [
+        "rss-kib-apiserver",
+        "rss-kib-chronyd",
+        "rss-kib-berth-api-bridge",
+    ] {
+        println!("  {key}: {}", report.get(key).unwrap_or("-"));
+    }
+    Ok(report)
+}
+
+#[test]
+fn invalid_user_data_leaves_defaults_x86_64() -> Result<()> {
+    let arch = Arch::X86_64;
+    let name = format!("config_invalid_user_data_{arch}");
+    let Some(_lock) = scenario::begin(
+        &name,
+        &[
+            "user data with an invalid value: the host still reaches configured.target",
+            "the error names the key on the console and at /boot/user-data",
+            "nothing of the user data is stored: motd and ntp keep their defaults",
+        ],
+    )?
+    else {
+        return Ok(());
+    };
+    let (vm, api, _dir) = boot_with_user_data(
+        arch,
+        &name,
+        "[settings]\nmotd = \"not applied\"\n[settings.ntp]\ntime-servers = [\"bad server name\"]\n",
+    )?;
+    let mut checks = Checks::new();
+    let report = configured_report(&vm)?;
+    checks.equal("user data state", report.get("user-data-state"), "invalid");
+    checks.equal(
+        "motd is the default",
+        report.get("motd"),
+        "Welcome to Berth!",
+    );
+    let console = vm.wait_for_line(
+        r"invalid user data.*settings\.ntp\.time-servers",
+        STEP_DEADLINE,
+    );
+    checks.check(
+        "console names the key",
+        console.is_ok(),
+        console.map(|l| l.text).unwrap_or_else(|e| e.to_string()),
+    );
+    api.wait_ready(STEP_DEADLINE)?;
+    let out = api.run(&["raw", "-u", "/boot/user-data"])?;
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    checks.check(
+        "/boot/user-data: invalid, with the key",
+        status["state"] == "invalid"
+            && status["key"]
+                .as_str()
+                .is_some_and(|k| k.starts_with("settings.ntp.time-servers")),
+        format!("{status}"),
+    );
+    let got = api.get("settings")?;
+    checks.check(
+        "defaults kept",
+        got.pointer("/settings/motd") == Some(&serde_json::json!("Welcome to Berth!"))
+            && got.pointer("/settings/ntp/time-servers")
+                == Some(&serde_json::json!(["2.debian.pool.ntp.org"])),
+        format!("{got}"),
+    );
+    vm.power_off(Duration::from_secs(60))?;
+    checks
+        .finish()
+        .map_err(|e| anyhow::anyhow!("{e}\n{}", vm.tail(40)))
+}
+
 #[test]
 fn user_data_rendering_and_apiclient_x86_64() -> Result<()> {
     let arch = Arch::X86_64;
@@ -177,42 +295,10 @@ fn user_data_rendering_and_apiclient_x86_64() -> Result<()> {
     else {
         return Ok(());
     };
-    let image = Image::locate(VARIANT, arch)?;
-    let apiclient = apiclient()?;
-    let dir = tempfile::tempdir()?;
-    let user_data = dir.path().join("user-data.toml");
-    std::fs::File::create(&user_data)?.write_all(USER_DATA.as_bytes())?;
-    let port = free_port()?;
-    let api = Api {
-        apiclient,
-        socket: dir.path().join("api.sock"),
-    };
-    forward_unix_to_tcp(&api.socket, port)?;
-    let log = serial_log(&name);
-    println!("  serial log: {}", log.display());
-    let vm = Vm::builder(arch)
-        .name(&name)
-        .disk(&image.qcow2)
-        .fw_cfg_file(USER_DATA_FW_CFG, &user_data)
-        .fw_cfg_string(PROBE_FW_CFG, "1")
-        .net_user([format!("tcp:127.0.0.1:{port}-:{GUEST_API_PORT}")])
-        .serial_log(&log)
-        .boot()?;
+    let (vm, api, _dir) = boot_with_user_data(arch, &name, USER_DATA)?;
     let mut checks = Checks::new();
 
-    let configured = vm
-        .wait_for_line_or_fail(CONFIGURED, markers::BOOT_FAILURE, CONFIGURED_DEADLINE)
-        .context("configured.target")?;
-    println!(
-        "  configured after {:.1}s",
-        configured.elapsed.as_secs_f64()
-    );
-    vm.wait_for_line(markers::PROBE_END, STEP_DEADLINE)
-        .context("berth-probe did not finish its report")?;
-    // The end line may still be unfinished (no newline yet) when the wait matches it.
-    let report = vm.wait_until("a complete berth-probe report", STEP_DEADLINE, |lines| {
-        ProbeReport::parse(lines.iter().map(|l| l.text.as_str())).ok()
-    })?;
+    let report = configured_report(&vm)?;
     checks.equal("user data state", report.get("user-data-state"), "applied");
     checks.equal("motd", report.get("motd"), "hello from user data");
     checks.equal(
