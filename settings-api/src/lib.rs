@@ -14,13 +14,14 @@ pub mod paths;
 pub mod server;
 
 /// Sets up `tracing` to stderr, filtered by `RUST_LOG` (default `info`); no timestamps under
-/// systemd, whose journal adds them.
+/// systemd, whose journal adds them; colours only on a terminal.
 pub fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
     if std::env::var_os("JOURNAL_STREAM").is_some() {
         builder.without_time().init();
     } else {
