@@ -290,6 +290,7 @@ fn user_data_rendering_and_apiclient_x86_64() -> Result<()> {
             "apiclient get (through berth-api-bridge) shows the user data settings",
             "apiclient set ntp.time-servers re-renders chrony.conf and restarts chrony only",
             "apiclient set with an invalid value: 400 naming the key, old value kept",
+            "after a hard reset: user data not applied again, settings kept",
         ],
     )?
     else {
@@ -393,6 +394,29 @@ fn user_data_rendering_and_apiclient_x86_64() -> Result<()> {
         got.pointer("/settings/ntp/time-servers") == Some(&serde_json::json!(["10.0.2.3"]))
             && got.pointer("/settings/kernel/sysctl/vm.max_map_count")
                 == Some(&serde_json::json!("262144")),
+        format!("{got}"),
+    );
+
+    // A hard reset: the user data is not applied again, what apiclient set is kept.
+    let configured_before = vm.count_matches(CONFIGURED)?;
+    vm.qmp("system_reset", None)?;
+    let again = vm.wait_for_nth_line(CONFIGURED, configured_before + 1, CONFIGURED_DEADLINE)?;
+    println!(
+        "  configured again after the reset at {:.1}s",
+        again.elapsed.as_secs_f64()
+    );
+    let skipped = vm.wait_for_line(r"user data was handled at first boot", STEP_DEADLINE);
+    checks.check(
+        "user data not applied again after a reset",
+        skipped.is_ok() && vm.count_matches(r"user data applied")? == 1,
+        "boot-config userdata log lines",
+    );
+    api.wait_ready(STEP_DEADLINE)?;
+    let got = api.get("settings")?;
+    checks.check(
+        "settings kept across the reset",
+        got.pointer("/settings/ntp/time-servers") == Some(&serde_json::json!(["10.0.2.3"]))
+            && got.pointer("/settings/motd") == Some(&serde_json::json!("hello from user data")),
         format!("{got}"),
     );
 
