@@ -8,3 +8,9 @@ pub const USER_DATA_STATUS: &str = "/private/boot-config/user-data.json";
 pub const METADATA: &str = "/usr/share/berth/metadata.toml";
 /// The transaction user data is applied in.
 pub const USER_DATA_TX: &str = "boot-config-user-data";
+/// Local user data on `private`, read before the platform's source.
+pub const LOCAL_USER_DATA: &str = "/private/user-data.toml";
+/// Local overrides on `private`, read after the platform's source.
+pub const USER_DATA_OVERRIDES: &str = "/private/user-data-overrides.toml";
+/// What the setting generators wrote (the record of which keys they own).
+pub const GENERATED_STATUS: &str = "/private/boot-config/generated.json";
