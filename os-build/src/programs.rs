@@ -63,6 +63,7 @@ const PROGRAMS: &[Program] = &[
             "agents/boot-config/units/preconfigured.target",
             "agents/boot-config/units/configured.target",
             "agents/boot-config/units/boot-config-userdata.service",
+            "agents/boot-config/units/boot-config-generate.service",
             "agents/boot-config/units/boot-config-render.service",
         ],
         data: &[

@@ -598,4 +598,29 @@ mod tests {
         let err = load(tmp.path(), "v", Arch::X86_64).unwrap_err();
         assert!(err.to_string().contains("test images only"), "{err}");
     }
+
+    /// boot-config mounts config drives (vfat, iso9660; docs/boot-config.md): the kernel loads
+    /// these on demand, so no variant that runs boot-config may prune them.
+    #[test]
+    fn config_drive_modules_are_kept() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../variants");
+        let needed = ["fs/fat", "fs/isofs", "fs/nls"];
+        for name in list(&dir) {
+            for arch in Arch::ALL {
+                let v = load(&dir, &name, arch).unwrap();
+                if !v.programs.iter().any(|p| p == "boot-config") {
+                    continue;
+                }
+                for m in &v.prune_modules {
+                    let m = m.trim_end_matches('/');
+                    for n in needed {
+                        assert!(
+                            !(n == m || n.starts_with(&format!("{m}/")) || m.starts_with(n)),
+                            "{name}/{arch}: prune-modules entry {m:?} removes {n}, needed for config drives"
+                        );
+                    }
+                }
+            }
+        }
+    }
 }

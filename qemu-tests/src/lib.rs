@@ -33,6 +33,7 @@ mod console;
 pub mod fault;
 pub mod gpt;
 pub mod image;
+pub mod imds;
 pub mod markers;
 pub mod paths;
 pub mod probe;

@@ -181,6 +181,7 @@ pub struct VmBuilder {
     fw_cfg: Vec<FwCfg>,
     serial_log: Option<PathBuf>,
     net_user: Option<Vec<String>>,
+    net_options: Vec<String>,
     extra_args: Vec<String>,
     qemu: Option<PathBuf>,
     direct_kernel: Option<DirectKernel>,
@@ -221,6 +222,7 @@ impl VmBuilder {
             fw_cfg: Vec::new(),
             serial_log: None,
             net_user: None,
+            net_options: Vec::new(),
             extra_args: Vec::new(),
             qemu: None,
             direct_kernel: None,
@@ -304,6 +306,29 @@ impl VmBuilder {
         S: Into<String>,
     {
         self.net_user = Some(hostfwd.into_iter().map(Into::into).collect());
+        self
+    }
+
+    /// More `-netdev user` options (`net=...`, `guestfwd=...`; QEMU's comma escaping is
+    /// applied), for the NIC [`VmBuilder::net_user`] adds.
+    pub fn net_options<I, S>(mut self, options: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.net_options.extend(options.into_iter().map(Into::into));
+        self
+    }
+
+    /// SMBIOS type 1 (system) manufacturer and product, which Linux shows as
+    /// `/sys/class/dmi/id/sys_vendor` and `product_name` (`Amazon EC2`, `m5.large`).
+    pub fn smbios_system(mut self, manufacturer: &str, product: &str) -> Self {
+        self.extra_args.push("-smbios".into());
+        self.extra_args.push(format!(
+            "type=1,manufacturer={},product={}",
+            escape(manufacturer),
+            escape(product)
+        ));
         self
     }
 
@@ -418,6 +443,10 @@ impl VmBuilder {
             for rule in rules {
                 netdev.push_str(",hostfwd=");
                 netdev.push_str(&escape(rule));
+            }
+            for option in &self.net_options {
+                netdev.push(',');
+                netdev.push_str(&escape(option));
             }
             push(&["-netdev", &netdev, "-device", "virtio-net-pci,netdev=net0"]);
         }
