@@ -142,10 +142,12 @@ pub fn read_label(dev: &mut (impl Read + Seek)) -> Option<(FsType, String)> {
     // iso9660: primary volume descriptor in sector 16 (2048-byte sectors): type 1, "CD001",
     // volume identifier at byte 40, 32 characters padded with spaces.
     let mut pvd = [0u8; 72];
-    if dev.seek(SeekFrom::Start(16 * 2048)).is_ok() && dev.read_exact(&mut pvd).is_ok() {
-        if pvd[0] == 1 && &pvd[1..6] == b"CD001" {
-            return Some((FsType::Iso9660, trim_label(&pvd[40..72])));
-        }
+    if dev.seek(SeekFrom::Start(16 * 2048)).is_ok()
+        && dev.read_exact(&mut pvd).is_ok()
+        && pvd[0] == 1
+        && &pvd[1..6] == b"CD001"
+    {
+        return Some((FsType::Iso9660, trim_label(&pvd[40..72])));
     }
     // FAT: boot sector signature 0x55AA; FAT32 has "FAT32   " at 82 and the label at 71,
     // FAT12/16 "FAT" at 54 and the label at 43 (11 characters each, padded with spaces).
