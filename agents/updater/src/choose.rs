@@ -53,7 +53,9 @@ pub struct Policy {
 pub enum ChooseError {
     #[error("version-lock {wanted} is older than the running {current}; a downgrade must be asked for explicitly")]
     Downgrade { wanted: Version, current: Version },
-    #[error("version-lock {0} is not offered for this variant and arch (or is above its max_version)")]
+    #[error(
+        "version-lock {0} is not offered for this variant and arch (or is above its max_version)"
+    )]
     NotOffered(Version),
     #[error("seed {0} is out of range (0..{MAX_SEED})")]
     Seed(u32),
@@ -72,7 +74,10 @@ pub fn offered<'m>(manifest: &'m Manifest, policy: &Policy) -> Vec<&'m Update> {
 }
 
 /// The update this host should take now, or `None` when there is nothing to do.
-pub fn choose<'m>(manifest: &'m Manifest, policy: &Policy) -> Result<Option<&'m Update>, ChooseError> {
+pub fn choose<'m>(
+    manifest: &'m Manifest,
+    policy: &Policy,
+) -> Result<Option<&'m Update>, ChooseError> {
     if policy.seed >= MAX_SEED {
         return Err(ChooseError::Seed(policy.seed));
     }
@@ -93,7 +98,10 @@ pub fn choose<'m>(manifest: &'m Manifest, policy: &Policy) -> Result<Option<&'m 
                 .find(|u| &u.version == wanted)
                 .ok_or_else(|| ChooseError::NotOffered(wanted.clone()))?;
             // An explicit lock still respects waves unless told to ignore them.
-            Ok((policy.ignore_waves || wave_ready(update, policy.seed, policy.now)).then_some(update))
+            Ok(
+                (policy.ignore_waves || wave_ready(update, policy.seed, policy.now))
+                    .then_some(update),
+            )
         }
         VersionLock::Latest => Ok(offered.into_iter().find(|u| {
             u.version > policy.current
@@ -199,7 +207,10 @@ mod tests {
         p.allow_downgrade = true;
         assert_eq!(choose(&m, &p).unwrap().unwrap().version, v("1.0.0"));
         p.version_lock = VersionLock::Exact(v("5.0.0"));
-        assert_eq!(choose(&m, &p).unwrap_err(), ChooseError::NotOffered(v("5.0.0")));
+        assert_eq!(
+            choose(&m, &p).unwrap_err(),
+            ChooseError::NotOffered(v("5.0.0"))
+        );
         p.version_lock = "1.2.0".parse().unwrap();
         assert!(choose(&m, &p).unwrap().is_none());
     }

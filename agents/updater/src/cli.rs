@@ -38,7 +38,11 @@ pub enum Command {
     /// Print the stored state as JSON.
     Status {
         /// Folder holding state.json (on `private`).
-        #[arg(long, env = "BERTH_UPDATES_STATE_DIR", default_value = "/private/updates")]
+        #[arg(
+            long,
+            env = "BERTH_UPDATES_STATE_DIR",
+            default_value = "/private/updates"
+        )]
         state_dir: PathBuf,
     },
 }
@@ -52,13 +56,25 @@ pub struct UpdaterArgs {
     #[arg(long, env = "BERTH_UPDATES_TARGETS_URL")]
     pub targets_url: Url,
     /// The trusted root.json shipped in the image.
-    #[arg(long, env = "BERTH_UPDATES_TRUSTED_ROOT", default_value = "/usr/share/berth/updates/root.json")]
+    #[arg(
+        long,
+        env = "BERTH_UPDATES_TRUSTED_ROOT",
+        default_value = "/usr/share/berth/updates/root.json"
+    )]
     pub trusted_root: PathBuf,
     /// Folder holding state.json and the last trusted TUF metadata (on `private`).
-    #[arg(long, env = "BERTH_UPDATES_STATE_DIR", default_value = "/private/updates")]
+    #[arg(
+        long,
+        env = "BERTH_UPDATES_STATE_DIR",
+        default_value = "/private/updates"
+    )]
     pub state_dir: PathBuf,
     /// Folder where verified downloads wait before they are written (on `data`).
-    #[arg(long, env = "BERTH_UPDATES_STAGING_DIR", default_value = "/local/updates")]
+    #[arg(
+        long,
+        env = "BERTH_UPDATES_STAGING_DIR",
+        default_value = "/local/updates"
+    )]
     pub staging_dir: PathBuf,
     /// This host's variant.
     #[arg(long, env = "BERTH_UPDATES_VARIANT")]
@@ -97,7 +113,8 @@ pub struct UpdaterArgs {
 
 impl UpdaterArgs {
     pub fn config(&self) -> Config {
-        let part = |label: &str| PathBuf::from(format!("/dev/disk/by-partlabel/{label}-{}", self.slot));
+        let part =
+            |label: &str| PathBuf::from(format!("/dev/disk/by-partlabel/{label}-{}", self.slot));
         Config {
             source: RepoSource {
                 metadata_url: self.metadata_url.clone(),
@@ -116,7 +133,10 @@ impl UpdaterArgs {
             seed: self.seed,
             slot: self.slot,
             root_partition: self.root_partition.clone().unwrap_or_else(|| part("root")),
-            verity_partition: self.verity_partition.clone().unwrap_or_else(|| part("verity")),
+            verity_partition: self
+                .verity_partition
+                .clone()
+                .unwrap_or_else(|| part("verity")),
             esp: self.esp.clone(),
         }
     }
@@ -149,8 +169,14 @@ mod tests {
             panic!("not check")
         };
         let cfg = args.config();
-        assert_eq!(cfg.root_partition, PathBuf::from("/dev/disk/by-partlabel/root-b"));
-        assert_eq!(cfg.verity_partition, PathBuf::from("/dev/disk/by-partlabel/verity-b"));
+        assert_eq!(
+            cfg.root_partition,
+            PathBuf::from("/dev/disk/by-partlabel/root-b")
+        );
+        assert_eq!(
+            cfg.verity_partition,
+            PathBuf::from("/dev/disk/by-partlabel/verity-b")
+        );
         assert_eq!(cfg.version_lock, VersionLock::Latest);
         assert_eq!(cfg.source.datastore, PathBuf::from("/private/updates/tuf"));
     }

@@ -260,16 +260,20 @@ pub async fn activate(cfg: &Config) -> Result<Status, UpdaterError> {
         // it again (signed, fresh) rather than trusting a file on disk.
         let repo = repo::load(&cfg.source).await?;
         let manifest = repo::manifest(&repo).await?;
-        let update = find(&manifest, &chosen).ok_or_else(|| UpdaterError::Withdrawn(chosen.version.clone()))?;
+        let update = find(&manifest, &chosen)
+            .ok_or_else(|| UpdaterError::Withdrawn(chosen.version.clone()))?;
         let uki = update.slots.get(cfg.slot).uki.clone();
         let staged = cfg.staged(&uki);
         if !staged.exists() {
             return Err(UpdaterError::StagedUkiMissing { path: staged });
         }
-        let (esp, running, version) = (cfg.esp.clone(), cfg.running.clone(), chosen.version.clone());
-        let name = tokio::task::spawn_blocking(move || slot::install_uki(&esp, &staged, &uki, &version, &running))
-            .await
-            .map_err(UpdaterError::Join)??;
+        let (esp, running, version) =
+            (cfg.esp.clone(), cfg.running.clone(), chosen.version.clone());
+        let name = tokio::task::spawn_blocking(move || {
+            slot::install_uki(&esp, &staged, &uki, &version, &running)
+        })
+        .await
+        .map_err(UpdaterError::Join)??;
         tracing::info!(uki = %name, "UKI installed; the next boot tries the new slot");
         status.state = UpdateState::Ready;
         status.uki = Some(name);

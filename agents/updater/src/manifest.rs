@@ -275,7 +275,8 @@ pub(crate) mod tests {
         let mut m = Manifest::default();
         let mut u = update("1.0.0");
         u.waves.insert(0, "2026-01-01T00:00:00Z".parse().unwrap());
-        u.waves.insert(1024, "2026-01-02T00:00:00Z".parse().unwrap());
+        u.waves
+            .insert(1024, "2026-01-02T00:00:00Z".parse().unwrap());
         m.upsert(u);
         let json = serde_json::to_vec_pretty(&m).unwrap();
         assert_eq!(Manifest::from_slice(&json).unwrap(), m);

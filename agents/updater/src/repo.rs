@@ -68,20 +68,43 @@ pub struct RepoSource {
     pub datastore: PathBuf,
 }
 
-/// A short name for what went wrong, for the status and the log line.
+/// A short name for what went wrong, for the status and the log line. tough wraps a target's
+/// hash or length failure in a transport error, so the whole chain is searched and the most
+/// specific cause wins.
 fn kind(err: &tough::error::Error) -> &'static str {
     use tough::error::Error as E;
-    match err {
-        E::ExpiredMetadata { .. } => "metadata expired",
-        E::OlderMetadata { .. } => "metadata version rolled back",
-        E::VerifyMetadata { .. } | E::VerifyTrustedMetadata { .. } | E::VerifyRoleMetadata { .. } => {
-            "bad signature"
+    let mut fallback = "invalid repository";
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    while let Some(e) = cur {
+        if let Some(te) = e.downcast_ref::<E>() {
+            match te {
+                E::ExpiredMetadata { .. } => return "metadata expired",
+                E::OlderMetadata { .. } => return "metadata version rolled back",
+                E::VerifyMetadata { .. }
+                | E::VerifyTrustedMetadata { .. }
+                | E::VerifyRoleMetadata { .. } => return "bad signature",
+                E::HashMismatch { .. } => return "hash mismatch",
+                E::MaxSizeExceeded { .. } | E::MaxUpdatesExceeded { .. } => {
+                    return "length mismatch"
+                }
+                E::Transport { .. } => fallback = "repository unreachable",
+                _ => {}
+            }
         }
-        E::HashMismatch { .. } => "hash mismatch",
-        E::MaxSizeExceeded { .. } | E::MaxUpdatesExceeded { .. } => "length mismatch",
-        E::Transport { .. } => "repository unreachable",
-        _ => "invalid repository",
+        if let Some(te) = e.downcast_ref::<tough::TransportError>() {
+            fallback = "repository unreachable";
+            let text = te.to_string();
+            // The stream's own checks arrive as transport errors of kind 'other'.
+            if text.contains("Hash mismatch") {
+                return "hash mismatch";
+            }
+            if text.contains("Maximum size") {
+                return "length mismatch";
+            }
+        }
+        cur = e.source();
     }
+    fallback
 }
 
 /// Loads and verifies the repository's metadata.
@@ -98,16 +121,20 @@ pub async fn load(source: &RepoSource) -> Result<Repository, RepoError> {
             path: source.datastore.clone(),
             source: e,
         })?;
-    RepositoryLoader::new(&root, source.metadata_url.clone(), source.targets_url.clone())
-        .datastore(&source.datastore)
-        .expiration_enforcement(ExpirationEnforcement::Safe)
-        .load()
-        .await
-        .map_err(|e| RepoError::Load {
-            url: source.metadata_url.clone(),
-            kind: kind(&e),
-            source: e,
-        })
+    RepositoryLoader::new(
+        &root,
+        source.metadata_url.clone(),
+        source.targets_url.clone(),
+    )
+    .datastore(&source.datastore)
+    .expiration_enforcement(ExpirationEnforcement::Safe)
+    .load()
+    .await
+    .map_err(|e| RepoError::Load {
+        url: source.metadata_url.clone(),
+        kind: kind(&e),
+        source: e,
+    })
 }
 
 fn target_name(name: &str) -> Result<TargetName, RepoError> {

@@ -145,8 +145,9 @@ pub fn write_image(
             path: staged_path.clone(),
             source: e,
         };
-        let mut dec = zstd::stream::read::Decoder::with_buffer(BufReader::with_capacity(CHUNK, input))
-            .map_err(derr)?;
+        let mut dec =
+            zstd::stream::read::Decoder::with_buffer(BufReader::with_capacity(CHUNK, input))
+                .map_err(derr)?;
         loop {
             let mut buf = back_rx.try_recv().unwrap_or_else(|_| vec![0u8; CHUNK]);
             buf.resize(CHUNK, 0);
@@ -194,9 +195,11 @@ pub fn write_image(
         written += buf.len() as u64;
         let _ = back_tx.send(buf);
     }
-    let decode_result = decoder
-        .join()
-        .unwrap_or_else(|_| Err(SlotError::VerityParams("decompressor thread panicked".into())));
+    let decode_result = decoder.join().unwrap_or_else(|_| {
+        Err(SlotError::VerityParams(
+            "decompressor thread panicked".into(),
+        ))
+    });
     write_result?;
     decode_result?;
     out.sync_all().map_err(werr)?;
@@ -321,7 +324,11 @@ pub fn uki_version(file_name: &str) -> Option<Version> {
     // Semver build metadata also starts with '+': boot counters are the last '+' part made
     // only of digits and '-'.
     let version = match stem.rsplit_once('+') {
-        Some((v, counter)) if !counter.is_empty() && counter.chars().all(|c| c.is_ascii_digit() || c == '-') => v,
+        Some((v, counter))
+            if !counter.is_empty() && counter.chars().all(|c| c.is_ascii_digit() || c == '-') =>
+        {
+            v
+        }
         _ => stem,
     };
     Version::parse(version).ok()
@@ -437,7 +444,10 @@ mod tests {
         verify_image("root", &image, &dest).unwrap();
         let after = std::fs::read(&dest).unwrap();
         assert_eq!(&after[..data.len()], &data[..]);
-        assert!(after[data.len()..].iter().all(|b| *b == 0xAA), "not truncated");
+        assert!(
+            after[data.len()..].iter().all(|b| *b == 0xAA),
+            "not truncated"
+        );
         let mut wrong = image.clone();
         wrong.sha256 = "00".repeat(32);
         assert!(matches!(
@@ -455,7 +465,9 @@ mod tests {
     #[test]
     fn verity_root_hash_matches_veritysetup() {
         let dir = tempfile::tempdir().unwrap();
-        let data: Vec<u8> = (0..300 * VERITY_BLOCK).map(|i| (i / VERITY_BLOCK % 256) as u8).collect();
+        let data: Vec<u8> = (0..300 * VERITY_BLOCK)
+            .map(|i| (i / VERITY_BLOCK % 256) as u8)
+            .collect();
         let root = dir.path().join("root");
         std::fs::write(&root, &data).unwrap();
         let want = include_str!("../tests/fixtures/verity-300-00ff.roothash")

@@ -128,7 +128,9 @@ impl Status {
     pub fn load(dir: &Path) -> Result<Status, StateError> {
         let path = dir.join(STATE_FILE);
         match std::fs::read(&path) {
-            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| StateError::Parse { path, source: e }),
+            Ok(bytes) => {
+                serde_json::from_slice(&bytes).map_err(|e| StateError::Parse { path, source: e })
+            }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Status::default()),
             Err(e) => Err(StateError::Read { path, source: e }),
         }
@@ -159,8 +161,14 @@ impl Status {
     pub fn allows(&self, command: CommandName) -> Result<(), StateError> {
         use UpdateState::*;
         let (ok, needs) = match command {
-            CommandName::Check => (matches!(self.state, Idle | Available | Staged), "idle, available or staged"),
-            CommandName::Prepare => (matches!(self.state, Available | Staged), "available or staged"),
+            CommandName::Check => (
+                matches!(self.state, Idle | Available | Staged),
+                "idle, available or staged",
+            ),
+            CommandName::Prepare => (
+                matches!(self.state, Available | Staged),
+                "available or staged",
+            ),
             CommandName::Activate => (self.state == Staged, "staged"),
             CommandName::Deactivate => (self.state == Ready, "ready"),
         };
