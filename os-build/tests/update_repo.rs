@@ -5,6 +5,8 @@
 //! mismatch, unreachable repository, no space) must leave those files byte-for-byte as they
 //! were.
 
+#![allow(clippy::unwrap_used)]
+
 use std::io::{BufRead, BufReader, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};

@@ -32,18 +32,18 @@ pub enum RepoError {
         url: Url,
         kind: &'static str,
         #[source]
-        source: tough::error::Error,
+        source: Box<tough::error::Error>,
     },
     #[error("update repository has no target {0}")]
     MissingTarget(String),
     #[error("target name {0} is not valid")]
-    TargetName(String, #[source] tough::error::Error),
+    TargetName(String, #[source] Box<tough::error::Error>),
     #[error("download of target {target} failed: {kind}")]
     Download {
         target: String,
         kind: &'static str,
         #[source]
-        source: tough::error::Error,
+        source: Box<tough::error::Error>,
     },
     #[error("cannot write {path}")]
     Write {
@@ -133,12 +133,12 @@ pub async fn load(source: &RepoSource) -> Result<Repository, RepoError> {
     .map_err(|e| RepoError::Load {
         url: source.metadata_url.clone(),
         kind: kind(&e),
-        source: e,
+        source: Box::new(e),
     })
 }
 
 fn target_name(name: &str) -> Result<TargetName, RepoError> {
-    TargetName::new(name).map_err(|e| RepoError::TargetName(name.to_owned(), e))
+    TargetName::new(name).map_err(|e| RepoError::TargetName(name.to_owned(), Box::new(e)))
 }
 
 /// Reads the manifest target into memory (it is small; tough bounds it by its listed length).
@@ -147,7 +147,7 @@ pub async fn manifest(repo: &Repository) -> Result<Manifest, RepoError> {
     let dl = |e: tough::error::Error| RepoError::Download {
         target: MANIFEST_TARGET.to_owned(),
         kind: kind(&e),
-        source: e,
+        source: Box::new(e),
     };
     let stream = repo
         .read_target(&name)
@@ -179,7 +179,7 @@ pub async fn stage_target(repo: &Repository, name: &str, dest: &Path) -> Result<
     let dl = |e: tough::error::Error| RepoError::Download {
         target: name.to_owned(),
         kind: kind(&e),
-        source: e,
+        source: Box::new(e),
     };
     let total = target_length(repo, name)?;
     let stream = repo
