@@ -32,7 +32,7 @@ pub enum Command {
 
 #[derive(Debug, Subcommand)]
 pub enum RepoCommand {
-    /// Generate an ed25519 key: <out>.pk8 (private, pkcs8, mode 0600) and <out>.pub.json.
+    /// Generate an ed25519 key: OUT.pk8 (private, pkcs8, mode 0600) and OUT.pub.json.
     Keygen(KeygenArgs),
     /// Create a repository: 1.root.json with the role keys and thresholds, then signed
     /// targets, snapshot and timestamp holding an empty manifest.
@@ -57,11 +57,9 @@ pub struct KeygenArgs {
     pub out: PathBuf,
 }
 
+/// Expiry of the roles `add` and `init` sign (durations like 7d, 12h, 30m, 45s).
 #[derive(Debug, Args, Clone)]
 pub struct ExpiryArgs {
-    /// How long root.json stays valid (e.g. 365d).
-    #[arg(long, value_parser = duration, default_value = "365d")]
-    pub root_expires: jiff::SignedDuration,
     /// How long targets.json stays valid.
     #[arg(long, value_parser = duration, default_value = "90d")]
     pub targets_expires: jiff::SignedDuration,
@@ -96,6 +94,9 @@ pub struct InitArgs {
     pub snapshot_threshold: u64,
     #[arg(long, default_value_t = 1)]
     pub timestamp_threshold: u64,
+    /// How long 1.root.json stays valid.
+    #[arg(long, value_parser = duration, default_value = "365d")]
+    pub root_expires: jiff::SignedDuration,
     #[command(flatten)]
     pub expiry: ExpiryArgs,
 }
@@ -108,11 +109,13 @@ pub struct AddArgs {
     /// Signing keys (.pk8) for targets, snapshot and timestamp, one flag per key.
     #[arg(long, required = true)]
     pub key: Vec<PathBuf>,
-    /// An os-build output folder (build/<variant>/<arch>, holding manifest.json); repeatable.
+    /// An os-build output folder (build/VARIANT/ARCH, holding manifest.json); repeatable.
     #[arg(long)]
     pub build: Vec<PathBuf>,
-    /// A wave bound for the added builds: SEED=DELAY (hosts with seeds from the previous bound
-    /// up to SEED update during the DELAY after now); repeatable. No wave: everyone at once.
+    /// A wave bound for the added builds, SEED=DELAY: the host with seed SEED (0..2048) gets
+    /// its turn DELAY after now; hosts between two bounds get theirs spread evenly between the
+    /// two times, hosts below the first bound at once, hosts above the last bound at its time.
+    /// Repeatable; none means every host at once.
     #[arg(long)]
     pub wave: Vec<crate::repo::WaveArg>,
     /// Highest version hosts may take, set on every version of the added builds' variant and

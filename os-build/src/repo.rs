@@ -262,7 +262,7 @@ async fn init(args: &InitArgs) -> Result<()> {
         spec_version: SPEC_VERSION.into(),
         consistent_snapshot: true,
         version: NonZeroU64::MIN,
-        expires: expires_in(args.expiry.root_expires),
+        expires: expires_in(args.root_expires),
         keys: HashMap::new(),
         roles: HashMap::new(),
         _extra: HashMap::new(),

@@ -100,10 +100,10 @@ pub struct UpdaterArgs {
     /// The inactive slot (the one to write).
     #[arg(long, value_enum, env = "BERTH_UPDATES_SLOT")]
     pub slot: Slot,
-    /// The inactive slot's root partition (default /dev/disk/by-partlabel/root-<slot>).
+    /// The inactive slot's root partition (default /dev/disk/by-partlabel/root-SLOT).
     #[arg(long)]
     pub root_partition: Option<PathBuf>,
-    /// The inactive slot's verity partition (default /dev/disk/by-partlabel/verity-<slot>).
+    /// The inactive slot's verity partition (default /dev/disk/by-partlabel/verity-SLOT).
     #[arg(long)]
     pub verity_partition: Option<PathBuf>,
     /// Where the ESP is mounted.
