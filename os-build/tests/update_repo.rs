@@ -674,3 +674,71 @@ fn copy_dir(from: &Path, to: &Path) {
         std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
     }
 }
+
+#[test]
+fn thresholds_need_enough_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = dir.path().join("keys");
+    for k in ["root", "t1", "t2", "snapshot", "timestamp"] {
+        os_build(&["repo", "keygen", "--out", p(&keys.join(k))]);
+    }
+    let k = |n: &str| p(&keys.join(format!("{n}.pk8"))).to_owned();
+    let repo = dir.path().join("repo");
+    let base = |threshold: &str| {
+        [
+            "repo",
+            "init",
+            "--repo",
+            p(&repo),
+            "--root-key",
+            &k("root"),
+            "--targets-key",
+            &k("t1"),
+            "--targets-key",
+            &k("t2"),
+            "--snapshot-key",
+            &k("snapshot"),
+            "--timestamp-key",
+            &k("timestamp"),
+            "--targets-threshold",
+            threshold,
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect::<Vec<String>>()
+    };
+    // Three signatures cannot come from two keys.
+    let out = Command::new(OS_BUILD).args(base("3")).output().unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("threshold 3 needs at least that many keys")
+    );
+    assert!(
+        !repo.join("metadata/1.root.json").exists(),
+        "nothing written"
+    );
+    // Two of two: init signs with both; add with one targets key is refused.
+    let argv = base("2");
+    os_build(&argv.iter().map(String::as_str).collect::<Vec<_>>());
+    let v1 = fake_build(dir.path(), "1.0.0", 16);
+    let add = |targets: &[&str]| {
+        let mut a = vec!["repo", "add", "--repo", p(&repo), "--build", p(&v1)];
+        let (s, t) = (k("snapshot"), k("timestamp"));
+        let owned: Vec<String> = targets.iter().map(|n| k(n)).collect();
+        for o in &owned {
+            a.extend(["--key", o.as_str()]);
+        }
+        a.extend(["--key", &s, "--key", &t]);
+        Command::new(OS_BUILD).args(&a).output().unwrap()
+    };
+    let out = add(&["t1"]);
+    assert!(!out.status.success(), "one of two targets keys must not do");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("cannot sign targets"), "{stderr}");
+    let out = add(&["t1", "t2"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
