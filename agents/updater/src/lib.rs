@@ -5,6 +5,7 @@
 
 pub mod choose;
 pub mod cli;
+pub mod host;
 pub mod manifest;
 pub mod repo;
 pub mod slot;

@@ -1,6 +1,7 @@
 //! `berth-updater`: see `berth-updater --help` and docs/updates.md.
 
 use std::io::IsTerminal;
+use std::path::Path;
 use std::process::ExitCode;
 
 use clap::Parser;
@@ -29,17 +30,16 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
+    let host = Path::new("/");
     let runtime = tokio::runtime::Runtime::new()?;
-    let status = runtime.block_on(async {
-        match cli.command {
-            Command::Check(args) => updater::check(&args.config()).await,
-            Command::Prepare(args) => updater::prepare(&args.config()).await,
-            Command::Activate(args) => updater::activate(&args.config()).await,
-            Command::Deactivate(args) => updater::deactivate(&args.config()).await,
-            Command::Apply(args) => updater::apply(&args.config()).await,
-            Command::Status { state_dir } => updater::status(&state_dir),
-        }
-    })?;
+    let status = match cli.command {
+        Command::Check(args) => runtime.block_on(updater::check(&args.config(host)?))?,
+        Command::Prepare(args) => runtime.block_on(updater::prepare(&args.config(host)?))?,
+        Command::Activate(args) => runtime.block_on(updater::activate(&args.config(host)?))?,
+        Command::Deactivate(args) => runtime.block_on(updater::deactivate(&args.config(host)?))?,
+        Command::Apply(args) => runtime.block_on(updater::apply(&args.config(host)?))?,
+        Command::Status { state_dir } => updater::status(&state_dir)?,
+    };
     println!("{}", serde_json::to_string_pretty(&status)?);
     Ok(())
 }
