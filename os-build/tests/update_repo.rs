@@ -742,3 +742,73 @@ fn thresholds_need_enough_keys() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[test]
+fn verity_mismatch_after_write_is_caught_and_nothing_activated() {
+    // A signed build whose manifest names a root hash its root image does not have (a bad
+    // build, or a corrupted write): the slot is written, the read-back verity check refuses
+    // it, the state does not become staged and no UKI is installed.
+    let fx = Fixture::new(&[]);
+    let v3 = fake_build(fx.dir.path(), "3.0.0", 64);
+    let mpath = v3.join("manifest.json");
+    let mut m: serde_json::Value = serde_json::from_slice(&std::fs::read(&mpath).unwrap()).unwrap();
+    m["root_hash"] = "ab".repeat(32).into();
+    std::fs::write(&mpath, serde_json::to_vec(&m).unwrap()).unwrap();
+    let (tk, s, t) = (fx.key("targets"), fx.key("snapshot"), fx.key("timestamp"));
+    os_build(&[
+        "repo",
+        "add",
+        "--repo",
+        p(&fx.repo),
+        "--key",
+        &tk,
+        "--key",
+        &s,
+        "--key",
+        &t,
+        "--build",
+        p(&v3),
+    ]);
+    let rt = rt();
+    let cfg = fx.config();
+    let status = rt.block_on(updater::check(&cfg)).unwrap();
+    assert_eq!(
+        status.chosen.unwrap().version,
+        semver::Version::new(3, 0, 0)
+    );
+    let err = rt.block_on(updater::apply(&cfg)).unwrap_err();
+    let chain = updater::error_chain(&err);
+    assert!(chain.contains("verity: root hash of"), "{chain}");
+    let status = updater::status(&cfg.state_dir).unwrap();
+    assert_eq!(status.state, UpdateState::Available);
+    assert!(!status.most_recent_command.unwrap().ok);
+    let ukis: Vec<_> = std::fs::read_dir(fx.host().join("esp/EFI/Linux"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert_eq!(ukis, ["berth-1.0.0.efi"]);
+    // Activating without a staged slot is refused.
+    let err = rt.block_on(updater::activate(&cfg)).unwrap_err();
+    assert!(updater::error_chain(&err).contains("needs staged"), "{err}");
+}
+
+#[test]
+fn failed_reprepare_before_writing_keeps_the_staged_slot() {
+    let mut fx = Fixture::new(&[]);
+    let rt = rt();
+    let cfg = fx.config();
+    rt.block_on(updater::check(&cfg)).unwrap();
+    let status = rt.block_on(updater::prepare(&cfg)).unwrap();
+    assert_eq!(status.state, UpdateState::Staged);
+    let written = std::fs::read(fx.host().join("root-b")).unwrap();
+    fx.server.stop();
+    let err = rt.block_on(updater::prepare(&cfg)).unwrap_err();
+    assert!(updater::error_chain(&err).contains("repository unreachable"));
+    let status = updater::status(&cfg.state_dir).unwrap();
+    assert_eq!(
+        status.state,
+        UpdateState::Staged,
+        "the verified slot is still staged"
+    );
+    assert_eq!(std::fs::read(fx.host().join("root-b")).unwrap(), written);
+}
