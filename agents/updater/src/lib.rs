@@ -109,6 +109,8 @@ where
     F: FnOnce(Status) -> Fut,
     Fut: std::future::Future<Output = Result<Status, UpdaterError>>,
 {
+    // One command at a time: the API and a timer may both start one.
+    let _lock = state::Lock::take(&cfg.state_dir)?;
     let before = Status::load(&cfg.state_dir)?;
     let result = match before.allows(command) {
         Ok(()) => body(before.clone()).await,

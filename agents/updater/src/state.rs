@@ -20,6 +20,8 @@ use crate::manifest::Slot;
 
 /// File name of the state document in the state folder.
 pub const STATE_FILE: &str = "state.json";
+/// Lock file held while a command runs.
+pub const LOCK_FILE: &str = "lock";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -115,12 +117,49 @@ pub enum StateError {
         #[source]
         source: std::io::Error,
     },
+    #[error("another updater command is running (lock {path} is held)")]
+    Busy { path: PathBuf },
+    #[error("cannot lock {path}")]
+    Lock {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("cannot {command:?} in state {state:?} (needs {needs})")]
     Transition {
         command: CommandName,
         state: UpdateState,
         needs: &'static str,
     },
+}
+
+/// An exclusive `flock` on `<state-dir>/lock`, released when dropped (or when the process
+/// dies, so a killed command never leaves it held).
+#[derive(Debug)]
+pub struct Lock {
+    _file: std::fs::File,
+}
+
+impl Lock {
+    pub fn take(dir: &Path) -> Result<Lock, StateError> {
+        let path = dir.join(LOCK_FILE);
+        let lerr = |e| StateError::Lock {
+            path: path.clone(),
+            source: e,
+        };
+        std::fs::create_dir_all(dir).map_err(lerr)?;
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(lerr)?;
+        match rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
+            Ok(()) => Ok(Lock { _file: file }),
+            Err(rustix::io::Errno::WOULDBLOCK) => Err(StateError::Busy { path }),
+            Err(e) => Err(lerr(e.into())),
+        }
+    }
 }
 
 impl Status {
@@ -217,6 +256,16 @@ mod tests {
             .map(|e| e.unwrap().file_name().into_string().unwrap())
             .collect();
         assert_eq!(names, [STATE_FILE], "no temporary file left");
+    }
+
+    #[test]
+    fn second_lock_is_refused_until_the_first_goes() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = Lock::take(dir.path()).unwrap();
+        let err = Lock::take(dir.path()).unwrap_err();
+        assert!(err.to_string().contains("another updater command"), "{err}");
+        drop(first);
+        Lock::take(dir.path()).unwrap();
     }
 
     #[test]
