@@ -269,4 +269,48 @@ mod tests {
         p.seed = MAX_SEED;
         assert_eq!(choose(&m, &p).unwrap_err(), ChooseError::Seed(MAX_SEED));
     }
+
+    mod props {
+        use super::*;
+        use proptest::prelude::*;
+
+        /// Waves with increasing bounds and increasing times, as `os-build repo add` makes them.
+        fn waves() -> impl Strategy<Value = Update> {
+            proptest::collection::btree_map(0u32..=MAX_SEED, 1i64..100_000, 1..6).prop_map(|m| {
+                let mut u = update("2.0.0");
+                let mut t = 0i64;
+                for (bound, step) in m {
+                    t += step;
+                    u.waves.insert(bound, at(t));
+                }
+                u
+            })
+        }
+
+        proptest! {
+            /// Once a host may update, it may update at every later time.
+            #[test]
+            fn readiness_never_goes_back(u in waves(), seed in 0u32..MAX_SEED, a in -10i64..700_000, b in 0i64..700_000) {
+                if wave_ready(&u, seed, at(a)) {
+                    prop_assert!(wave_ready(&u, seed, at(a + b)));
+                }
+            }
+
+            /// A lower seed never has to wait longer than a higher one.
+            #[test]
+            fn lower_seeds_go_first(u in waves(), s1 in 0u32..MAX_SEED, s2 in 0u32..MAX_SEED, now in -10i64..700_000) {
+                let (low, high) = (s1.min(s2), s1.max(s2));
+                if wave_ready(&u, high, at(now)) {
+                    prop_assert!(wave_ready(&u, low, at(now)));
+                }
+            }
+
+            /// After the last bound's time every host may update.
+            #[test]
+            fn everyone_after_the_last_wave(u in waves(), seed in 0u32..MAX_SEED) {
+                let last = *u.waves.values().next_back().unwrap();
+                prop_assert!(wave_ready(&u, seed, last));
+            }
+        }
+    }
 }

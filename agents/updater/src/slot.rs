@@ -483,4 +483,21 @@ mod tests {
             Err(SlotError::VerityRoot { .. })
         ));
     }
+
+    proptest::proptest! {
+        /// Every version's UKI name gives the version back, with or without boot counters.
+        #[test]
+        fn uki_names_round_trip(major in 0u64..100, minor in 0u64..100, patch in 0u64..100, pre in proptest::option::of("[a-z][a-z0-9]{0,5}"), left in 0u32..10, done in proptest::option::of(0u32..10)) {
+            let mut v = Version::new(major, minor, patch);
+            if let Some(pre) = pre {
+                v.pre = semver::Prerelease::new(&pre).unwrap();
+            }
+            proptest::prop_assert_eq!(uki_version(&uki_name(&v)), Some(v.clone()));
+            let counted = match done {
+                Some(d) => format!("berth-{v}+{left}-{d}.efi"),
+                None => format!("berth-{v}+{left}.efi"),
+            };
+            proptest::prop_assert_eq!(uki_version(&counted), Some(v));
+        }
+    }
 }
