@@ -125,6 +125,10 @@ pub struct AddArgs {
     /// Datastore migrations between two versions: FROM:TO:NAME[,NAME...]; repeatable.
     #[arg(long, value_parser = crate::repo::parse_migration)]
     pub migration: Vec<updater::manifest::Migration>,
+    /// Publish a build whose variant, arch and version the repository already offers, in place
+    /// of the old one (otherwise refused).
+    #[arg(long)]
+    pub replace: bool,
     /// zstd level of the images (1-19).
     #[arg(long, default_value_t = 6, value_parser = clap::value_parser!(i32).range(1..=19))]
     pub zstd_level: i32,

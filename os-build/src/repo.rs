@@ -364,7 +364,7 @@ fn compress(src: &Path, dest: &Path, level: i32) -> Result<(u64, String)> {
 }
 
 /// Compresses a build's slot images into `work` and returns its manifest entry.
-fn stage_build(build: &Path, work: &Path, args: &AddArgs) -> Result<Update> {
+fn stage_build(build: &Path, work: &Path, args: &AddArgs, existing: &Manifest) -> Result<Update> {
     let mpath = build.join("manifest.json");
     let bm: BuildManifest = serde_json::from_slice(&std::fs::read(&mpath).with_context(|| {
         format!(
@@ -381,6 +381,18 @@ fn stage_build(build: &Path, work: &Path, args: &AddArgs) -> Result<Update> {
             bm.version
         )
     })?;
+    ensure!(
+        args.replace
+            || !existing
+                .updates
+                .iter()
+                .any(|u| u.variant == bm.variant && u.arch == bm.arch && u.version == version),
+        "the repository already offers {} {} {}; pass --replace to publish {} in its place",
+        bm.variant,
+        bm.arch,
+        version,
+        build.display()
+    );
     let prefix = format!("{}-{}-{}", bm.variant, bm.arch, bm.version);
     let image = |file: &str| -> Result<Image> {
         let artifact = bm
@@ -455,9 +467,20 @@ async fn add(args: &AddArgs) -> Result<()> {
             .with_context(|| format!("cannot clear {}", work.display()))?;
     }
     std::fs::create_dir_all(&work).with_context(|| format!("cannot create {}", work.display()))?;
+    let existing = if metadata_dir(&args.repo).join("timestamp.json").exists() {
+        read_manifest(&args.repo, &read_local(&args.repo)?.targets.signed)?
+    } else {
+        Manifest::default()
+    };
     let mut updates = Vec::new();
     for build in &args.build {
-        updates.push(stage_build(build, &work, args)?);
+        match stage_build(build, &work, args, &existing) {
+            Ok(update) => updates.push(update),
+            Err(err) => {
+                let _ = std::fs::remove_dir_all(&work);
+                return Err(err);
+            }
+        }
     }
     let result = publish(&args.repo, &args.key, &args.expiry, &updates, |m| {
         if let Some(max) = &args.max_version {

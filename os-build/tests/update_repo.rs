@@ -661,6 +661,41 @@ fn add_refuses_a_build_whose_files_do_not_match_its_manifest() {
         .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("uki-a.efi does not match"));
+    // Publishing 2.0.0 again is refused unless asked for.
+    let out = Command::new(OS_BUILD)
+        .args([
+            "repo",
+            "add",
+            "--repo",
+            p(&fx.repo),
+            "--key",
+            &tk,
+            "--key",
+            &s,
+            "--key",
+            &t,
+            "--build",
+            p(&fx.v2),
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("already offers qemu-test x86_64 2.0.0"));
+    os_build(&[
+        "repo",
+        "add",
+        "--repo",
+        p(&fx.repo),
+        "--key",
+        &tk,
+        "--key",
+        &s,
+        "--key",
+        &t,
+        "--build",
+        p(&fx.v2),
+        "--replace",
+    ]);
     // The repository still offers 1.0.0 and 2.0.0 only.
     let rt = rt();
     let status = rt.block_on(updater::check(&fx.config())).unwrap();
