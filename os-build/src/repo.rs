@@ -310,7 +310,12 @@ async fn init(args: &InitArgs) -> Result<()> {
     let mut all_keys = args.targets_key.clone();
     all_keys.extend(args.snapshot_key.iter().cloned());
     all_keys.extend(args.timestamp_key.iter().cloned());
-    publish(&args.repo, &all_keys, &args.expiry, &[], |_m| Ok(())).await?;
+    if let Err(err) = publish(&args.repo, &all_keys, &args.expiry, &[], |_m| Ok(())).await {
+        // No half-made repository: a second `init` would refuse it.
+        let _ = std::fs::remove_dir_all(&meta);
+        let _ = std::fs::remove_dir_all(args.repo.join(".work"));
+        return Err(err);
+    }
     println!("{}", meta.join("1.root.json").display());
     Ok(())
 }

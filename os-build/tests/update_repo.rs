@@ -752,6 +752,22 @@ fn thresholds_need_enough_keys() {
         !repo.join("metadata/1.root.json").exists(),
         "nothing written"
     );
+    // A snapshot key that is not a key file: refused, nothing is left behind.
+    let bogus = dir.path().join("bogus.pk8");
+    std::fs::write(&bogus, b"not a key").unwrap();
+    let mut argv = base("1");
+    argv[11] = p(&bogus).to_owned();
+    let out = Command::new(OS_BUILD).args(&argv).output().unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("bogus.pk8"),
+        "the bad key file is named: {stderr}"
+    );
+    assert!(
+        !repo.join("metadata").exists(),
+        "a failed init leaves no metadata"
+    );
     // Two of two: init signs with both; add with one targets key is refused.
     let argv = base("2");
     os_build(&argv.iter().map(String::as_str).collect::<Vec<_>>());
