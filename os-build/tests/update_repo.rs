@@ -346,6 +346,9 @@ fn update_v1_to_v2_writes_verifies_and_installs_the_slot() {
     let fx = Fixture::new(&[]);
     let rt = rt();
     let cfg = fx.config();
+    // The UKI of an earlier update of slot b, which used up its tries.
+    let stale = fx.host().join("esp/EFI/Linux/berth-0.9.0+0-3.efi");
+    std::fs::write(&stale, b"old slot b").unwrap();
     let status = rt.block_on(updater::check(&cfg)).unwrap();
     assert_eq!(status.state, UpdateState::Available);
     assert_eq!(
@@ -379,6 +382,7 @@ fn update_v1_to_v2_writes_verifies_and_installs_the_slot() {
         fx.host().join("esp/EFI/Linux/berth-1.0.0.efi").exists(),
         "the running UKI stays"
     );
+    assert!(!stale.exists(), "the replaced slot's old UKI is gone");
     // The same document is on disk for /updates/status.
     assert_eq!(updater::status(&cfg.state_dir).unwrap(), status);
 
