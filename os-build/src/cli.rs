@@ -25,6 +25,160 @@ pub enum Command {
     ListVariants,
     /// Compare os-build's dm-verity hashing with `veritysetup format` on the same image.
     BenchVerity(BenchVerityArgs),
+    /// Build and maintain the signed update repository (TUF): keys, images, root rotation.
+    #[command(subcommand)]
+    Repo(RepoCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RepoCommand {
+    /// Generate an ed25519 key: OUT.pk8 (private, pkcs8, mode 0600) and OUT.pub.json.
+    Keygen(KeygenArgs),
+    /// Create a repository: 1.root.json with the role keys and thresholds, then signed
+    /// targets, snapshot and timestamp holding an empty manifest.
+    Init(InitArgs),
+    /// Add builds (their compressed slot images and manifest entries) and re-sign targets,
+    /// snapshot and timestamp. With no --build, only re-signs (e.g. after rotate-root).
+    Add(AddArgs),
+    /// Write the next root version with new role keys, signed by the old and the new root keys.
+    RotateRoot(RotateRootArgs),
+    /// Re-sign snapshot and timestamp with new versions and expiries (targets unchanged).
+    Refresh(RefreshArgs),
+}
+
+fn duration(s: &str) -> Result<jiff::SignedDuration, String> {
+    crate::repo::parse_duration(s)
+}
+
+#[derive(Debug, Args)]
+pub struct KeygenArgs {
+    /// Path of the key without extension, e.g. keys/root.
+    #[arg(long)]
+    pub out: PathBuf,
+}
+
+/// Expiry of the roles `add` and `init` sign (durations like 7d, 12h, 30m, 45s).
+#[derive(Debug, Args, Clone)]
+pub struct ExpiryArgs {
+    /// How long targets.json stays valid.
+    #[arg(long, value_parser = duration, default_value = "90d")]
+    pub targets_expires: jiff::SignedDuration,
+    /// How long snapshot.json stays valid.
+    #[arg(long, value_parser = duration, default_value = "30d")]
+    pub snapshot_expires: jiff::SignedDuration,
+    /// How long timestamp.json stays valid.
+    #[arg(long, value_parser = duration, default_value = "7d")]
+    pub timestamp_expires: jiff::SignedDuration,
+}
+
+#[derive(Debug, Args)]
+pub struct InitArgs {
+    /// Repository folder (gets metadata/ and targets/).
+    #[arg(long)]
+    pub repo: PathBuf,
+    /// Root key files (.pk8), one flag per key.
+    #[arg(long, required = true)]
+    pub root_key: Vec<PathBuf>,
+    #[arg(long, required = true)]
+    pub targets_key: Vec<PathBuf>,
+    #[arg(long, required = true)]
+    pub snapshot_key: Vec<PathBuf>,
+    #[arg(long, required = true)]
+    pub timestamp_key: Vec<PathBuf>,
+    /// Signatures needed for root.json.
+    #[arg(long, default_value_t = 1)]
+    pub root_threshold: u64,
+    #[arg(long, default_value_t = 1)]
+    pub targets_threshold: u64,
+    #[arg(long, default_value_t = 1)]
+    pub snapshot_threshold: u64,
+    #[arg(long, default_value_t = 1)]
+    pub timestamp_threshold: u64,
+    /// How long 1.root.json stays valid.
+    #[arg(long, value_parser = duration, default_value = "365d")]
+    pub root_expires: jiff::SignedDuration,
+    #[command(flatten)]
+    pub expiry: ExpiryArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct AddArgs {
+    /// Repository folder made by `repo init`.
+    #[arg(long)]
+    pub repo: PathBuf,
+    /// Signing keys (.pk8) for targets, snapshot and timestamp, one flag per key.
+    #[arg(long, required = true)]
+    pub key: Vec<PathBuf>,
+    /// An os-build output folder (build/VARIANT/ARCH, holding manifest.json); repeatable.
+    #[arg(long)]
+    pub build: Vec<PathBuf>,
+    /// A wave bound for the added builds, SEED=DELAY: the host with seed SEED (0..2048) gets
+    /// its turn DELAY after now; hosts between two bounds get theirs spread evenly between the
+    /// two times, hosts below the first bound at once, hosts above the last bound at its time.
+    /// Repeatable; none means every host at once.
+    #[arg(long)]
+    pub wave: Vec<crate::repo::WaveArg>,
+    /// Highest version hosts may take, set on every version of the added builds' variant and
+    /// arch (default: each added build's own version).
+    #[arg(long)]
+    pub max_version: Option<semver::Version>,
+    /// Datastore migrations between two versions: FROM:TO:NAME[,NAME...]; repeatable.
+    #[arg(long, value_parser = crate::repo::parse_migration)]
+    pub migration: Vec<updater::manifest::Migration>,
+    /// Publish a build whose variant, arch and version the repository already offers, in place
+    /// of the old one (otherwise refused).
+    #[arg(long)]
+    pub replace: bool,
+    /// zstd level of the images (1-19).
+    #[arg(long, default_value_t = 6, value_parser = clap::value_parser!(i32).range(1..=19))]
+    pub zstd_level: i32,
+    #[command(flatten)]
+    pub expiry: ExpiryArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct RotateRootArgs {
+    #[arg(long)]
+    pub repo: PathBuf,
+    /// Keys of the current root role (they sign the new root too).
+    #[arg(long, required = true)]
+    pub old_key: Vec<PathBuf>,
+    /// New root keys (default: keep the current ones).
+    #[arg(long)]
+    pub root_key: Vec<PathBuf>,
+    /// New targets keys (default: keep).
+    #[arg(long)]
+    pub targets_key: Vec<PathBuf>,
+    /// New snapshot keys (default: keep).
+    #[arg(long)]
+    pub snapshot_key: Vec<PathBuf>,
+    /// New timestamp keys (default: keep).
+    #[arg(long)]
+    pub timestamp_key: Vec<PathBuf>,
+    #[arg(long, default_value_t = 1)]
+    pub root_threshold: u64,
+    #[arg(long, default_value_t = 1)]
+    pub targets_threshold: u64,
+    #[arg(long, default_value_t = 1)]
+    pub snapshot_threshold: u64,
+    #[arg(long, default_value_t = 1)]
+    pub timestamp_threshold: u64,
+    /// How long the new root.json stays valid.
+    #[arg(long, value_parser = duration, default_value = "365d")]
+    pub root_expires: jiff::SignedDuration,
+}
+
+#[derive(Debug, Args)]
+pub struct RefreshArgs {
+    #[arg(long)]
+    pub repo: PathBuf,
+    /// Snapshot and timestamp keys (.pk8).
+    #[arg(long, required = true)]
+    pub key: Vec<PathBuf>,
+    #[arg(long, value_parser = duration, default_value = "30d")]
+    pub snapshot_expires: jiff::SignedDuration,
+    #[arg(long, value_parser = duration, default_value = "7d")]
+    pub timestamp_expires: jiff::SignedDuration,
 }
 
 #[derive(Debug, Args)]

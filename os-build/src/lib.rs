@@ -20,6 +20,7 @@ pub mod manifest;
 pub mod pipeline;
 pub mod programs;
 pub mod progress;
+pub mod repo;
 pub mod rootfs;
 pub mod uki;
 pub mod variant;
@@ -38,5 +39,6 @@ pub fn run(cli: cli::Cli) -> Result<()> {
             Ok(())
         }
         cli::Command::BenchVerity(args) => bench::verity(&args),
+        cli::Command::Repo(cmd) => repo::run(&cmd),
     }
 }

@@ -1,0 +1,292 @@
+//! The updater's state, kept on `private` as one JSON file and replaced atomically (write a
+//! new file, fsync, rename, fsync the folder), so a power cut leaves the old or the new state.
+//! The API's `/updates/status` serves this document.
+//!
+//! ```text
+//!   idle ──check──> available ──prepare──> staged ──activate──> ready
+//!    ^                 │  ^                  │  ^                 │
+//!    └──check (none)───┘  └──check───────────┘  └───deactivate────┘
+//! ```
+//! `apply` is prepare + activate. A failed command leaves the state where it was and records
+//! its error in `most_recent_command`.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use semver::Version;
+use serde::{Deserialize, Serialize};
+
+use crate::manifest::Slot;
+
+/// File name of the state document in the state folder.
+pub const STATE_FILE: &str = "state.json";
+/// Lock file held while a command runs.
+pub const LOCK_FILE: &str = "lock";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UpdateState {
+    /// Nothing to do (or not checked yet).
+    Idle,
+    /// `chosen` is offered and may be prepared.
+    Available,
+    /// `chosen` is written to the inactive slot and verified.
+    Staged,
+    /// The inactive slot's UKI is installed with boot tries: the next boot tries `chosen`.
+    Ready,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CommandName {
+    Check,
+    Prepare,
+    Activate,
+    Deactivate,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CommandResult {
+    pub command: CommandName,
+    pub ok: bool,
+    /// The error chain of a failed command, one cause per line.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    pub at: jiff::Timestamp,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Chosen {
+    pub variant: String,
+    pub arch: String,
+    pub version: Version,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Status {
+    pub state: UpdateState,
+    /// The version the host runs (as last seen by the updater).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub running: Option<Version>,
+    /// Versions the repository offers to this variant and arch, newest first.
+    #[serde(default)]
+    pub available_versions: Vec<Version>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chosen: Option<Chosen>,
+    /// The slot `chosen` was (or is being) written to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_slot: Option<Slot>,
+    /// The UKI installed for `chosen` (in state `ready`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uki: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub most_recent_command: Option<CommandResult>,
+}
+
+impl Default for Status {
+    fn default() -> Self {
+        Status {
+            state: UpdateState::Idle,
+            running: None,
+            available_versions: Vec::new(),
+            chosen: None,
+            target_slot: None,
+            uki: None,
+            most_recent_command: None,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error("cannot read update state {path}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("update state {path} is not valid; remove it to start from idle")]
+    Parse {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("cannot write update state {path}")]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("another updater command is running (lock {path} is held)")]
+    Busy { path: PathBuf },
+    #[error("cannot lock {path}")]
+    Lock {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot {command:?} in state {state:?} (needs {needs})")]
+    Transition {
+        command: CommandName,
+        state: UpdateState,
+        needs: &'static str,
+    },
+}
+
+/// An exclusive `flock` on `<state-dir>/lock`, released when dropped (or when the process
+/// dies, so a killed command never leaves it held).
+#[derive(Debug)]
+pub struct Lock {
+    _file: std::fs::File,
+}
+
+impl Lock {
+    pub fn take(dir: &Path) -> Result<Lock, StateError> {
+        let path = dir.join(LOCK_FILE);
+        let lerr = |e| StateError::Lock {
+            path: path.clone(),
+            source: e,
+        };
+        std::fs::create_dir_all(dir).map_err(lerr)?;
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(lerr)?;
+        match rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
+            Ok(()) => Ok(Lock { _file: file }),
+            Err(rustix::io::Errno::WOULDBLOCK) => Err(StateError::Busy { path }),
+            Err(e) => Err(lerr(e.into())),
+        }
+    }
+}
+
+impl Status {
+    /// Reads the state from `dir`; a missing file is `idle`.
+    pub fn load(dir: &Path) -> Result<Status, StateError> {
+        let path = dir.join(STATE_FILE);
+        match std::fs::read(&path) {
+            Ok(bytes) => {
+                serde_json::from_slice(&bytes).map_err(|e| StateError::Parse { path, source: e })
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Status::default()),
+            Err(e) => Err(StateError::Read { path, source: e }),
+        }
+    }
+
+    /// Replaces the state in `dir` atomically.
+    pub fn store(&self, dir: &Path) -> Result<(), StateError> {
+        let path = dir.join(STATE_FILE);
+        let werr = |e| StateError::Write {
+            path: path.clone(),
+            source: e,
+        };
+        std::fs::create_dir_all(dir).map_err(werr)?;
+        let tmp = dir.join(format!(".{STATE_FILE}.new"));
+        let mut bytes = serde_json::to_vec_pretty(self).map_err(|e| werr(e.into()))?;
+        bytes.push(b'\n');
+        let mut f = std::fs::File::create(&tmp).map_err(werr)?;
+        f.write_all(&bytes).map_err(werr)?;
+        f.sync_all().map_err(werr)?;
+        std::fs::rename(&tmp, &path).map_err(werr)?;
+        std::fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(werr)?;
+        Ok(())
+    }
+
+    /// Checks that `command` may run in the current state.
+    pub fn allows(&self, command: CommandName) -> Result<(), StateError> {
+        use UpdateState::*;
+        let (ok, needs) = match command {
+            CommandName::Check => (
+                matches!(self.state, Idle | Available | Staged),
+                "idle, available or staged",
+            ),
+            CommandName::Prepare => (
+                matches!(self.state, Available | Staged),
+                "available or staged",
+            ),
+            CommandName::Activate => (self.state == Staged, "staged"),
+            CommandName::Deactivate => (self.state == Ready, "ready"),
+        };
+        if ok {
+            Ok(())
+        } else {
+            Err(StateError::Transition {
+                command,
+                state: self.state,
+                needs,
+            })
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn missing_is_idle_and_round_trip() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(Status::load(dir.path()).unwrap(), Status::default());
+        let status = Status {
+            state: UpdateState::Staged,
+            running: Some(Version::new(1, 0, 0)),
+            available_versions: vec![Version::new(2, 0, 0)],
+            chosen: Some(Chosen {
+                variant: "qemu".into(),
+                arch: "x86_64".into(),
+                version: Version::new(2, 0, 0),
+            }),
+            target_slot: Some(Slot::B),
+            uki: None,
+            most_recent_command: Some(CommandResult {
+                command: CommandName::Prepare,
+                ok: true,
+                error: None,
+                at: "2026-01-01T00:00:00Z".parse().unwrap(),
+            }),
+        };
+        status.store(dir.path()).unwrap();
+        assert_eq!(Status::load(dir.path()).unwrap(), status);
+        let names: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        assert_eq!(names, [STATE_FILE], "no temporary file left");
+    }
+
+    #[test]
+    fn second_lock_is_refused_until_the_first_goes() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = Lock::take(dir.path()).unwrap();
+        let err = Lock::take(dir.path()).unwrap_err();
+        assert!(err.to_string().contains("another updater command"), "{err}");
+        drop(first);
+        Lock::take(dir.path()).unwrap();
+    }
+
+    #[test]
+    fn corrupt_state_names_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join(STATE_FILE), b"{").unwrap();
+        let err = Status::load(dir.path()).unwrap_err();
+        assert!(err.to_string().contains("state.json"), "{err}");
+    }
+
+    #[test]
+    fn transitions() {
+        let mut s = Status::default();
+        assert!(s.allows(CommandName::Check).is_ok());
+        assert!(s.allows(CommandName::Prepare).is_err());
+        s.state = UpdateState::Staged;
+        assert!(s.allows(CommandName::Activate).is_ok());
+        assert!(s.allows(CommandName::Deactivate).is_err());
+        s.state = UpdateState::Ready;
+        assert!(s.allows(CommandName::Deactivate).is_ok());
+        assert!(s.allows(CommandName::Check).is_err());
+        assert!(s.allows(CommandName::Prepare).is_err());
+    }
+}
