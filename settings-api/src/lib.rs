@@ -12,6 +12,7 @@ pub mod metadata;
 pub mod model;
 pub mod paths;
 pub mod pem;
+pub mod reboot;
 pub mod server;
 
 /// Sets up `tracing` to stderr, filtered by `RUST_LOG` (default `info`); no timestamps under
