@@ -54,6 +54,25 @@ pub fn decode_base64(s: &str) -> Result<Vec<u8>, PemError> {
     Ok(out)
 }
 
+/// Encodes standard base64 with padding (the inverse of [`decode_base64`]).
+pub fn encode_base64(data: &[u8]) -> String {
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(data.len().div_ceil(3) * 4);
+    for chunk in data.chunks(3) {
+        let mut b = [0u8; 3];
+        b[..chunk.len()].copy_from_slice(chunk);
+        let v = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            out.push(if i <= chunk.len() {
+                char::from(ALPHABET[((v >> (18 - 6 * i)) & 63) as usize])
+            } else {
+                '='
+            });
+        }
+    }
+    out
+}
+
 /// Checks that `data` (base64) decodes to PEM text holding at least one certificate, each
 /// with a base64 body; text outside the blocks (comments) is allowed, as OpenSSL allows it.
 /// Returns the PEM text.
@@ -111,28 +130,16 @@ pub(crate) mod tests {
         assert!(decode_base64("a").is_err());
         assert!(decode_base64("aG!k").is_err());
         assert!(decode_base64("a===").is_err());
+        for data in [&b""[..], b"h", b"hi", b"hey", b"\x00\xff\x10\x80"] {
+            assert_eq!(decode_base64(&encode_base64(data)).unwrap(), data);
+        }
     }
 
     pub(crate) const CERT: &str =
         "-----BEGIN CERTIFICATE-----\nMIIBszCCAVmgAwIBAgIUBw==\n-----END CERTIFICATE-----\n";
 
     fn b64(s: &str) -> String {
-        const A: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-        let mut out = String::new();
-        for chunk in s.as_bytes().chunks(3) {
-            let n = chunk.len();
-            let mut b = [0u8; 3];
-            b[..n].copy_from_slice(chunk);
-            let v = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-            for i in 0..4 {
-                if i <= n {
-                    out.push(A[((v >> (18 - 6 * i)) & 63) as usize] as char);
-                } else {
-                    out.push('=');
-                }
-            }
-        }
-        out
+        encode_base64(s.as_bytes())
     }
 
     #[test]
