@@ -79,6 +79,34 @@ const PROGRAMS: &[Program] = &[
                 "agents/boot-config/units/chrony-berth.conf",
                 "/usr/lib/systemd/system/chrony.service.d/berth.conf",
             ),
+            (
+                "agents/boot-config/templates/hostname",
+                "/usr/share/berth/templates/hostname",
+            ),
+            (
+                "agents/boot-config/templates/hosts",
+                "/usr/share/berth/templates/hosts",
+            ),
+            (
+                "agents/boot-config/templates/proxy-env",
+                "/usr/share/berth/templates/proxy-env",
+            ),
+            (
+                "agents/boot-config/templates/resolved-conf",
+                "/usr/share/berth/templates/resolved-conf",
+            ),
+            (
+                "agents/boot-config/templates/ca-bundle",
+                "/usr/share/berth/templates/ca-bundle",
+            ),
+            (
+                "agents/boot-config/templates/containerd-config",
+                "/usr/share/berth/templates/containerd-config",
+            ),
+            (
+                "agents/boot-config/units/proxy-env.conf",
+                "/usr/lib/systemd/system/containerd.service.d/berth-proxy.conf",
+            ),
         ],
         test_only: false,
     },

@@ -1,6 +1,10 @@
 //! Boot-time configuration (docs/boot-config.md): user data by QEMU fw_cfg at first boot,
 //! configuration rendered from settings, changes through the real `apiclient`.
 //!
+//! The host services (hostname, proxy, DNS, CA bundle, containerd config) are checked through
+//! berth-probe's report after each boot, and live changes through boot-config's console lines.
+//! The reboot is a real one, asked for with `apiclient reboot`.
+//!
 //! Gated by BERTH_QEMU_TESTS=1 like the boot scenarios; boots the `qemu-test` variant (the
 //! `qemu` image plus `berth-api-bridge`, which forwards guest TCP port 8080 to /run/api.sock).
 //! The host forwards a Unix socket to that port, so `apiclient --socket-path` drives the guest.
@@ -28,6 +32,12 @@ const RESTARTED: &str = r"restarted and active";
 /// Matches only once the line is complete enough to name the unit.
 const RESTARTED_CHRONY: &str = r#"restarted and active unit="?chrony\.service"#;
 const STEP_DEADLINE: Duration = Duration::from_secs(120);
+const RESTARTED_RESOLVED: &str = r#"restarted and active unit="?systemd-resolved\.service"#;
+const CONTAINERD_SKIPPED: &str = r#"not loaded; not restarted unit="?containerd\.service"#;
+/// boot-config's apply-hostname line.
+const HOSTNAME_SET: &str = r"host name set hostname=";
+/// The kernel's last line before a reboot (reboot(2) with LINUX_REBOOT_CMD_RESTART).
+const REBOOTING: &str = r"reboot: Restarting system";
 
 const USER_DATA: &str = r#"[settings]
 motd = "hello from user data"
@@ -37,7 +47,46 @@ time-servers = ["10.0.2.2", "ntp.example.com"]
 
 [settings.kernel.sysctl]
 "vm.max_map_count" = "262144"
+
+[settings.network]
+hostname = "berth-test.example.com"
+https-proxy = "http://10.0.2.2:3128"
+no-proxy = [".example.com"]
+
+# 192.0.2.0/24 is TEST-NET-1: told apart from QEMU's DHCP server (10.0.2.3).
+[settings.dns]
+name-servers = ["192.0.2.53"]
+search-list = ["example.com"]
+
+[[settings.container-registry.mirrors]]
+registry = "docker.io"
+endpoint = ["https://mirror.example.com"]
+
+[[settings.container-registry.credentials]]
+registry = "registry.example.com"
+username = "berth"
+password = "secret"
 "#;
+
+/// A test CA (agents/boot-config/tests/fixtures), added to the trust store by settings.pki.
+const CORP_CA: &str = include_str!("../../agents/boot-config/tests/fixtures/corp-ca.pem");
+
+/// The user data of the config scenario: [`USER_DATA`] plus the test CA as `settings.pki.corp`.
+fn user_data() -> String {
+    format!(
+        "{USER_DATA}\n[settings.pki.corp]\ntrusted = true\ndata = \"{}\"\n",
+        settings_api::pem::encode_base64(CORP_CA.as_bytes())
+    )
+}
+
+/// The last 24 base64 characters of the CA's body (what the probe reports of the bundle).
+fn corp_ca_end() -> String {
+    let body = CORP_CA
+        .rsplit_once("-----END CERTIFICATE-----")
+        .map(|(b, _)| b.trim_end())
+        .unwrap_or_default();
+    body[body.len().saturating_sub(24)..].to_string()
+}
 
 fn serial_log(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
@@ -200,11 +249,22 @@ fn configured_report(vm: &qemu_tests::RunningVm) -> Result<ProbeReport> {
         "  configured after {:.1}s",
         configured.elapsed.as_secs_f64()
     );
-    vm.wait_for_line(markers::PROBE_END, STEP_DEADLINE)
-        .context("berth-probe did not finish its report")?;
-    // The end line may still be unfinished (no newline yet) when the wait matches it.
+    report_since(vm, Duration::ZERO)
+}
+
+/// Waits for the first complete probe report printed after `since` (VM time; a reboot prints
+/// a second report).
+fn report_since(vm: &qemu_tests::RunningVm, since: Duration) -> Result<ProbeReport> {
+    // The end line may still be unfinished (no newline yet) when a line wait matches it, so
+    // wait for a report that parses.
     let report = vm.wait_until("a complete berth-probe report", STEP_DEADLINE, |lines| {
-        ProbeReport::parse(lines.iter().map(|l| l.text.as_str())).ok()
+        ProbeReport::parse(
+            lines
+                .iter()
+                .filter(|l| l.elapsed >= since)
+                .map(|l| l.text.as_str()),
+        )
+        .ok()
     })?;
     for key in [
         "rss-kib-apiserver",
@@ -214,6 +274,90 @@ fn configured_report(vm: &qemu_tests::RunningVm) -> Result<ProbeReport> {
         println!("  {key}: {}", report.get(key).unwrap_or("-"));
     }
     Ok(report)
+}
+
+/// The host services rendered from the user data, as the probe saw them after boot.
+fn check_host_services(checks: &mut Checks, report: &ProbeReport) {
+    checks.equal(
+        "kernel host name",
+        report.get("hostname"),
+        "berth-test.example.com",
+    );
+    checks.equal(
+        "/etc/hostname",
+        report.get("etc-hostname"),
+        "berth-test.example.com",
+    );
+    checks.equal(
+        "/etc/hosts names the host",
+        report.get("hosts-hostname"),
+        "berth-test.example.com,berth-test",
+    );
+    checks.equal(
+        "proxy.env HTTPS_PROXY",
+        report.get("proxy-https"),
+        "http://10.0.2.2:3128",
+    );
+    checks.check(
+        "proxy.env NO_PROXY has the setting and localhost",
+        report
+            .get("proxy-no")
+            .is_some_and(|v| v.contains(".example.com") && v.contains("localhost")),
+        format!("{:?}", report.get("proxy-no")),
+    );
+    checks.check(
+        "systemd-resolved uses dns.name-servers",
+        report
+            .get("dns-servers")
+            .is_some_and(|s| s.split(',').any(|x| x == "192.0.2.53")),
+        format!("{:?}", report.get("dns-servers")),
+    );
+    checks.check(
+        "systemd-resolved searches dns.search-list",
+        report
+            .get("dns-search")
+            .is_some_and(|s| s.split(',').any(|x| x == "example.com")),
+        format!("{:?}", report.get("dns-search")),
+    );
+    checks.equal(
+        "/etc/resolv.conf points at resolved's stub",
+        report.get("resolv-conf-link"),
+        "../run/systemd/resolve/stub-resolv.conf",
+    );
+    checks.check(
+        "CA bundle: the Mozilla certificates plus settings.pki.corp",
+        report
+            .get("ca-bundle-certs")
+            .and_then(|n| n.parse::<usize>().ok())
+            .is_some_and(|n| n > 100),
+        format!("{:?} certificates", report.get("ca-bundle-certs")),
+    );
+    checks.equal("CA bundle pki bundles", report.get("ca-bundle-pki"), "corp");
+    checks.equal(
+        "CA bundle ends with the corp CA",
+        report.get("ca-bundle-last-cert-end"),
+        corp_ca_end().as_str(),
+    );
+    checks.equal(
+        "containerd mirrors",
+        report.get("containerd-mirrors"),
+        "docker.io",
+    );
+    checks.equal(
+        "containerd mirror endpoints",
+        report.get("containerd-endpoints"),
+        r#"["https://mirror.example.com"]"#,
+    );
+    checks.equal(
+        "containerd registry auth",
+        report.get("containerd-auth"),
+        "registry.example.com",
+    );
+    checks.equal(
+        "containerd config is root-only",
+        report.get("containerd-config-mode"),
+        "600",
+    );
 }
 
 #[test]
@@ -290,13 +434,15 @@ fn user_data_rendering_and_apiclient_x86_64() -> Result<()> {
             "apiclient get (through berth-api-bridge) shows the user data settings",
             "apiclient set ntp.time-servers re-renders chrony.conf and restarts chrony only",
             "apiclient set with an invalid value: 400 naming the key, old value kept",
-            "after a hard reset: user data not applied again, settings kept",
+            "hostname, proxy env, resolver, CA bundle, containerd config rendered from user data",
+            "apiclient set network.hostname applies live; dns restarts only systemd-resolved",
+            "apiclient reboot: a real reboot; user data not applied again, settings kept, /etc re-rendered",
         ],
     )?
     else {
         return Ok(());
     };
-    let (vm, api, _dir) = boot_with_user_data(arch, &name, USER_DATA)?;
+    let (vm, api, _dir) = boot_with_user_data(arch, &name, &user_data())?;
     let mut checks = Checks::new();
 
     let report = configured_report(&vm)?;
@@ -312,6 +458,7 @@ fn user_data_rendering_and_apiclient_x86_64() -> Result<()> {
         report.get("sysctl-vm.max_map_count"),
         "262144",
     );
+    check_host_services(&mut checks, &report);
 
     api.wait_ready(STEP_DEADLINE)?;
     let got = api.get("settings")?;
@@ -397,26 +544,129 @@ fn user_data_rendering_and_apiclient_x86_64() -> Result<()> {
         format!("{got}"),
     );
 
-    // A hard reset: the user data is not applied again, what apiclient set is kept.
+    // The host name applies live: rendered files and the kernel's name, no unit restarted.
+    let restarted_before = vm.count_matches(RESTARTED)?;
+    let hostname_set = vm.count_matches(HOSTNAME_SET)?;
+    let out = api.run(&["set", "network.hostname=berth-live"])?;
+    checks.check(
+        "apiclient set network.hostname",
+        out.status.success(),
+        "exit status",
+    );
+    let line = vm.wait_for_nth_line(HOSTNAME_SET, hostname_set + 1, STEP_DEADLINE)?;
+    checks.check(
+        "kernel host name set live",
+        line.text.contains("berth-live"),
+        line.text.clone(),
+    );
+    // DNS: resolved (running since early boot) restarts with the new servers.
+    let restarted_resolved = vm.count_matches(RESTARTED_RESOLVED)?;
+    let out = api.run(&["set", r#"dns.name-servers=["192.0.2.54"]"#])?;
+    checks.check(
+        "apiclient set dns.name-servers",
+        out.status.success(),
+        "exit status",
+    );
+    let restarted = vm.wait_for_nth_line(RESTARTED_RESOLVED, restarted_resolved + 1, STEP_DEADLINE);
+    checks.check(
+        "systemd-resolved restarted for dns",
+        restarted.is_ok(),
+        restarted.map(|l| l.text).unwrap_or_else(|e| e.to_string()),
+    );
+    // containerd's config is rendered; containerd is not in this image, so nothing restarts.
+    let containerd_skipped = vm.count_matches(CONTAINERD_SKIPPED)?;
+    let out = api.run(&[
+        "set",
+        r#"container-registry.mirrors=[{"registry": "quay.io", "endpoint": ["https://quay-mirror.example.com"]}]"#,
+    ])?;
+    checks.check(
+        "apiclient set container-registry.mirrors",
+        out.status.success(),
+        "exit status",
+    );
+    let skipped = vm.wait_for_nth_line(CONTAINERD_SKIPPED, containerd_skipped + 1, STEP_DEADLINE);
+    checks.check(
+        "absent containerd.service is not restarted",
+        skipped.is_ok(),
+        skipped.map(|l| l.text).unwrap_or_else(|e| e.to_string()),
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    checks.check(
+        "only systemd-resolved restarted by hostname, dns and registry changes",
+        vm.count_matches(RESTARTED)? == restarted_before + 1,
+        "restart lines",
+    );
+    // pki data that is not PEM is refused with the key.
+    let out = api.run(&["set", "pki.bad.data=aGVsbG8=", "pki.bad.trusted=true"])?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    checks.check(
+        "pki data that is not PEM: 400 naming the key",
+        !out.status.success() && stderr.contains("settings.pki.bad.data") && stderr.contains("400"),
+        stderr.trim().to_string(),
+    );
+
+    // A real reboot through the API: systemd stops everything and the firmware boots again.
     let configured_before = vm.count_matches(CONFIGURED)?;
-    vm.qmp("system_reset", None)?;
+    let out = api.run(&["reboot"])?;
+    checks.check("apiclient reboot", out.status.success(), "exit status");
+    let rebooting = vm.wait_for_line(REBOOTING, STEP_DEADLINE);
+    checks.check(
+        "the kernel restarts the machine (not a crash)",
+        rebooting.is_ok(),
+        rebooting.map(|l| l.text).unwrap_or_else(|e| e.to_string()),
+    );
     let again = vm.wait_for_nth_line(CONFIGURED, configured_before + 1, CONFIGURED_DEADLINE)?;
     println!(
-        "  configured again after the reset at {:.1}s",
+        "  configured again after apiclient reboot at {:.1}s",
         again.elapsed.as_secs_f64()
     );
     let skipped = vm.wait_for_line(r"user data was handled at first boot", STEP_DEADLINE);
     checks.check(
-        "user data not applied again after a reset",
+        "user data not applied again after the reboot",
         skipped.is_ok() && vm.count_matches(r"user data applied")? == 1,
         "boot-config userdata log lines",
+    );
+    let report = report_since(&vm, again.elapsed)?;
+    checks.equal(
+        "after reboot: chrony.conf from the stored setting",
+        report.get("chrony-servers"),
+        "10.0.2.3",
+    );
+    checks.equal(
+        "after reboot: host name",
+        report.get("hostname"),
+        "berth-live",
+    );
+    checks.equal(
+        "after reboot: /etc/hostname",
+        report.get("etc-hostname"),
+        "berth-live",
+    );
+    checks.check(
+        "after reboot: resolver uses the stored server",
+        report
+            .get("dns-servers")
+            .is_some_and(|s| s.split(',').any(|x| x == "192.0.2.54")),
+        format!("{:?}", report.get("dns-servers")),
+    );
+    checks.equal(
+        "after reboot: containerd mirrors",
+        report.get("containerd-mirrors"),
+        "quay.io",
+    );
+    checks.equal(
+        "after reboot: CA bundle keeps corp",
+        report.get("ca-bundle-pki"),
+        "corp",
     );
     api.wait_ready(STEP_DEADLINE)?;
     let got = api.get("settings")?;
     checks.check(
-        "settings kept across the reset",
+        "settings kept across the reboot",
         got.pointer("/settings/ntp/time-servers") == Some(&serde_json::json!(["10.0.2.3"]))
-            && got.pointer("/settings/motd") == Some(&serde_json::json!("hello from user data")),
+            && got.pointer("/settings/motd") == Some(&serde_json::json!("hello from user data"))
+            && got.pointer("/settings/network/hostname") == Some(&serde_json::json!("berth-live"))
+            && got.pointer("/settings/pki/bad").is_none(),
         format!("{got}"),
     );
 

@@ -293,7 +293,10 @@ pub static ROUTES: &[Route] = &[
         summary: "Reboot the host",
         params: &[],
         body: None,
-        responses: &[(204, "Reboot requested", None), UNIMPL],
+        responses: &[
+            (204, "Reboot requested: systemd starts reboot.target right after the answer", None),
+            UNIMPL,
+        ],
     },
     Route {
         method: "POST",

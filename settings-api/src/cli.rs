@@ -27,6 +27,10 @@ pub struct ServerArgs {
     /// (`/usr/bin/boot-config` on a host); without it, applies are only logged.
     #[arg(long)]
     pub apply_command: Option<PathBuf>,
+    /// What `POST /actions/reboot` does: `systemd` starts reboot.target over D-Bus, `log` only
+    /// logs (tests); without it the action answers 501.
+    #[arg(long, value_enum)]
+    pub reboot: Option<crate::reboot::RebootMethod>,
     /// boot-config's first-boot user data status (JSON), served at /boot/user-data.
     #[arg(long)]
     pub user_data_status: Option<PathBuf>,

@@ -11,6 +11,8 @@ pub mod key;
 pub mod metadata;
 pub mod model;
 pub mod paths;
+pub mod pem;
+pub mod reboot;
 pub mod server;
 
 /// Sets up `tracing` to stderr, filtered by `RUST_LOG` (default `info`); no timestamps under

@@ -494,6 +494,11 @@ validated_string!(
     /// Base64-encoded data.
     Base64, base64);
 validated_string!(
+    /// Base64-encoded PEM certificates (`settings.pki.<name>.data`).
+    PemBundle, |s| crate::pem::decode_certificates(s)
+        .map(drop)
+        .map_err(|e| format!("value must be base64-encoded PEM certificates: {e}")));
+validated_string!(
     /// Kubernetes label key (`[prefix/]name`).
     LabelKey, k8s_label_key);
 validated_string!(
@@ -991,7 +996,7 @@ pub struct OciDefaults {
 #[serde(rename_all = "kebab-case", deny_unknown_fields)]
 pub struct PkiBundle {
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub data: Option<Base64>,
+    pub data: Option<PemBundle>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub trusted: Option<bool>,
 }
@@ -1123,7 +1128,7 @@ mod tests {
             "bootstrap-containers": {"setup": {"mode": "once", "essential": true, "user-data": "aGk="}},
             "container-registry": {"mirrors": [{"registry": "docker.io", "endpoint": ["https://mirror.example.com"]}]},
             "oci-defaults": {"capabilities": {"net-raw": false}, "resource-limits": {"max-open-files": {"hard-limit": 1024, "soft-limit": 512}}},
-            "pki": {"corp": {"data": "aGk=", "trusted": true}},
+            "pki": {"corp": {"data": crate::pem::tests::CERT_B64, "trusted": true}},
             "boot": {"reboot-to-reconcile": true, "kernel-parameters": {"console": ["ttyS0"]}},
             "aws": {"region": "us-west-2"},
             "metrics": {"send-metrics": false}
@@ -1168,6 +1173,30 @@ mod tests {
 
         let e = err(json!({"kernel": {"sysctl": {"../etc/passwd": "1"}}}));
         assert!(e.key.starts_with("settings.kernel.sysctl"));
+
+        // pki data: base64 of PEM certificates, checked when stored.
+        for (data, why) in [
+            ("aGk=", "no PEM certificate"),
+            ("not base64!", "not base64"),
+            (
+                "LS0tLS1CRUdJTiBDRVJUSUZJQ0FURS0tLS0tCk1JSUIK",
+                "END CERTIFICATE",
+            ),
+        ] {
+            let e = err(json!({"pki": {"corp": {"data": data, "trusted": true}}}));
+            assert_eq!(e.key, "settings.pki.corp.data");
+            assert!(e.reason.contains(why), "{data}: {}", e.reason);
+        }
+        let e = err(json!({"dns": {"name-servers": ["not-an-ip"]}}));
+        assert_eq!(e.key, "settings.dns.name-servers.0");
+        let e = err(json!({"network": {"https-proxy": "ftp://proxy:21"}}));
+        assert_eq!(e.key, "settings.network.https-proxy");
+        let e = err(json!({"network": {"no-proxy": ["bad host!"]}}));
+        assert_eq!(e.key, "settings.network.no-proxy.0");
+        let e = err(
+            json!({"container-registry": {"mirrors": [{"registry": "docker.io", "endpoint": ["ftp://m"]}]}}),
+        );
+        assert_eq!(e.key, "settings.container-registry.mirrors.0.endpoint.0");
     }
 
     #[test]

@@ -161,6 +161,8 @@ pub struct State {
     cis_root: std::path::PathBuf,
     /// boot-config's first-boot user data status file, served at /boot/user-data.
     user_data_status: Option<std::path::PathBuf>,
+    /// What `POST /actions/reboot` does; 501 without one.
+    rebooter: Option<Arc<dyn crate::reboot::Rebooter>>,
 }
 
 impl State {
@@ -189,6 +191,7 @@ impl State {
             applier: Arc::new(LogApplier),
             cis_root: std::path::PathBuf::from("/"),
             user_data_status: None,
+            rebooter: None,
         })
     }
 
@@ -207,6 +210,12 @@ impl State {
     /// Serves boot-config's user data status file at /boot/user-data.
     pub fn with_user_data_status(mut self, path: std::path::PathBuf) -> State {
         self.user_data_status = Some(path);
+        self
+    }
+
+    /// Lets `POST /actions/reboot` reboot through `rebooter`.
+    pub fn with_rebooter(mut self, rebooter: Arc<dyn crate::reboot::Rebooter>) -> State {
+        self.rebooter = Some(rebooter);
         self
     }
 
@@ -382,6 +391,10 @@ fn parse_json_body(body: &Bytes) -> Result<Value, ApiError> {
     serde_json::from_slice(body)
         .map_err(|e| ApiError::bad(format!("request body is not JSON: {e}")))
 }
+
+/// Time between answering `POST /actions/reboot` and asking systemd to reboot, so the
+/// response reaches the client first.
+const REBOOT_DELAY: std::time::Duration = std::time::Duration::from_millis(300);
 
 fn not_implemented(what: &str) -> ApiError {
     ApiError::new(
@@ -619,7 +632,20 @@ async fn dispatch(
             q.get("names"),
             "configuration file",
         )?),
-        Op::Reboot => Err(not_implemented("reboot")),
+        Op::Reboot => {
+            let Some(rebooter) = state.rebooter.clone() else {
+                return Err(not_implemented("reboot (apiserver runs without --reboot)"));
+            };
+            // Answer first: the reboot starts once the response is on its way.
+            std::thread::spawn(move || {
+                std::thread::sleep(REBOOT_DELAY);
+                if let Err(e) = rebooter.reboot() {
+                    tracing::error!("reboot failed: {e:#}");
+                }
+            });
+            info!("reboot requested");
+            no_content()
+        }
         Op::RefreshUpdates | Op::PrepareUpdate | Op::ActivateUpdate | Op::DeactivateUpdate => {
             Err(not_implemented("the update action"))
         }
@@ -947,6 +973,66 @@ mod tests {
                 prop_assert!(Settings::from_json(&state.ds.live().unwrap()).is_ok());
             }
         }
+    }
+
+    /// Counts reboots and notes whether the answer was built before the reboot ran.
+    #[derive(Debug, Default)]
+    struct CountingRebooter(std::sync::atomic::AtomicUsize);
+
+    impl crate::reboot::Rebooter for CountingRebooter {
+        fn reboot(&self) -> anyhow::Result<()> {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn reboot_answers_204_then_reboots_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let rebooter = Arc::new(CountingRebooter::default());
+        let ds = Datastore::open(dir.path()).unwrap();
+        let state = Arc::new(
+            State::open(ds, None, Metadata::default(), BTreeMap::new())
+                .unwrap()
+                .with_rebooter(rebooter.clone()),
+        );
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let resp = rt.block_on(respond(
+            &state,
+            "POST",
+            "/actions/reboot",
+            None,
+            Bytes::new(),
+        ));
+        assert_eq!(resp.status(), StatusCode::NO_CONTENT);
+        assert_eq!(
+            rebooter.0.load(std::sync::atomic::Ordering::SeqCst),
+            0,
+            "the answer comes before the reboot"
+        );
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while rebooter.0.load(std::sync::atomic::Ordering::SeqCst) == 0 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no reboot within 10 s"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        std::thread::sleep(REBOOT_DELAY * 2);
+        assert_eq!(rebooter.0.load(std::sync::atomic::Ordering::SeqCst), 1);
+        // Without a rebooter the action says it is not available.
+        let plain = test_state(dir.path());
+        let resp = rt.block_on(respond(
+            &plain,
+            "POST",
+            "/actions/reboot",
+            None,
+            Bytes::new(),
+        ));
+        assert_eq!(resp.status(), StatusCode::NOT_IMPLEMENTED);
     }
 
     #[test]

@@ -345,6 +345,15 @@ fn status_codes_follow_bottlerocket() {
 }
 
 #[test]
+fn apiclient_reboot_is_answered_when_apiserver_may_reboot() {
+    // `--reboot log` stands in for `--reboot systemd` (D-Bus) on the build host.
+    let s = Server::start(&["--reboot", "log"]);
+    assert_eq!(s.http("POST", "/actions/reboot", None).0, 204);
+    s.ok(&["reboot"]);
+    assert_eq!(s.http("GET", "/actions/reboot", None).0, 405);
+}
+
+#[test]
 fn socket_has_mode_0660_and_missing_server_is_a_clear_error() {
     use std::os::unix::fs::{MetadataExt, PermissionsExt};
     // Our own primary group: any user may give a file it owns to it.

@@ -112,9 +112,10 @@ pub enum Command {
         /// Services to render (comma-separated); all services when absent.
         #[arg(long, value_delimiter = ',')]
         services: Vec<String>,
-        /// Boot mode: render and apply sysctls, but restart no unit (they start afterwards).
+        /// Boot mode: restart only units already running (e.g. systemd-resolved); the units
+        /// ordered after configured.target start afterwards and read the new files.
         #[arg(long)]
-        no_restart: bool,
+        boot: bool,
         /// Service metadata file.
         #[arg(long, default_value = paths::METADATA)]
         metadata_file: PathBuf,
@@ -159,7 +160,7 @@ pub fn run(args: Args) -> Result<()> {
         }
         Command::Render {
             services,
-            no_restart,
+            boot,
             metadata_file,
             root,
         } => {
@@ -170,12 +171,13 @@ pub fn run(args: Args) -> Result<()> {
                 root: &root,
             };
             let plan = renderer.render(&settings, &services)?;
-            if no_restart {
-                renderer.apply_builtins(&settings, &plan)?;
-                return Ok(());
-            }
+            let mode = if boot {
+                render::Mode::Boot
+            } else {
+                render::Mode::Live
+            };
             let units = systemd::DbusUnits::connect()?;
-            renderer.finish(&settings, &plan, &units)?;
+            renderer.finish(&settings, &plan, &units, mode)?;
             Ok(())
         }
     }
@@ -228,13 +230,9 @@ mod tests {
         let a =
             Args::try_parse_from(["boot-config", "render", "--services", "chronyd,motd"]).unwrap();
         match a.command {
-            Command::Render {
-                services,
-                no_restart,
-                ..
-            } => {
+            Command::Render { services, boot, .. } => {
                 assert_eq!(services, ["chronyd", "motd"]);
-                assert!(!no_restart);
+                assert!(!boot);
             }
             other => panic!("unexpected {other:?}"),
         }

@@ -3,8 +3,12 @@
 //!
 //! `restart-commands` in the metadata are actions, not shell commands (production images have
 //! no shell): `restart UNIT`, `try-restart UNIT`, `reload-or-restart UNIT` (a leading
-//! `systemctl` is accepted and ignored), or `apply-sysctl`, which writes every
-//! `settings.kernel.sysctl` value to `/proc/sys`.
+//! `systemctl` is accepted and ignored), `daemon-reload`, `apply-sysctl`, which writes every
+//! `settings.kernel.sysctl` value to `/proc/sys`, or `apply-hostname`, which sets the kernel
+//! host name from `settings.network.hostname`.
+//!
+//! When a rendered file is a unit file or drop-in (under `/etc/systemd/system` or
+//! `/run/systemd/system`), systemd reloads its units before any restart.
 
 use crate::systemd::{Units, Verb};
 use serde_json::Value;
@@ -36,10 +40,23 @@ pub enum RenderError {
     },
     #[error("configuration file {file}: mode '{mode}' is not octal")]
     Mode { file: String, mode: String },
-    #[error("service '{service}': restart command '{command}' is not `[systemctl] restart|try-restart|reload-or-restart UNIT` or `apply-sysctl`")]
+    #[error("service '{service}': restart command '{command}' is not `[systemctl] restart|try-restart|reload-or-restart UNIT`, `daemon-reload`, `apply-sysctl` or `apply-hostname`")]
     Command { service: String, command: String },
     #[error("failed to set sysctl {keys}")]
     Sysctl { keys: String },
+    #[error(
+        "failed to set the kernel host name to '{name}' (settings.network.hostname) through {path}"
+    )]
+    Hostname {
+        name: String,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("failed to reload systemd's units after writing {paths}")]
+    DaemonReload {
+        paths: String,
+        source: anyhow::Error,
+    },
     #[error("failed to restart {unit} for service '{service}'")]
     Restart {
         unit: String,
@@ -52,7 +69,17 @@ pub enum RenderError {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Action {
     Unit(Verb, String),
+    DaemonReload,
     ApplySysctl,
+    ApplyHostname,
+}
+
+/// When the renderer runs: at boot, units that read rendered files start afterwards, so only
+/// units already running are restarted; on a live change, the actions run as written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    Boot,
+    Live,
 }
 
 /// Parses one restart command.
@@ -66,6 +93,8 @@ pub fn parse_action(service: &str, command: &str) -> Result<Action, RenderError>
     }
     match words.as_slice() {
         ["apply-sysctl"] => Ok(Action::ApplySysctl),
+        ["apply-hostname"] => Ok(Action::ApplyHostname),
+        ["daemon-reload"] => Ok(Action::DaemonReload),
         [verb, unit] => match Verb::parse(verb) {
             Some(v) => Ok(Action::Unit(v, (*unit).to_string())),
             None => Err(RenderError::Command {
@@ -106,8 +135,7 @@ impl Renderer<'_> {
         } else {
             services.to_vec()
         };
-        let mut env = minijinja::Environment::new();
-        env.set_undefined_behavior(minijinja::UndefinedBehavior::Chainable);
+        let env = self.environment();
         let ctx = minijinja::context! { settings => minijinja::Value::from(minijinja::value::Serde(settings)) };
         let mut plan = Plan::default();
         for name in names {
@@ -161,31 +189,137 @@ impl Renderer<'_> {
         Ok(plan)
     }
 
-    /// Runs the built-in actions of the plan (sysctl).
+    /// The template environment: minijinja's builtins, undefined values chain (a missing
+    /// `settings.network` renders as empty), plus Berth's filters and functions:
+    ///
+    /// - `base64_decode`: base64 text to UTF-8 text (`settings.pki.<name>.data`);
+    /// - `toml_string`: a quoted TOML basic string;
+    /// - `kernel_hostname`: the host name the kernel takes (at most 64 bytes: the first label
+    ///   of a longer name); `short_hostname`: the first label;
+    /// - `certificate_bodies`: the base64 bodies of the PEM certificates in a text;
+    ///   `distrusted_certificates`: those of the `settings.pki` bundles with `trusted = false`;
+    /// - `list_files(dir)`, `read_file(path)`: files of the image, resolved under the root
+    ///   (the CA bundle starts from Debian's Mozilla certificates).
+    pub fn environment(&self) -> minijinja::Environment<'static> {
+        use minijinja::{Error, ErrorKind};
+        let mut env = minijinja::Environment::new();
+        env.set_undefined_behavior(minijinja::UndefinedBehavior::Chainable);
+        env.add_filter("base64_decode", |data: String| -> Result<String, Error> {
+            let bytes = settings_api::pem::decode_base64(&data)
+                .map_err(|e| Error::new(ErrorKind::InvalidOperation, e.to_string()))?;
+            String::from_utf8(bytes).map_err(|_| {
+                Error::new(ErrorKind::InvalidOperation, "base64 data is not UTF-8 text")
+            })
+        });
+        env.add_filter("toml_string", |s: String| toml_string(&s));
+        env.add_filter("kernel_hostname", |s: String| kernel_hostname(&s));
+        env.add_filter("short_hostname", |s: String| {
+            s.split('.').next().unwrap_or_default().to_string()
+        });
+        env.add_filter("certificate_bodies", |text: String| {
+            certificate_bodies(&text)
+        });
+        env.add_filter("distrusted_certificates", |pki: minijinja::Value| {
+            distrusted_certificates(&serde_json::to_value(&pki).unwrap_or_default())
+        });
+        let root = self.root.to_path_buf();
+        env.add_function("read_file", move |path: String| -> Result<String, Error> {
+            let full = root.join(path.trim_start_matches('/'));
+            std::fs::read_to_string(&full).map_err(|e| {
+                Error::new(
+                    ErrorKind::InvalidOperation,
+                    format!("cannot read {}: {e}", full.display()),
+                )
+            })
+        });
+        let root = self.root.to_path_buf();
+        env.add_function(
+            "list_files",
+            move |dir: String| -> Result<Vec<String>, Error> {
+                let full = root.join(dir.trim_start_matches('/'));
+                let entries = std::fs::read_dir(&full).map_err(|e| {
+                    Error::new(
+                        ErrorKind::InvalidOperation,
+                        format!("cannot list {}: {e}", full.display()),
+                    )
+                })?;
+                let mut names: Vec<String> = entries
+                    .flatten()
+                    .filter(|e| e.file_type().is_ok_and(|t| t.is_file()))
+                    .map(|e| {
+                        format!(
+                            "{}/{}",
+                            dir.trim_end_matches('/'),
+                            e.file_name().to_string_lossy()
+                        )
+                    })
+                    .collect();
+                names.sort();
+                Ok(names)
+            },
+        );
+        env
+    }
+
+    /// Runs the built-in actions of the plan (sysctl, host name).
     pub fn apply_builtins(&self, settings: &Value, plan: &Plan) -> Result<(), RenderError> {
-        let wants_sysctl = plan
-            .services
-            .iter()
-            .any(|(_, actions)| actions.contains(&Action::ApplySysctl));
-        if wants_sysctl {
+        let wants = |action: &Action| {
+            plan.services
+                .iter()
+                .any(|(_, actions)| actions.contains(action))
+        };
+        if wants(&Action::ApplySysctl) {
             self.apply_sysctl(settings)?;
+        }
+        if wants(&Action::ApplyHostname) {
+            self.apply_hostname(settings)?;
         }
         Ok(())
     }
 
-    /// Built-in actions, then unit restarts, in service order.
+    /// Built-in actions, a daemon-reload when unit files were written (or asked for), then
+    /// unit restarts in service order. At boot a unit is restarted only when it is already
+    /// running (try-restart); the others start after configured.target and read the new files.
     pub fn finish(
         &self,
         settings: &Value,
         plan: &Plan,
         units: &dyn Units,
+        mode: Mode,
     ) -> Result<(), RenderError> {
         self.apply_builtins(settings, plan)?;
+        let unit_files: Vec<String> = plan
+            .written
+            .iter()
+            .filter(|p| self.is_unit_file(p))
+            .map(|p| p.display().to_string())
+            .collect();
+        let asked = plan
+            .services
+            .iter()
+            .any(|(_, actions)| actions.contains(&Action::DaemonReload));
+        if !unit_files.is_empty() || asked {
+            units
+                .daemon_reload()
+                .map_err(|source| RenderError::DaemonReload {
+                    paths: if unit_files.is_empty() {
+                        "nothing (asked by restart-commands)".to_string()
+                    } else {
+                        unit_files.join(", ")
+                    },
+                    source,
+                })?;
+            tracing::info!(files = ?unit_files, "systemd units reloaded");
+        }
         for (service, actions) in &plan.services {
             for action in actions {
                 if let Action::Unit(verb, unit) = action {
+                    let verb = match mode {
+                        Mode::Boot => Verb::TryRestart,
+                        Mode::Live => *verb,
+                    };
                     units
-                        .restart(*verb, unit)
+                        .restart(verb, unit)
                         .map_err(|source| RenderError::Restart {
                             unit: unit.clone(),
                             service: service.clone(),
@@ -194,6 +328,37 @@ impl Renderer<'_> {
                 }
             }
         }
+        Ok(())
+    }
+
+    /// A unit file or drop-in that systemd reads from /etc or /run.
+    fn is_unit_file(&self, path: &Path) -> bool {
+        let rel = path.strip_prefix(self.root).unwrap_or(path);
+        ["etc/systemd/system", "run/systemd/system"]
+            .iter()
+            .any(|dir| rel.starts_with(dir))
+    }
+
+    /// Sets the kernel host name (the UTS name of this namespace, what sethostname(2) sets)
+    /// through /proc/sys/kernel/hostname, to the same value `/etc/hostname` gets.
+    fn apply_hostname(&self, settings: &Value) -> Result<(), RenderError> {
+        let name = kernel_hostname(
+            settings
+                .pointer("/network/hostname")
+                .and_then(Value::as_str)
+                .unwrap_or("localhost"),
+        );
+        let path = self.under("proc/sys/kernel/hostname");
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .and_then(|mut f| f.write_all(name.as_bytes()))
+            .map_err(|source| RenderError::Hostname {
+                name: name.clone(),
+                path: path.clone(),
+                source,
+            })?;
+        tracing::info!(hostname = %name, "host name set");
         Ok(())
     }
 
@@ -240,6 +405,68 @@ impl Renderer<'_> {
     }
 }
 
+/// The kernel takes host names of at most 64 bytes; a longer (fully qualified) name gives its
+/// first label, which RFC 1123 limits to 63.
+pub fn kernel_hostname(name: &str) -> String {
+    const HOST_NAME_MAX: usize = 64;
+    if name.len() <= HOST_NAME_MAX {
+        name.to_string()
+    } else {
+        name.split('.').next().unwrap_or_default().to_string()
+    }
+}
+
+/// A TOML basic string (quoted, with `\`, `"` and control characters escaped).
+pub fn toml_string(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\t' => out.push_str("\\t"),
+            '\r' => out.push_str("\\r"),
+            c if c.is_control() => out.push_str(&format!("\\u{:04X}", u32::from(c))),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+/// The base64 bodies (whitespace removed) of the PEM certificates in `text`.
+pub fn certificate_bodies(text: &str) -> Vec<String> {
+    let mut bodies = Vec::new();
+    let mut current: Option<String> = None;
+    for line in text.lines() {
+        let line = line.trim();
+        if line == "-----BEGIN CERTIFICATE-----" {
+            current = Some(String::new());
+        } else if line == "-----END CERTIFICATE-----" {
+            bodies.extend(current.take());
+        } else if let Some(body) = current.as_mut() {
+            body.push_str(line);
+        }
+    }
+    bodies
+}
+
+/// Certificate bodies of the `settings.pki` bundles with `trusted = false`.
+fn distrusted_certificates(pki: &Value) -> Vec<String> {
+    let Some(bundles) = pki.as_object() else {
+        return Vec::new();
+    };
+    bundles
+        .values()
+        .filter(|b| b.get("trusted") == Some(&Value::Bool(false)))
+        .filter_map(|b| b.get("data")?.as_str())
+        .filter_map(|data| settings_api::pem::decode_base64(data).ok())
+        .filter_map(|bytes| String::from_utf8(bytes).ok())
+        .flat_map(|text| certificate_bodies(&text))
+        .collect()
+}
+
 /// Writes `data` to `path` through a temporary file and a rename, so readers see the old or the
 /// new file, never a partial one. /etc is a tmpfs: no fsync.
 fn write_atomic(path: &Path, data: &[u8], mode: u32) -> Result<(), RenderError> {
@@ -277,8 +504,29 @@ mod tests {
         }
         std::fs::create_dir_all(dir.path().join("proc/sys/vm")).unwrap();
         std::fs::write(dir.path().join("proc/sys/vm/max_map_count"), "65530\n").unwrap();
+        std::fs::create_dir_all(dir.path().join("proc/sys/kernel")).unwrap();
+        std::fs::write(dir.path().join("proc/sys/kernel/hostname"), "vm\n").unwrap();
+        // Two stand-ins for Debian's Mozilla certificates.
+        let mozilla = dir.path().join("usr/share/ca-certificates/mozilla");
+        std::fs::create_dir_all(&mozilla).unwrap();
+        for entry in std::fs::read_dir(fixtures().join("mozilla")).unwrap() {
+            let entry = entry.unwrap();
+            std::fs::copy(entry.path(), mozilla.join(entry.file_name())).unwrap();
+        }
         let md = Metadata::load(&workspace().join("variants/shared/metadata.toml")).unwrap();
         (dir, md)
+    }
+
+    fn fixtures() -> PathBuf {
+        workspace().join("agents/boot-config/tests/fixtures")
+    }
+
+    fn b64(data: &[u8]) -> String {
+        settings_api::pem::encode_base64(data)
+    }
+
+    fn corp_ca() -> String {
+        std::fs::read_to_string(fixtures().join("corp-ca.pem")).unwrap()
     }
 
     fn settings() -> Value {
@@ -289,10 +537,36 @@ mod tests {
         })
     }
 
+    /// Every setting the host services read, for the golden files.
+    fn full_settings() -> Value {
+        let beta =
+            std::fs::read_to_string(fixtures().join("mozilla/Berth_Test_Beta_Root.crt")).unwrap();
+        let mut s = settings();
+        s["network"] = json!({
+            "hostname": "node-1.example.com",
+            "https-proxy": "http://proxy.example.com:3128",
+            "no-proxy": [".example.com", "10.0.0.0/8"],
+        });
+        s["dns"] = json!({"name-servers": ["10.0.2.3", "fd00::3"], "search-list": ["example.com", "corp.example"]});
+        s["pki"] = json!({
+            "corp": {"data": b64(corp_ca().as_bytes()), "trusted": true},
+            "no-beta": {"data": b64(beta.as_bytes()), "trusted": false},
+        });
+        s["container-registry"] = json!({
+            "mirrors": [
+                {"registry": "docker.io", "endpoint": ["https://mirror.example.com", "https://mirror2.example.com"]},
+                {"registry": "*", "endpoint": ["https://all.example.com"]},
+            ],
+            "credentials": [
+                {"registry": "docker.io", "username": "me", "password": "pa\"ss\\word"},
+                {"registry": "registry.example.com:5000", "auth": "bWU6cGFzcw=="},
+            ],
+        });
+        s
+    }
+
     fn golden(name: &str, got: &str) {
-        let path = workspace()
-            .join("agents/boot-config/tests/fixtures")
-            .join(name);
+        let path = fixtures().join(name);
         if std::env::var_os("BERTH_BLESS").is_some() {
             std::fs::write(&path, got).unwrap();
         }
@@ -323,6 +597,149 @@ mod tests {
         );
     }
 
+    fn read(root: &tempfile::TempDir, path: &str) -> String {
+        std::fs::read_to_string(root.path().join(path)).unwrap()
+    }
+
+    #[test]
+    fn renders_host_services_matching_golden_files() {
+        let (root, md) = fixture_root();
+        let r = Renderer {
+            metadata: &md,
+            root: root.path(),
+        };
+        let plan = r.render(&full_settings(), &[]).unwrap();
+        for (fixture, path) in [
+            ("hostname", "etc/hostname"),
+            ("hosts", "etc/hosts"),
+            ("proxy.env", "etc/network/proxy.env"),
+            ("resolved.conf", "etc/systemd/resolved.conf.d/berth.conf"),
+            ("ca-certificates.crt", "etc/ssl/certs/ca-certificates.crt"),
+            ("containerd-config.toml", "etc/containerd/config.toml"),
+        ] {
+            golden(fixture, &read(&root, path));
+        }
+        // What the goldens mean: the trusted bundle is added, the distrusted one removed.
+        let bundle = read(&root, "etc/ssl/certs/ca-certificates.crt");
+        let bodies = certificate_bodies(&bundle);
+        assert_eq!(bodies.len(), 2, "{bundle}");
+        assert_eq!(bodies[1], certificate_bodies(&corp_ca())[0]);
+        assert!(bundle.contains("# settings.pki.corp"));
+        let containerd = read(&root, "etc/containerd/config.toml");
+        let parsed: toml::Table = toml::from_str(&containerd).expect("containerd config is TOML");
+        let registry = &parsed["plugins"]["io.containerd.grpc.v1.cri"]["registry"];
+        assert_eq!(
+            registry["mirrors"]["docker.io"]["endpoint"][1].as_str(),
+            Some("https://mirror2.example.com")
+        );
+        assert_eq!(
+            registry["configs"]["registry-1.docker.io"]["auth"]["password"].as_str(),
+            Some("pa\"ss\\word")
+        );
+        let mode = std::fs::metadata(root.path().join("etc/containerd/config.toml"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600, "registry credentials are root-only");
+
+        // apply-hostname sets the kernel host name; nothing else restarts at boot here.
+        let units = RecordingUnits::default();
+        r.finish(&full_settings(), &plan, &units, Mode::Boot)
+            .unwrap();
+        assert_eq!(
+            read(&root, "proc/sys/kernel/hostname"),
+            "node-1.example.com"
+        );
+        let recorded = units.0.lock().unwrap().clone();
+        assert!(
+            recorded
+                .iter()
+                .all(|(verb, _)| *verb == Some(Verb::TryRestart)),
+            "boot mode only try-restarts: {recorded:?}"
+        );
+    }
+
+    #[test]
+    fn renders_defaults_when_host_settings_are_unset() {
+        let (root, md) = fixture_root();
+        let r = Renderer {
+            metadata: &md,
+            root: root.path(),
+        };
+        let plan = r.render(&settings(), &[]).unwrap();
+        assert_eq!(read(&root, "etc/hostname"), "localhost\n");
+        assert!(!read(&root, "etc/hosts").contains("127.0.1.1"));
+        assert!(!read(&root, "etc/network/proxy.env").contains("PROXY="));
+        let resolved = read(&root, "etc/systemd/resolved.conf.d/berth.conf");
+        assert!(
+            resolved.contains("[Resolve]") && !resolved.contains("DNS="),
+            "{resolved}"
+        );
+        let bundle = read(&root, "etc/ssl/certs/ca-certificates.crt");
+        assert_eq!(
+            certificate_bodies(&bundle).len(),
+            2,
+            "the Mozilla part only"
+        );
+        let containerd: toml::Table =
+            toml::from_str(&read(&root, "etc/containerd/config.toml")).unwrap();
+        assert!(containerd["plugins"]["io.containerd.grpc.v1.cri"]
+            .get("registry")
+            .is_none());
+        r.finish(&settings(), &plan, &RecordingUnits::default(), Mode::Live)
+            .unwrap();
+        assert_eq!(read(&root, "proc/sys/kernel/hostname"), "localhost");
+    }
+
+    #[test]
+    fn long_host_names_give_the_kernel_their_first_label() {
+        let long = format!("{}.{}.example.com", "a".repeat(40), "b".repeat(40));
+        assert_eq!(kernel_hostname(&long), "a".repeat(40));
+        assert_eq!(kernel_hostname("node-1.example.com"), "node-1.example.com");
+        assert_eq!(toml_string("a\"b\\c\n"), r#""a\"b\\c\n""#);
+    }
+
+    #[test]
+    fn unit_files_written_reload_systemd_before_restarts() {
+        let (root, _) = fixture_root();
+        // A service whose file is a drop-in under /etc/systemd/system.
+        let text = r#"
+            [affected-services]
+            "motd" = ["dropin"]
+            [services.dropin]
+            configuration-files = ["dropin-conf"]
+            restart-commands = ["restart example.service"]
+            [configuration-files.dropin-conf]
+            path = "/etc/systemd/system/example.service.d/berth.conf"
+            template-path = "/usr/share/berth/templates/motd"
+        "#;
+        let md = Metadata::parse(text, Path::new("test.toml")).unwrap();
+        let r = Renderer {
+            metadata: &md,
+            root: root.path(),
+        };
+        let units = RecordingUnits::default();
+        let plan = r.render(&settings(), &["dropin".to_string()]).unwrap();
+        r.finish(&settings(), &plan, &units, Mode::Live).unwrap();
+        assert_eq!(
+            *units.0.lock().unwrap(),
+            vec![
+                (None, "daemon-reload".to_string()),
+                (Some(Verb::Restart), "example.service".to_string())
+            ]
+        );
+        // A plain file does not reload.
+        let (root, md) = fixture_root();
+        let r = Renderer {
+            metadata: &md,
+            root: root.path(),
+        };
+        let units = RecordingUnits::default();
+        let plan = r.render(&settings(), &["chronyd".to_string()]).unwrap();
+        r.finish(&settings(), &plan, &units, Mode::Live).unwrap();
+        assert!(!units.0.lock().unwrap().iter().any(|(v, _)| v.is_none()));
+    }
+
     #[test]
     fn restarts_exactly_the_units_of_the_asked_services_and_sets_sysctls() {
         let (root, md) = fixture_root();
@@ -332,10 +749,10 @@ mod tests {
         };
         let units = RecordingUnits::default();
         let plan = r.render(&settings(), &["chronyd".to_string()]).unwrap();
-        r.finish(&settings(), &plan, &units).unwrap();
+        r.finish(&settings(), &plan, &units, Mode::Live).unwrap();
         assert_eq!(
             *units.0.lock().unwrap(),
-            vec![(Verb::TryRestart, "chrony.service".to_string())]
+            vec![(Some(Verb::TryRestart), "chrony.service".to_string())]
         );
         assert!(
             !root.path().join("etc/motd").exists(),
@@ -343,7 +760,7 @@ mod tests {
         );
 
         let plan = r.render(&settings(), &["sysctl".to_string()]).unwrap();
-        r.finish(&settings(), &plan, &units).unwrap();
+        r.finish(&settings(), &plan, &units, Mode::Live).unwrap();
         assert_eq!(
             std::fs::read_to_string(root.path().join("proc/sys/vm/max_map_count")).unwrap(),
             "262144"
@@ -363,7 +780,7 @@ mod tests {
         let bad = json!({"kernel": {"sysctl": {"net.no.such": "1"}}});
         let plan = r.render(&bad, &["sysctl".to_string()]).unwrap();
         let e = r
-            .finish(&bad, &plan, &RecordingUnits::default())
+            .finish(&bad, &plan, &RecordingUnits::default(), Mode::Live)
             .unwrap_err();
         assert!(
             e.to_string()

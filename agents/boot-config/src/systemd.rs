@@ -35,7 +35,10 @@ impl Verb {
 
 /// The systemd unit manager.
 pub trait Units {
+    /// Restarts `unit`; a try-restart of a unit that is not loaded or not running does nothing.
     fn restart(&self, verb: Verb, unit: &str) -> Result<()>;
+    /// Reloads unit files and drop-ins (`systemctl daemon-reload`).
+    fn daemon_reload(&self) -> Result<()>;
 }
 
 /// systemd's manager on the system bus.
@@ -83,6 +86,22 @@ impl Units for DbusUnits {
     fn restart(&self, verb: Verb, unit: &str) -> Result<()> {
         let started = std::time::Instant::now();
         let before = self.state(unit).ok();
+        if verb == Verb::TryRestart {
+            // Not loaded (no such unit in this image, e.g. containerd on a qemu variant) or not
+            // running: nothing to restart, and no job is queued that could replace a pending
+            // start job of a unit waiting for configured.target.
+            match &before {
+                None => {
+                    tracing::info!(unit, "not loaded; not restarted");
+                    return Ok(());
+                }
+                Some((state, _)) if state != "active" => {
+                    tracing::info!(unit, state = %state, "not running; not restarted");
+                    return Ok(());
+                }
+                Some(_) => {}
+            }
+        }
         let manager = self.proxy(
             "/org/freedesktop/systemd1",
             "org.freedesktop.systemd1.Manager",
@@ -91,13 +110,9 @@ impl Units for DbusUnits {
             .call(verb.method(), &(unit, "replace"))
             .with_context(|| format!("systemd {} {unit} failed", verb.method()))?;
         tracing::debug!(unit, job = %job.as_str(), "queued {}", verb.method());
-        let Some((state, since)) = before else {
+        let Some((_, since)) = before else {
             return Ok(());
         };
-        if verb == Verb::TryRestart && state != "active" {
-            tracing::info!(unit, state = %state, "not running; not restarted");
-            return Ok(());
-        }
         loop {
             let (now, entered) = self.state(unit)?;
             if now == "active" && entered > since {
@@ -114,18 +129,40 @@ impl Units for DbusUnits {
             std::thread::sleep(std::time::Duration::from_millis(50));
         }
     }
+
+    /// `Reload` returns once systemd has reloaded its units.
+    fn daemon_reload(&self) -> Result<()> {
+        let manager = self.proxy(
+            "/org/freedesktop/systemd1",
+            "org.freedesktop.systemd1.Manager",
+        )?;
+        manager
+            .call::<_, _, ()>("Reload", &())
+            .context("systemd Reload (daemon-reload) failed")
+    }
 }
 
-/// Records restarts, for tests.
+/// Records restarts and daemon-reloads (as `(None, "daemon-reload")`), for tests.
 #[derive(Debug, Default)]
-pub struct RecordingUnits(pub std::sync::Mutex<Vec<(Verb, String)>>);
+pub struct RecordingUnits(pub std::sync::Mutex<Vec<(Option<Verb>, String)>>);
 
-impl Units for RecordingUnits {
-    fn restart(&self, verb: Verb, unit: &str) -> Result<()> {
+impl RecordingUnits {
+    fn record(&self, verb: Option<Verb>, what: &str) {
         self.0
             .lock()
             .expect("no test panics while holding the lock")
-            .push((verb, unit.to_string()));
+            .push((verb, what.to_string()));
+    }
+}
+
+impl Units for RecordingUnits {
+    fn restart(&self, verb: Verb, unit: &str) -> Result<()> {
+        self.record(Some(verb), unit);
+        Ok(())
+    }
+
+    fn daemon_reload(&self) -> Result<()> {
+        self.record(None, "daemon-reload");
         Ok(())
     }
 }

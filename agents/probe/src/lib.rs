@@ -225,6 +225,105 @@ pub fn facts(root: &Path, dm: &dyn DeviceMapper) -> Vec<(String, String)> {
         "sysctl-vm.max_map_count",
         read_trim(root.join("proc/sys/vm/max_map_count")),
     );
+    // Host services rendered from settings: hostname, proxy, DNS, CA bundle, containerd.
+    push("hostname", read_trim(root.join("proc/sys/kernel/hostname")));
+    push("etc-hostname", read_trim(root.join("etc/hostname")));
+    push(
+        "hosts-hostname",
+        read_trim(root.join("etc/hosts")).and_then(|t| {
+            t.lines()
+                .find_map(|l| l.strip_prefix("127.0.1.1"))
+                .map(|names| names.split_whitespace().collect::<Vec<_>>().join(","))
+        }),
+    );
+    let proxy_env = read_trim(root.join("etc/network/proxy.env")).unwrap_or_default();
+    let env_value = |name: &str| {
+        proxy_env
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix('='))
+            .map(str::to_string)
+    };
+    push("proxy-https", env_value("HTTPS_PROXY"));
+    push("proxy-no", env_value("NO_PROXY"));
+    // What systemd-resolved uses (global servers from settings.dns, then DHCP's per link).
+    let resolv = read_trim(root.join("run/systemd/resolve/resolv.conf"));
+    let resolv_words = |key: &str| {
+        resolv.as_deref().map(|t| {
+            t.lines()
+                .filter_map(|l| l.strip_prefix(key))
+                .flat_map(str::split_whitespace)
+                .collect::<Vec<_>>()
+                .join(",")
+        })
+    };
+    push("dns-servers", resolv_words("nameserver "));
+    push("dns-search", resolv_words("search "));
+    push(
+        "resolv-conf-link",
+        std::fs::read_link(root.join("etc/resolv.conf"))
+            .ok()
+            .map(|p| p.display().to_string()),
+    );
+    let bundle = read_trim(root.join("etc/ssl/certs/ca-certificates.crt"));
+    push(
+        "ca-bundle-certs",
+        bundle
+            .as_deref()
+            .map(|t| t.matches("-----BEGIN CERTIFICATE-----").count().to_string()),
+    );
+    push(
+        "ca-bundle-pki",
+        bundle.as_deref().map(|t| {
+            t.lines()
+                .filter_map(|l| l.strip_prefix("# settings.pki."))
+                .collect::<Vec<_>>()
+                .join(",")
+        }),
+    );
+    push(
+        "ca-bundle-last-cert-end",
+        bundle.as_deref().and_then(|t| {
+            let body = t.rsplit_once("-----END CERTIFICATE-----")?.0;
+            let body: String = body.lines().last()?.trim().to_string();
+            Some(body[body.len().saturating_sub(24)..].to_string())
+        }),
+    );
+    let containerd = read_trim(root.join("etc/containerd/config.toml"));
+    let headers = |kind: &str| {
+        containerd.as_deref().map(|t| {
+            let marker = format!(".registry.{kind}.");
+            t.lines()
+                .filter_map(|l| {
+                    let rest = &l[l.find(&marker)? + marker.len()..];
+                    let name = rest.strip_prefix('"')?;
+                    Some(name[..name.find('"')?].to_string())
+                })
+                .collect::<Vec<_>>()
+                .join(",")
+        })
+    };
+    push("containerd-mirrors", headers("mirrors"));
+    push("containerd-auth", headers("configs"));
+    push(
+        "containerd-endpoints",
+        containerd.as_deref().map(|t| {
+            t.lines()
+                .filter_map(|l| l.strip_prefix("endpoint = "))
+                .collect::<Vec<_>>()
+                .join(";")
+        }),
+    );
+    push(
+        "containerd-config-mode",
+        std::fs::metadata(root.join("etc/containerd/config.toml"))
+            .ok()
+            .map(|m| {
+                format!(
+                    "{:o}",
+                    std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o7777
+                )
+            }),
+    );
     push(
         "user-data-state",
         read_trim(root.join("private/boot-config/user-data.json")).and_then(|t| {

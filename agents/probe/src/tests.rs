@@ -22,7 +22,11 @@ fn copy_dir(from: &Path, to: &Path) {
     for e in std::fs::read_dir(from).expect("readdir") {
         let e = e.expect("entry");
         let dst = to.join(e.file_name());
-        if e.file_type().expect("type").is_dir() {
+        let kind = e.file_type().expect("type");
+        if kind.is_symlink() {
+            let target = std::fs::read_link(e.path()).expect("readlink");
+            std::os::unix::fs::symlink(target, dst).expect("symlink");
+        } else if kind.is_dir() {
             copy_dir(&e.path(), &dst);
         } else {
             std::fs::copy(e.path(), dst).expect("copy");
@@ -69,6 +73,21 @@ fn facts_of_a_booted_berth_host() {
             "motd",
             "chrony-servers",
             "sysctl-vm.max_map_count",
+            "hostname",
+            "etc-hostname",
+            "hosts-hostname",
+            "proxy-https",
+            "proxy-no",
+            "dns-servers",
+            "dns-search",
+            "resolv-conf-link",
+            "ca-bundle-certs",
+            "ca-bundle-pki",
+            "ca-bundle-last-cert-end",
+            "containerd-mirrors",
+            "containerd-auth",
+            "containerd-endpoints",
+            "containerd-config-mode",
             "user-data-state",
             "rss-kib-apiserver",
             "rss-kib-chronyd",
@@ -96,13 +115,39 @@ fn facts_of_a_booted_berth_host() {
     assert_eq!(f["chrony-servers"], "10.0.2.2,ntp.example.com");
     assert_eq!(f["sysctl-vm.max_map_count"], "262144");
     assert_eq!(f["user-data-state"], "applied");
+    assert_eq!(f["hostname"], "node-1.example.com");
+    assert_eq!(f["etc-hostname"], "node-1.example.com");
+    assert_eq!(f["hosts-hostname"], "node-1.example.com,node-1");
+    assert_eq!(f["proxy-https"], "http://proxy.example.com:3128");
+    assert_eq!(
+        f["proxy-no"],
+        "localhost,127.0.0.1,::1,169.254.169.254,.example.com,10.0.0.0/8"
+    );
+    assert_eq!(f["dns-servers"], "10.0.2.3,fd00::3,10.0.2.4");
+    assert_eq!(f["dns-search"], "example.com,corp.example");
+    assert_eq!(
+        f["resolv-conf-link"],
+        "../run/systemd/resolve/stub-resolv.conf"
+    );
+    assert_eq!(f["ca-bundle-certs"], "2");
+    assert_eq!(f["ca-bundle-pki"], "corp");
+    assert_eq!(f["ca-bundle-last-cert-end"], "yrJwItqNv0a0S+BHermYtw==");
+    assert_eq!(f["containerd-mirrors"], "docker.io,*");
+    assert_eq!(
+        f["containerd-auth"],
+        "registry-1.docker.io,registry.example.com:5000"
+    );
+    assert_eq!(
+        f["containerd-endpoints"],
+        r#"["https://mirror.example.com", "https://mirror2.example.com"];["https://all.example.com"]"#
+    );
     assert_eq!(f["rss-kib-apiserver"], "5120");
     // The write test left nothing behind.
     assert_eq!(
         std::fs::read_dir(root.path().join("etc"))
             .expect("etc")
             .count(),
-        3
+        9
     );
 }
 

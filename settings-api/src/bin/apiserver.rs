@@ -38,6 +38,9 @@ fn run(args: ServerArgs) -> anyhow::Result<()> {
     if let Some(path) = &args.user_data_status {
         state = state.with_user_data_status(path.clone());
     }
+    if let Some(method) = args.reboot {
+        state = state.with_rebooter(method.rebooter());
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .max_blocking_threads(4)
