@@ -91,7 +91,7 @@ pub static CHECKS: &[Check] = &[
     // ---- CIS Bottlerocket Benchmark ----
     check!(Bottlerocket, "1.1.1.1", 2, Automated,
         "Ensure mounting of udf filesystems is disabled",
-        "`udf` is not in /proc/modules and modprobe.d has `install udf /bin/true` (or /bin/false) or `blacklist udf`",
+        "`udf` is not in /proc/modules and modprobe.d has `install udf` with /bin/true, /bin/false, /usr/bin/true or /usr/bin/false, or `blacklist udf`",
         |h| modules_disabled(h, &["udf"])),
     check!(Bottlerocket, "1.2.1", 1, Manual,
         "Ensure software update repositories are configured",
@@ -489,7 +489,7 @@ fn modules_disabled(host: &HostRoot, modules: &[&str]) -> CheckResult {
             problems.push(format!("{m} is loaded ({})", paths::PROC_MODULES));
         } else if !disabled.contains(&name) {
             problems.push(format!(
-                "{m} is not disabled: no `install {m} /bin/true` or `blacklist {m}` in modprobe.d"
+                "{m} is not disabled: no `install {m} /usr/bin/false` (or /bin/true) or `blacklist {m}` in modprobe.d"
             ));
         }
     }

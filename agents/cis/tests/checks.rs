@@ -736,3 +736,55 @@ fn cis_report_binary_prints_the_report_and_exits_zero() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("is not a directory"));
 }
+
+/// Every sysctl file of the fixture set to a value no check accepts, then the shipped variant
+/// defaults (`variants/shared/defaults/base.toml`) applied as boot-config applies them, and the
+/// modprobe.d file boot-config renders from `settings.kernel.modules`: the defaults alone must
+/// pass every sysctl and module check, except the documented gap 1.4.4 (user namespaces).
+#[test]
+fn shipped_defaults_pass_the_sysctl_and_module_checks() {
+    let dir = hardened();
+    let root = dir.path();
+    let mut stack = vec![root.join("proc/sys")];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).unwrap() {
+            let entry = entry.unwrap();
+            if entry.file_type().unwrap().is_dir() {
+                stack.push(entry.path());
+            } else {
+                std::fs::write(entry.path(), "9\n").unwrap();
+            }
+        }
+    }
+    std::fs::remove_file(root.join("etc/modprobe.d/berth-cis.conf")).unwrap();
+
+    let defaults = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../variants/shared/defaults/base.toml"
+    );
+    let defaults: toml::Value = toml::from_str(&std::fs::read_to_string(defaults).unwrap()).unwrap();
+    let kernel = &defaults["settings"]["kernel"];
+    for (key, value) in kernel["sysctl"].as_table().unwrap() {
+        let path = root.join("proc/sys").join(key.replace('.', "/"));
+        if path.exists() {
+            std::fs::write(path, value.as_str().unwrap()).unwrap();
+        }
+    }
+    let mut modprobe = String::new();
+    for (name, module) in kernel["modules"].as_table().unwrap() {
+        if module.get("allowed").and_then(toml::Value::as_bool) == Some(false) {
+            modprobe.push_str(&format!("blacklist {name}\ninstall {name} /usr/bin/false\n"));
+        }
+    }
+    write(root, "etc/modprobe.d/berth-modules.conf", &modprobe);
+    assert_eq!(kernel["lockdown"].as_str(), Some("integrity"));
+
+    let report = Report::run(Benchmark::Bottlerocket, 2, &HostRoot::new(root), UNIX_EPOCH);
+    let failed: Vec<&str> = report
+        .results
+        .iter()
+        .filter(|r| r.result.status == CheckStatus::Fail)
+        .map(|r| r.metadata.id)
+        .collect();
+    assert_eq!(failed, vec!["1.4.4"], "{}", report.text());
+}
