@@ -107,9 +107,10 @@ impl Api {
         self.run_printing(args, usize::MAX)
     }
 
-    /// Runs apiclient and returns its stdout; fails when apiclient fails.
+    /// Runs apiclient and returns its stdout (printed only as a byte count: the caller prints
+    /// what it wants); fails when apiclient fails.
     pub fn stdout(&self, args: &[&str]) -> Result<String> {
-        let out = self.run(args)?;
+        let out = self.run_printing(args, 0)?;
         if !out.status.success() {
             bail!(
                 "apiclient {} failed: {}",

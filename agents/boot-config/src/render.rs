@@ -401,16 +401,14 @@ mod tests {
             metadata: &md,
             root: root.path(),
         };
-        let text =
-            std::fs::read_to_string(workspace().join("variants/shared/defaults/base.toml"))
-                .unwrap();
+        let text = std::fs::read_to_string(workspace().join("variants/shared/defaults/base.toml"))
+            .unwrap();
         let defaults: toml::Value = toml::from_str(&text).unwrap();
         let settings = serde_json::to_value(&defaults["settings"]).unwrap();
         r.render(&settings, &["kernel-modules".to_string()])
             .unwrap();
         let conf =
-            std::fs::read_to_string(root.path().join("etc/modprobe.d/berth-modules.conf"))
-                .unwrap();
+            std::fs::read_to_string(root.path().join("etc/modprobe.d/berth-modules.conf")).unwrap();
         for m in [
             "udf", "cramfs", "freevxfs", "hfs", "hfsplus", "jffs2", "sctp", "dccp", "rds", "tipc",
         ] {
@@ -436,7 +434,10 @@ mod tests {
         let plan = r.render(&settings(), &["lockdown".to_string()]).unwrap();
         r.finish(&settings(), &plan, &units).unwrap();
         assert_eq!(std::fs::read_to_string(&file).unwrap(), "integrity");
-        assert!(units.0.lock().unwrap().is_empty(), "lockdown restarts no unit");
+        assert!(
+            units.0.lock().unwrap().is_empty(),
+            "lockdown restarts no unit"
+        );
 
         // The kernel shows the new mode; asking for it again writes nothing.
         std::fs::write(&file, "none [integrity] confidentiality\n").unwrap();
@@ -454,7 +455,8 @@ mod tests {
         std::fs::remove_file(&file).unwrap();
         let e = r.finish(&settings(), &plan, &units).unwrap_err();
         assert!(
-            e.to_string().contains("settings.kernel.lockdown 'integrity'"),
+            e.to_string()
+                .contains("settings.kernel.lockdown 'integrity'"),
             "{e}"
         );
     }

@@ -762,7 +762,8 @@ fn shipped_defaults_pass_the_sysctl_and_module_checks() {
         env!("CARGO_MANIFEST_DIR"),
         "/../../variants/shared/defaults/base.toml"
     );
-    let defaults: toml::Value = toml::from_str(&std::fs::read_to_string(defaults).unwrap()).unwrap();
+    let defaults: toml::Value =
+        toml::from_str(&std::fs::read_to_string(defaults).unwrap()).unwrap();
     let kernel = &defaults["settings"]["kernel"];
     for (key, value) in kernel["sysctl"].as_table().unwrap() {
         let path = root.join("proc/sys").join(key.replace('.', "/"));
@@ -773,7 +774,9 @@ fn shipped_defaults_pass_the_sysctl_and_module_checks() {
     let mut modprobe = String::new();
     for (name, module) in kernel["modules"].as_table().unwrap() {
         if module.get("allowed").and_then(toml::Value::as_bool) == Some(false) {
-            modprobe.push_str(&format!("blacklist {name}\ninstall {name} /usr/bin/false\n"));
+            modprobe.push_str(&format!(
+                "blacklist {name}\ninstall {name} /usr/bin/false\n"
+            ));
         }
     }
     write(root, "etc/modprobe.d/berth-modules.conf", &modprobe);
