@@ -76,6 +76,10 @@ const PROGRAMS: &[Program] = &[
                 "/usr/share/berth/templates/chrony-conf",
             ),
             (
+                "agents/boot-config/templates/modprobe-conf",
+                "/usr/share/berth/templates/modprobe-conf",
+            ),
+            (
                 "agents/boot-config/units/chrony-berth.conf",
                 "/usr/lib/systemd/system/chrony.service.d/berth.conf",
             ),

@@ -26,6 +26,7 @@
 //! `BERTH_QEMU_TESTS=1`, and it serialises VMs across test processes so that two TCG guests
 //! do not share the two CI cores and miss their deadlines.
 
+pub mod api;
 pub mod apiclient;
 mod arch;
 pub mod boot_times;

@@ -4,8 +4,9 @@
 //! `restart-commands` in the metadata are actions, not shell commands (production images have
 //! no shell): `restart UNIT`, `try-restart UNIT`, `reload-or-restart UNIT` (a leading
 //! `systemctl` is accepted and ignored), `daemon-reload`, `apply-sysctl`, which writes every
-//! `settings.kernel.sysctl` value to `/proc/sys`, or `apply-hostname`, which sets the kernel
-//! host name from `settings.network.hostname`.
+//! `settings.kernel.sysctl` value to `/proc/sys`, `apply-hostname`, which sets the kernel
+//! host name from `settings.network.hostname`, or `apply-lockdown`, which writes
+//! `settings.kernel.lockdown` to `/sys/kernel/security/lockdown`.
 //!
 //! When a rendered file is a unit file or drop-in (under `/etc/systemd/system` or
 //! `/run/systemd/system`), systemd reloads its units before any restart.
@@ -40,7 +41,7 @@ pub enum RenderError {
     },
     #[error("configuration file {file}: mode '{mode}' is not octal")]
     Mode { file: String, mode: String },
-    #[error("service '{service}': restart command '{command}' is not `[systemctl] restart|try-restart|reload-or-restart UNIT`, `daemon-reload`, `apply-sysctl` or `apply-hostname`")]
+    #[error("service '{service}': restart command '{command}' is not `[systemctl] restart|try-restart|reload-or-restart UNIT`, `daemon-reload`, `apply-sysctl`, `apply-hostname` or `apply-lockdown`")]
     Command { service: String, command: String },
     #[error("failed to set sysctl {keys}")]
     Sysctl { keys: String },
@@ -57,6 +58,14 @@ pub enum RenderError {
         paths: String,
         source: anyhow::Error,
     },
+    #[error("failed to set settings.kernel.lockdown '{mode}' in {path}")]
+    Lockdown {
+        mode: String,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("settings.kernel.lockdown '{mode}' is below the kernel's current mode '{current}'; lockdown can only be raised, a reboot lowers it")]
+    LockdownLower { mode: String, current: String },
     #[error("failed to restart {unit} for service '{service}'")]
     Restart {
         unit: String,
@@ -72,6 +81,7 @@ pub enum Action {
     DaemonReload,
     ApplySysctl,
     ApplyHostname,
+    ApplyLockdown,
 }
 
 /// When the renderer runs: at boot, units that read rendered files start afterwards, so only
@@ -95,6 +105,7 @@ pub fn parse_action(service: &str, command: &str) -> Result<Action, RenderError>
         ["apply-sysctl"] => Ok(Action::ApplySysctl),
         ["apply-hostname"] => Ok(Action::ApplyHostname),
         ["daemon-reload"] => Ok(Action::DaemonReload),
+        ["apply-lockdown"] => Ok(Action::ApplyLockdown),
         [verb, unit] => match Verb::parse(verb) {
             Some(v) => Ok(Action::Unit(v, (*unit).to_string())),
             None => Err(RenderError::Command {
@@ -273,6 +284,9 @@ impl Renderer<'_> {
         }
         if wants(&Action::ApplyHostname) {
             self.apply_hostname(settings)?;
+        }
+        if wants(&Action::ApplyLockdown) {
+            self.apply_lockdown(settings)?;
         }
         Ok(())
     }
@@ -467,6 +481,49 @@ fn distrusted_certificates(pki: &Value) -> Vec<String> {
         .collect()
 }
 
+/// Lockdown modes in the kernel's order; the kernel refuses to lower the mode.
+const LOCKDOWN_MODES: [&str; 3] = ["none", "integrity", "confidentiality"];
+
+impl Renderer<'_> {
+    /// Writes `settings.kernel.lockdown` to /sys/kernel/security/lockdown when it raises the
+    /// current mode. Asking for the current mode does nothing; asking for a lower one is an
+    /// error (the kernel allows only raising it).
+    fn apply_lockdown(&self, settings: &Value) -> Result<(), RenderError> {
+        let Some(mode) = settings.pointer("/kernel/lockdown").and_then(Value::as_str) else {
+            return Ok(());
+        };
+        let path = self.under("sys/kernel/security/lockdown");
+        let err = |source| RenderError::Lockdown {
+            mode: mode.to_string(),
+            path: path.clone(),
+            source,
+        };
+        // The file reads like "none [integrity] confidentiality".
+        let text = std::fs::read_to_string(&path).map_err(err)?;
+        let current = text
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix('[').and_then(|w| w.strip_suffix(']')))
+            .unwrap_or("none")
+            .to_string();
+        let rank = |m: &str| LOCKDOWN_MODES.iter().position(|x| *x == m);
+        match (rank(mode), rank(&current)) {
+            (Some(want), Some(have)) if want == have => {
+                tracing::info!(mode, "lockdown already set");
+                Ok(())
+            }
+            (Some(want), Some(have)) if want < have => Err(RenderError::LockdownLower {
+                mode: mode.to_string(),
+                current,
+            }),
+            _ => {
+                std::fs::write(&path, mode).map_err(err)?;
+                tracing::info!(mode, "lockdown set");
+                Ok(())
+            }
+        }
+    }
+}
+
 /// Writes `data` to `path` through a temporary file and a rename, so readers see the old or the
 /// new file, never a partial one. /etc is a tmpfs: no fsync.
 fn write_atomic(path: &Path, data: &[u8], mode: u32) -> Result<(), RenderError> {
@@ -506,6 +563,13 @@ mod tests {
         std::fs::write(dir.path().join("proc/sys/vm/max_map_count"), "65530\n").unwrap();
         std::fs::create_dir_all(dir.path().join("proc/sys/kernel")).unwrap();
         std::fs::write(dir.path().join("proc/sys/kernel/hostname"), "vm\n").unwrap();
+        // The shipped defaults raise lockdown (CIS); the kernel's file as it reads at boot.
+        std::fs::create_dir_all(dir.path().join("sys/kernel/security")).unwrap();
+        std::fs::write(
+            dir.path().join("sys/kernel/security/lockdown"),
+            "[none] integrity confidentiality\n",
+        )
+        .unwrap();
         // Two stand-ins for Debian's Mozilla certificates.
         let mozilla = dir.path().join("usr/share/ca-certificates/mozilla");
         std::fs::create_dir_all(&mozilla).unwrap();
@@ -533,7 +597,15 @@ mod tests {
         json!({
             "motd": "Welcome to Berth",
             "ntp": {"time-servers": ["time.example.com", "ntp://pool.example.org"]},
-            "kernel": {"sysctl": {"vm.max_map_count": "262144"}},
+            "kernel": {
+                "sysctl": {"vm.max_map_count": "262144"},
+                "modules": {
+                    "udf": {"allowed": false},
+                    "sctp": {"allowed": false, "autoload": false},
+                    "loop": {"allowed": true},
+                },
+                "lockdown": "integrity",
+            },
         })
     }
 
@@ -594,6 +666,80 @@ mod tests {
         golden(
             "motd",
             &std::fs::read_to_string(root.path().join("etc/motd")).unwrap(),
+        );
+        golden(
+            "berth-modules.conf",
+            &std::fs::read_to_string(root.path().join("etc/modprobe.d/berth-modules.conf"))
+                .unwrap(),
+        );
+    }
+
+    #[test]
+    fn shipped_defaults_disable_the_cis_modules_without_a_shell() {
+        let (root, md) = fixture_root();
+        let r = Renderer {
+            metadata: &md,
+            root: root.path(),
+        };
+        let text = std::fs::read_to_string(workspace().join("variants/shared/defaults/base.toml"))
+            .unwrap();
+        let defaults: toml::Value = toml::from_str(&text).unwrap();
+        let settings = serde_json::to_value(&defaults["settings"]).unwrap();
+        r.render(&settings, &["kernel-modules".to_string()])
+            .unwrap();
+        let conf =
+            std::fs::read_to_string(root.path().join("etc/modprobe.d/berth-modules.conf")).unwrap();
+        for m in [
+            "udf", "cramfs", "freevxfs", "hfs", "hfsplus", "jffs2", "sctp", "dccp", "rds", "tipc",
+        ] {
+            assert!(conf.contains(&format!("\nblacklist {m}\n")), "{m}: {conf}");
+            assert!(
+                conf.contains(&format!("\ninstall {m} /usr/bin/false\n")),
+                "{m}: {conf}"
+            );
+        }
+    }
+
+    #[test]
+    fn lockdown_is_raised_never_lowered() {
+        let (root, md) = fixture_root();
+        let r = Renderer {
+            metadata: &md,
+            root: root.path(),
+        };
+        let file = root.path().join("sys/kernel/security/lockdown");
+        std::fs::create_dir_all(file.parent().unwrap()).unwrap();
+        std::fs::write(&file, "[none] integrity confidentiality\n").unwrap();
+        let units = RecordingUnits::default();
+        let plan = r.render(&settings(), &["lockdown".to_string()]).unwrap();
+        r.finish(&settings(), &plan, &units, Mode::Live).unwrap();
+        assert_eq!(std::fs::read_to_string(&file).unwrap(), "integrity");
+        assert!(
+            units.0.lock().unwrap().is_empty(),
+            "lockdown restarts no unit"
+        );
+
+        // The kernel shows the new mode; asking for it again writes nothing.
+        std::fs::write(&file, "none [integrity] confidentiality\n").unwrap();
+        r.finish(&settings(), &plan, &units, Mode::Live).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(&file).unwrap(),
+            "none [integrity] confidentiality\n"
+        );
+
+        let lower = json!({"kernel": {"lockdown": "none"}});
+        let e = r.finish(&lower, &plan, &units, Mode::Live).unwrap_err();
+        assert!(e.to_string().contains("can only be raised"), "{e}");
+        assert!(matches!(e, RenderError::LockdownLower { .. }));
+
+        std::fs::remove_file(&file).unwrap();
+        let e = r
+            .finish(&settings(), &plan, &units, Mode::Live)
+            .unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("settings.kernel.lockdown 'integrity'"),
+            "{e}"
         );
     }
 

@@ -91,7 +91,7 @@ pub static CHECKS: &[Check] = &[
     // ---- CIS Bottlerocket Benchmark ----
     check!(Bottlerocket, "1.1.1.1", 2, Automated,
         "Ensure mounting of udf filesystems is disabled",
-        "`udf` is not in /proc/modules and modprobe.d has `install udf /bin/true` (or /bin/false) or `blacklist udf`",
+        "`udf` is not in /proc/modules and modprobe.d has `install udf` with /bin/true, /bin/false, /usr/bin/true or /usr/bin/false, or `blacklist udf`",
         |h| modules_disabled(h, &["udf"])),
     check!(Bottlerocket, "1.2.1", 1, Manual,
         "Ensure software update repositories are configured",
@@ -336,7 +336,7 @@ pub static CHECKS: &[Check] = &[
         "Ensure that the --hostname-override argument is not set",
         "manual: the kubelet flags in the kubelet unit; EKS needs the override to match the EC2 private DNS name",
         |_| manual("check the kubelet flags in its unit for --hostname-override")),
-    check!(Kubernetes, "4.2.8", 1, Manual,
+    check!(Kubernetes, "4.2.8", 2, Manual,
         "Ensure that the eventRecordQPS argument is set to a level which ensures appropriate event capture",
         "manual: kubelet config eventRecordQPS against your event volume",
         |_| manual("check eventRecordQPS in the kubelet config against your event volume")),
@@ -364,6 +364,14 @@ pub static CHECKS: &[Check] = &[
         "Ensure that the --seccomp-default parameter is set to true",
         "kubelet config seccompDefault is true",
         |h| with_kubelet(h, |_, k| bool_default(k, "seccompDefault", false, true))),
+    check!(Kubernetes, "4.2.15", 2, Manual,
+        "Ensure that the --IPAddressDeny is set to any",
+        "manual: the kubelet unit's IPAddressDeny= (systemd) against the addresses the kubelet must reach",
+        |_| manual("check IPAddressDeny=any and the IPAddressAllow= list in the kubelet unit")),
+    check!(Kubernetes, "4.3.1", 1, Automated,
+        "Ensure that the kube-proxy metrics service is bound to localhost",
+        "/etc/kubernetes/kube-proxy/config (YAML or JSON), if present: metricsBindAddress is absent (default 127.0.0.1:10249) or not 0.0.0.0 or [::]; skips without a kube-proxy config on the host",
+        kube_proxy_metrics),
     check!(Kubernetes, "B.4.2.1", 1, Automated,
         "Ensure that the --protect-kernel-defaults argument is set to true",
         "kubelet config protectKernelDefaults is true (4.2.6 of CIS Kubernetes v1.7 and earlier)",
@@ -489,7 +497,7 @@ fn modules_disabled(host: &HostRoot, modules: &[&str]) -> CheckResult {
             problems.push(format!("{m} is loaded ({})", paths::PROC_MODULES));
         } else if !disabled.contains(&name) {
             problems.push(format!(
-                "{m} is not disabled: no `install {m} /bin/true` or `blacklist {m}` in modprobe.d"
+                "{m} is not disabled: no `install {m} /usr/bin/false` (or /bin/true) or `blacklist {m}` in modprobe.d"
             ));
         }
     }
@@ -1100,6 +1108,34 @@ fn kubelet_units(host: &HostRoot, what: UnitCheck) -> CheckResult {
         CheckResult::Pass
     } else {
         CheckResult::Fail(problems.join("; "))
+    }
+}
+
+// ---------------------------------------------------------------- kube-proxy
+
+fn kube_proxy_metrics(host: &HostRoot) -> CheckResult {
+    let path = paths::KUBE_PROXY_CONFIG;
+    let text = match host.read_optional(path) {
+        Ok(Some(t)) => t,
+        Ok(None) => {
+            return CheckResult::Skip(format!(
+                "{path} does not exist (no kube-proxy on the host; on EKS check the kube-proxy DaemonSet's config)"
+            ))
+        }
+        Err(e) => return CheckResult::Skip(e.reason()),
+    };
+    let config: Value = match serde_norway::from_str(&text) {
+        Ok(c) => c,
+        Err(e) => return CheckResult::Fail(format!("cannot parse {path}: {e}")),
+    };
+    match config
+        .pointer("/metricsBindAddress")
+        .and_then(Value::as_str)
+    {
+        Some(a) if a.contains("0.0.0.0") || a.contains("[::]") => CheckResult::Fail(format!(
+            "metricsBindAddress is {a} in {path}: the metrics listen beyond localhost"
+        )),
+        _ => CheckResult::Pass,
     }
 }
 

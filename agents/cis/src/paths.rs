@@ -54,3 +54,5 @@ pub const KUBELET_KUBECONFIG: &str = "/etc/kubernetes/kubelet/kubeconfig";
 pub const KUBELET_DEFAULT_CA: &str = "/etc/kubernetes/pki/ca.crt";
 /// kube-proxy's kubeconfig.
 pub const KUBE_PROXY_KUBECONFIG: &str = "/etc/kubernetes/kube-proxy/kubeconfig";
+/// kube-proxy's configuration (KubeProxyConfiguration, YAML or JSON).
+pub const KUBE_PROXY_CONFIG: &str = "/etc/kubernetes/kube-proxy/config";
