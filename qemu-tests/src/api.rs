@@ -121,6 +121,15 @@ impl Api {
         String::from_utf8(out.stdout).context("apiclient printed non-UTF-8")
     }
 
+    /// `apiclient get <prefix>` as JSON.
+    pub fn get(&self, prefix: &str) -> Result<serde_json::Value> {
+        let out = self.run(&["get", prefix])?;
+        if !out.status.success() {
+            bail!("apiclient get {prefix} failed");
+        }
+        serde_json::from_slice(&out.stdout).context("apiclient get printed no JSON")
+    }
+
     /// Waits until the API answers through the bridge (the bridge starts after the API).
     pub fn wait_ready(&self, deadline: Duration) -> Result<()> {
         let start = Instant::now();

@@ -27,7 +27,6 @@
 //! do not share the two CI cores and miss their deadlines.
 
 pub mod api;
-pub mod apiclient;
 mod arch;
 pub mod boot_times;
 pub mod checks;

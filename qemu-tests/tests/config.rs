@@ -10,19 +10,16 @@
 //! The host forwards a Unix socket to that port, so `apiclient --socket-path` drives the guest.
 
 use std::io::Write;
-use std::net::TcpStream;
-use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 use std::time::Duration;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
+use qemu_tests::api::{build_apiclient, Api};
 use qemu_tests::{markers, scenario, Arch, Checks, Image, ProbeReport, Vm};
 
 const VARIANT: &str = "qemu-test";
 const USER_DATA_FW_CFG: &str = "opt/org.berth/user-data";
 const PROBE_FW_CFG: &str = "opt/org.berth/probe";
-const GUEST_API_PORT: u16 = 8080;
 const CONFIGURED: &str = r"Reached target configured\.target";
 /// Generous under TCG on a loaded 2-core machine (about 20 s is usual).
 const CONFIGURED_DEADLINE: Duration = Duration::from_secs(300);
@@ -94,121 +91,6 @@ fn serial_log(name: &str) -> PathBuf {
         .join(format!("{name}.serial.log"))
 }
 
-/// The real apiclient binary, built on demand into this workspace's target folder.
-fn apiclient() -> Result<PathBuf> {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let status = Command::new(cargo)
-        .args([
-            "build",
-            "--quiet",
-            "-p",
-            "settings-api",
-            "--bin",
-            "apiclient",
-        ])
-        .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
-        .status()
-        .context("cannot run cargo build for apiclient")?;
-    if !status.success() {
-        bail!("cargo build -p settings-api --bin apiclient failed ({status})");
-    }
-    let target = Path::new(env!("CARGO_TARGET_TMPDIR"))
-        .parent()
-        .context("CARGO_TARGET_TMPDIR has a parent")?;
-    Ok(target.join("debug/apiclient"))
-}
-
-/// A free TCP port on the host loopback (QEMU binds it right after).
-fn free_port() -> Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
-}
-
-/// Forwards every connection on a host Unix socket to `127.0.0.1:port` (QEMU's hostfwd).
-fn forward_unix_to_tcp(socket: &Path, port: u16) -> Result<()> {
-    let listener =
-        UnixListener::bind(socket).with_context(|| format!("cannot bind {}", socket.display()))?;
-    std::thread::spawn(move || {
-        for unix in listener.incoming().flatten() {
-            std::thread::spawn(move || {
-                if let Ok(tcp) = TcpStream::connect(("127.0.0.1", port)) {
-                    copy_both_ways(unix, tcp);
-                }
-            });
-        }
-    });
-    Ok(())
-}
-
-fn copy_both_ways(unix: UnixStream, tcp: TcpStream) {
-    let (Ok(mut unix_r), Ok(mut tcp_w)) = (unix.try_clone(), tcp.try_clone()) else {
-        return;
-    };
-    let down = std::thread::spawn(move || {
-        let _ = std::io::copy(&mut unix_r, &mut tcp_w);
-        let _ = tcp_w.shutdown(std::net::Shutdown::Write);
-    });
-    let (mut tcp_r, mut unix_w) = (tcp, unix);
-    let _ = std::io::copy(&mut tcp_r, &mut unix_w);
-    let _ = unix_w.shutdown(std::net::Shutdown::Write);
-    let _ = down.join();
-}
-
-struct Api {
-    apiclient: PathBuf,
-    socket: PathBuf,
-}
-
-impl Api {
-    fn run(&self, args: &[&str]) -> Result<Output> {
-        let out = Command::new(&self.apiclient)
-            .arg("--socket-path")
-            .arg(&self.socket)
-            .args(args)
-            .output()
-            .with_context(|| format!("cannot run {}", self.apiclient.display()))?;
-        println!(
-            "  $ apiclient {}\n    exit {:?}\n    stdout: {}\n    stderr: {}",
-            args.join(" "),
-            out.status.code(),
-            String::from_utf8_lossy(&out.stdout).trim(),
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-        Ok(out)
-    }
-
-    fn get(&self, prefix: &str) -> Result<serde_json::Value> {
-        let out = self.run(&["get", prefix])?;
-        if !out.status.success() {
-            bail!("apiclient get {prefix} failed");
-        }
-        serde_json::from_slice(&out.stdout).context("apiclient get printed no JSON")
-    }
-
-    /// Waits until the API answers through the bridge (the bridge starts after the API).
-    fn wait_ready(&self, deadline: Duration) -> Result<()> {
-        let start = std::time::Instant::now();
-        loop {
-            let out = Command::new(&self.apiclient)
-                .arg("--socket-path")
-                .arg(&self.socket)
-                .args(["get", "motd"])
-                .output()?;
-            if out.status.success() {
-                return Ok(());
-            }
-            if start.elapsed() > deadline {
-                bail!(
-                    "the API did not answer through the bridge within {deadline:?}: {}",
-                    String::from_utf8_lossy(&out.stderr)
-                );
-            }
-            std::thread::sleep(Duration::from_secs(2));
-        }
-    }
-}
-
 /// Boots the qemu-test image with `user_data` by fw_cfg, the probe on, and the API reachable
 /// through a host Unix socket. The temporary folder holds the user data and the socket.
 fn boot_with_user_data(
@@ -217,16 +99,13 @@ fn boot_with_user_data(
     user_data: &str,
 ) -> Result<(qemu_tests::RunningVm, Api, tempfile::TempDir)> {
     let image = Image::locate(VARIANT, arch)?;
-    let apiclient = apiclient()?;
     let dir = tempfile::tempdir()?;
     let user_data_path = dir.path().join("user-data.toml");
     std::fs::File::create(&user_data_path)?.write_all(user_data.as_bytes())?;
-    let port = free_port()?;
-    let api = Api {
-        apiclient,
-        socket: dir.path().join("api.sock"),
-    };
-    forward_unix_to_tcp(&api.socket, port)?;
+    let api = Api::forward(
+        build_apiclient(Path::new(env!("CARGO_TARGET_TMPDIR")))?,
+        dir.path().join("api.sock"),
+    )?;
     let log = serial_log(name);
     println!("  serial log: {}", log.display());
     let vm = Vm::builder(arch)
@@ -234,7 +113,7 @@ fn boot_with_user_data(
         .disk(&image.qcow2)
         .fw_cfg_file(USER_DATA_FW_CFG, &user_data_path)
         .fw_cfg_string(PROBE_FW_CFG, "1")
-        .net_user([format!("tcp:127.0.0.1:{port}-:{GUEST_API_PORT}")])
+        .net_user([api.hostfwd()])
         .serial_log(&log)
         .boot()?;
     Ok((vm, api, dir))

@@ -9,7 +9,7 @@
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use qemu_tests::apiclient::{self, Api, GUEST_API_PORT};
+use qemu_tests::api::{build_apiclient, Api};
 use qemu_tests::imds::{self, Imds};
 use qemu_tests::{markers, scenario, Arch, Checks, Image, ProbeReport, Vm};
 use serde_json::json;
@@ -55,12 +55,7 @@ fn ec2_imds_user_data_and_generated_settings_x86_64() -> Result<()> {
     let image = Image::locate(VARIANT, arch)?;
     let target_tmp = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"));
     let dir = tempfile::tempdir()?;
-    let api = Api {
-        apiclient: apiclient::build(target_tmp)?,
-        socket: dir.path().join("api.sock"),
-    };
-    let port = apiclient::free_port()?;
-    apiclient::forward_unix_to_tcp(&api.socket, port)?;
+    let api = Api::forward(build_apiclient(target_tmp)?, dir.path().join("api.sock"))?;
 
     let mut config = imds::Config::instance(REGION);
     config.user_data = Some(USER_DATA.into());
@@ -77,7 +72,7 @@ fn ec2_imds_user_data_and_generated_settings_x86_64() -> Result<()> {
         .disk(&image.qcow2)
         .fw_cfg_string(PROBE_FW_CFG, "1")
         .smbios_system("Amazon EC2", "m5.large")
-        .net_user([format!("tcp:127.0.0.1:{port}-:{GUEST_API_PORT}")])
+        .net_user([api.hostfwd()])
         .net_options(emulator.guestfwd(relay))
         .serial_log(&log)
         .boot()?;
