@@ -5,6 +5,7 @@
 
 pub mod choose;
 pub mod cli;
+pub mod health;
 pub mod host;
 pub mod manifest;
 pub mod repo;

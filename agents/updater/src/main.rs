@@ -43,6 +43,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Activate(args) => runtime.block_on(updater::activate(&args.config(host)?))?,
         Command::Deactivate(args) => runtime.block_on(updater::deactivate(&args.config(host)?))?,
         Command::Apply(args) => runtime.block_on(updater::apply(&args.config(host)?))?,
+        Command::HealthGate(args) => {
+            let units = updater::health::DbusUnits::connect()?;
+            updater::health::run(&args.gate(host), &units)?
+        }
         Command::Status { state_dir } => updater::status(&state_dir)?,
     };
     println!("{}", serde_json::to_string_pretty(&status)?);
