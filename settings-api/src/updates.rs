@@ -114,7 +114,8 @@ pub fn exit_status_code(code: Option<i32>) -> StatusCode {
 
 /// The updater's environment from `settings.updates`: every input it takes from the settings,
 /// plus the state folder. Version lock and ignore-waves are always set (to the updater's own
-/// defaults when unset), so what the updater ran with is visible in one place.
+/// defaults when unset), so the settings decide them even when apiserver's own environment
+/// holds one of these variables.
 pub fn environment(
     updates: Option<&Updates>,
     state_dir: &Path,
@@ -218,13 +219,9 @@ impl Updater {
 
     fn command(&self) -> tokio::process::Command {
         let mut cmd = tokio::process::Command::new(&self.program);
-        // Only the live settings feed the updater: drop any BERTH_UPDATES_* the server itself
-        // was started with, so an unset setting means the updater's default.
-        for (name, _) in std::env::vars_os() {
-            if name.to_string_lossy().starts_with(ENV_PREFIX) {
-                cmd.env_remove(name);
-            }
-        }
+        // The environment is inherited: the variables the settings own are always set by
+        // `run` (so an inherited one never wins), and the updater's other inputs
+        // (BERTH_UPDATES_ESP, _TRUSTED_ROOT, _STAGING_DIR, ...) can come from apiserver's unit.
         cmd.stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

@@ -66,12 +66,21 @@ impl Fixture {
         std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
         std::fs::write(fake.path().join("status.json"), STATUS).unwrap();
         let state_dir = fake.path().join("state");
-        let server = Server::start(&[
-            "--updater-command",
-            script.to_str().unwrap(),
-            "--updates-state-dir",
-            state_dir.to_str().unwrap(),
-        ]);
+        // apiserver's own environment: a variable the settings own must not win, the
+        // updater's other inputs pass through (an image may set them in the unit).
+        let server = Server::start_with_env(
+            &[
+                "--updater-command",
+                script.to_str().unwrap(),
+                "--updates-state-dir",
+                state_dir.to_str().unwrap(),
+            ],
+            &[
+                ("BERTH_UPDATES_SEED", "999"),
+                ("BERTH_UPDATES_IGNORE_WAVES", "false"),
+                ("BERTH_UPDATES_ESP", "/efi"),
+            ],
+        );
         Fixture {
             fake,
             state_dir,
@@ -149,6 +158,7 @@ fn actions_run_the_updater_with_the_live_settings() {
         ("BERTH_UPDATES_VERSION_LOCK", "latest"),
         ("BERTH_UPDATES_IGNORE_WAVES", "true"),
         ("BERTH_UPDATES_STATE_DIR", state_dir.as_str()),
+        ("BERTH_UPDATES_ESP", "/efi"),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_string(), v.to_string()))
