@@ -218,6 +218,14 @@ pub async fn prepare(cfg: &Config) -> Result<Status, UpdaterError> {
             status.target_slot = None;
             status.store(&cfg.state_dir)?;
         }
+        // The inactive slot's own UKI would boot what is about to be overwritten (and a cut
+        // write fails its verity check): remove it first. Only the running version's UKI
+        // stays bootable until activate installs the new one.
+        let running = cfg.running.clone();
+        let removed = slot::remove_ukis(&cfg.esp, |v| v != &running)?;
+        if !removed.is_empty() {
+            tracing::info!(?removed, slot = %cfg.slot, "UKIs of the slot being overwritten removed");
+        }
         let job = {
             let cfg = cfg.clone();
             let images = images.clone();
