@@ -13,7 +13,8 @@
 //!    `apply` is cut off by killing QEMU while it writes the slot (a power cut).
 //! 3. v1 boots; `apiclient update apply --reboot` writes slot B again and reboots into v2,
 //!    which passes its health gate: `/os` says v2, the probe says slot b, the setting made on
-//!    v1 is still there, and the status is idle with the boot marked good.
+//!    v1 is still there, and the status is idle with the boot marked good. Then
+//!    `apiclient update rollback --reboot` boots v1 from slot A again.
 //!
 //! Gated by BERTH_QEMU_TESTS=1.
 
@@ -159,6 +160,7 @@ fn update_rollback_power_cut_and_update_x86_64() -> Result<()> {
             "/updates/status reports the failed update after the fallback",
             "QEMU killed while apply writes the slot: v1 still boots",
             "apiclient update apply --reboot: v2 boots from slot B, passes its gate, keeps the settings",
+            "apiclient update rollback --reboot: v1 boots from slot A",
         ],
     )?
     else {
@@ -351,6 +353,17 @@ fn update_rollback_power_cut_and_update_x86_64() -> Result<()> {
             && status["last_boot"]["version"] == v2_version.as_str()
             && status.get("failed_update").is_none(),
         format!("{status}"),
+    );
+
+    // Rollback by hand: the other slot (v1, slot a) boots next.
+    machine.api.run(&["update", "rollback", "--reboot"])?;
+    let (_, report) = healthy_boot(&vm, 3, BOOT_DEADLINE)?;
+    checks.equal("rollback boots slot a", report.get("slot"), "a");
+    machine.api.wait_ready(STEP_DEADLINE)?;
+    checks.equal(
+        "/os after the rollback",
+        Some(machine.os_version()?.as_str()),
+        &v1_version,
     );
     let tail = vm.tail(40);
     vm.power_off(STEP_DEADLINE)?;

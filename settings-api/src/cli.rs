@@ -130,6 +130,13 @@ pub enum UpdateCommand {
     /// Make the running version the next boot again (deactivate an activated update), then
     /// print the update status.
     Cancel,
+    /// Boot the other slot at the next reboot (rollback by hand; its UKI must still be on
+    /// the ESP), then print the update status.
+    Rollback {
+        /// Reboot into the other slot at once.
+        #[arg(long)]
+        reboot: bool,
+    },
 }
 
 #[derive(Debug, Args)]

@@ -378,6 +378,16 @@ pub fn update_steps(cmd: &UpdateCommand) -> Vec<(&'static str, &'static str, &'s
             steps
         }
         UpdateCommand::Cancel => vec![("cancel", "POST", "/actions/deactivate-update"), STATUS],
+        UpdateCommand::Rollback { reboot } => {
+            let mut steps = vec![
+                ("rollback", "POST", "/actions/rollback-to-inactive"),
+                STATUS,
+            ];
+            if reboot {
+                steps.push(("reboot", "POST", "/actions/reboot"));
+            }
+            steps
+        }
     }
 }
 
@@ -540,6 +550,14 @@ mod tests {
         assert_eq!(
             (steps[0].1, steps[0].2),
             ("POST", "/actions/deactivate-update")
+        );
+        assert_eq!(
+            names(UpdateCommand::Rollback { reboot: true }),
+            ["rollback", "status", "reboot"]
+        );
+        assert_eq!(
+            update_steps(&UpdateCommand::Rollback { reboot: false })[0].2,
+            "/actions/rollback-to-inactive"
         );
     }
 

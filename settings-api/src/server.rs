@@ -679,13 +679,18 @@ async fn dispatch(
             info!("reboot requested");
             no_content()
         }
-        Op::RefreshUpdates | Op::PrepareUpdate | Op::ActivateUpdate | Op::DeactivateUpdate => {
+        Op::RefreshUpdates
+        | Op::PrepareUpdate
+        | Op::ActivateUpdate
+        | Op::DeactivateUpdate
+        | Op::RollbackToInactive => {
             use crate::updates::Action;
             let updater = state.updater.as_ref().ok_or_else(updates_not_configured)?;
             let action = match op {
                 Op::RefreshUpdates => Action::Check,
                 Op::PrepareUpdate => Action::Prepare,
                 Op::ActivateUpdate => Action::Activate,
+                Op::RollbackToInactive => Action::Rollback,
                 _ => Action::Deactivate,
             };
             // The updater takes its inputs from the live settings as they are now.

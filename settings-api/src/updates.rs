@@ -40,6 +40,8 @@ pub enum Action {
     Activate,
     /// `/actions/deactivate-update`.
     Deactivate,
+    /// `/actions/rollback-to-inactive`: needs no repository, so no settings.
+    Rollback,
 }
 
 impl Action {
@@ -50,6 +52,7 @@ impl Action {
             Action::Prepare => "prepare",
             Action::Activate => "activate",
             Action::Deactivate => "deactivate",
+            Action::Rollback => "rollback",
         }
     }
 }
@@ -200,7 +203,13 @@ impl Updater {
     /// Runs `action` with its inputs from `updates` (the live `settings.updates`) and waits
     /// for it. A missing required setting fails before anything runs.
     pub async fn run(&self, action: Action, updates: Option<&Updates>) -> Result<(), UpdatesError> {
-        let env = environment(updates, &self.state_dir)?;
+        let env = match action {
+            Action::Rollback => vec![(
+                "BERTH_UPDATES_STATE_DIR",
+                self.state_dir.to_string_lossy().into_owned(),
+            )],
+            _ => environment(updates, &self.state_dir)?,
+        };
         let mut cmd = self.command();
         cmd.arg(action.command()).envs(env);
         info!(command = action.command(), "running the updater");

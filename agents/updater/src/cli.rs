@@ -40,6 +40,20 @@ pub enum Command {
     /// (or, on a trial boot that failed, reboot so the boot loader falls back); report an
     /// update the boot loader fell back from.
     HealthGate(HealthGateArgs),
+    /// Boot the other slot next (rollback by hand): its UKI gets its good name and the
+    /// running version's UKI is marked bad. Takes effect at the next reboot.
+    Rollback {
+        /// Folder holding state.json (on `private`).
+        #[arg(
+            long,
+            env = "BERTH_UPDATES_STATE_DIR",
+            default_value = "/private/updates"
+        )]
+        state_dir: PathBuf,
+        /// Where the ESP is mounted.
+        #[arg(long, env = "BERTH_UPDATES_ESP", default_value = "/boot")]
+        esp: PathBuf,
+    },
     /// Print the stored state as JSON.
     Status {
         /// Folder holding state.json (on `private`).

@@ -71,6 +71,8 @@ fn exit_code(err: &anyhow::Error) -> u8 {
     // Walk the whole chain, so context added around the updater's error keeps its code.
     for cause in err.chain() {
         let state = match cause.downcast_ref::<UpdaterError>() {
+            // Nothing to roll back to is a conflict with the host's state, like a transition.
+            Some(UpdaterError::NoOtherSlot { .. }) => return EXIT_NOT_ALLOWED,
             Some(UpdaterError::State(state)) => Some(state),
             Some(_) => None,
             None => cause.downcast_ref::<StateError>(),
@@ -96,6 +98,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::HealthGate(args) => {
             let units = updater::health::DbusUnits::connect()?;
             updater::health::run(&args.gate(host), &units)?
+        }
+        Command::Rollback { state_dir, esp } => {
+            updater::rollback(&state_dir, &esp, &updater::host::version(host)?)?
         }
         Command::Status { state_dir } => updater::status(&state_dir)?,
     };

@@ -43,6 +43,8 @@ pub enum CommandName {
     Prepare,
     Activate,
     Deactivate,
+    /// Boot the other slot next (by hand).
+    Rollback,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -254,6 +256,11 @@ impl Status {
             ),
             CommandName::Activate => (self.state == Staged, "staged"),
             CommandName::Deactivate => (self.state == Ready, "ready"),
+            // With an update activated the other slot is the update; cancel it instead.
+            CommandName::Rollback => (
+                matches!(self.state, Idle | Available | Staged),
+                "idle, available or staged",
+            ),
         };
         if ok {
             Ok(())
