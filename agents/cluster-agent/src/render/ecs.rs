@@ -2,9 +2,9 @@
 //! `ecs.service` passes to the agent.
 //!
 //! Variables and defaults follow Bottlerocket's ECS templates (`ecs-base-conf`,
-//! `ecs-defaults.conf`), which match the agent's own defaults. Values are written unquoted
-//! and hold no spaces, so the file reads the same as a systemd `EnvironmentFile` and as a
-//! `docker --env-file` (which does not strip quotes).
+//! `ecs-defaults.conf`), which match the agent's own defaults. Values are written unquoted,
+//! in systemd's `EnvironmentFile` syntax: inner spaces and quotes (the JSON values) are kept
+//! as they are, and a backslash is doubled because systemd reads it as an escape.
 
 use super::{OutputFile, RenderError};
 use crate::facts::Facts;
@@ -181,11 +181,11 @@ pub fn variables(
     }
 
     for (name, value) in &v {
-        if value.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        if value.chars().any(char::is_control) || value.trim() != value {
             // An env file line cannot carry these unquoted; only user text can have them.
             return Err(invalid(
                 "*",
-                format!("{name} would hold whitespace ('{value}'); remove it from the setting"),
+                format!("{name} would hold a line break or surrounding spaces ('{value}'); remove them from the setting"),
             ));
         }
     }
@@ -200,7 +200,7 @@ pub fn config_file(
 ) -> Result<OutputFile, RenderError> {
     let text: String = variables(ecs, settings, facts)?
         .into_iter()
-        .map(|(k, v)| format!("{k}={v}\n"))
+        .map(|(k, v)| format!("{k}={}\n", v.replace('\\', "\\\\")))
         .collect();
     Ok(OutputFile::new(paths::ECS_CONFIG, 0o600, text))
 }
