@@ -26,7 +26,7 @@ pub struct RenderArgs {
     /// Instance facts JSON (instance-type, instance-id, availability-zone, region, ...).
     #[arg(long, value_name = "FILE")]
     pub facts: PathBuf,
-    /// Root to write under (`/` on the host; files go to <out>/etc/..., <out>/var/...).
+    /// Root to write under (`/` on the host; files go to `OUT/etc/...`, `OUT/var/...`).
     #[arg(long, value_name = "DIR")]
     pub out: PathBuf,
     /// Kubelet version the files are for; nodeadm varies a few fields by minor version.

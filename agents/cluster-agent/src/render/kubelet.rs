@@ -111,6 +111,12 @@ pub fn config(
         obj.insert("kubeAPIBurst".into(), 20.into());
     }
 
+    if node.ca_pem.is_none() {
+        // Kubelet fails to start on a missing CA file; a standalone kubelet may have none.
+        if let Some(auth) = obj.get_mut("authentication").and_then(Value::as_object_mut) {
+            auth.remove("x509");
+        }
+    }
     if let Some(id) = &node.provider_id {
         obj.insert("providerID".into(), id.as_str().into());
     }
