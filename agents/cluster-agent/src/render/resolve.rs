@@ -42,12 +42,29 @@ const API_SERVER: &str = "settings.kubernetes.api-server";
 const CERTIFICATE: &str = "settings.kubernetes.cluster-certificate";
 const TOKEN: &str = "settings.kubernetes.bootstrap-token";
 
+/// Checks a fact that ends up in a flag or a kubeconfig: one non-empty word.
+fn word(key: &'static str, value: Option<&str>) -> Result<(), RenderError> {
+    match value {
+        Some(v) if v.is_empty() || v.chars().any(|c| c.is_whitespace() || c.is_control()) => {
+            Err(RenderError::InvalidFact {
+                key,
+                reason: format!("'{v}' must be one word without spaces"),
+            })
+        }
+        _ => Ok(()),
+    }
+}
+
 pub fn resolve(
     settings: &Settings,
     k8s: &Kubernetes,
     facts: &Facts,
     version: KubeletVersion,
 ) -> Result<Node, RenderError> {
+    word("instance-id", facts.instance_id.as_deref())?;
+    word("availability-zone", facts.availability_zone.as_deref())?;
+    word("region", facts.region.as_deref())?;
+    word("private-dns-name", facts.private_dns_name.as_deref())?;
     let standalone = k8s.standalone_mode == Some(true);
     let tls = k8s.authentication_mode == Some(AuthenticationMode::Tls);
 
