@@ -5,11 +5,11 @@
 //! where Berth deliberately differs from nodeadm.
 
 pub mod cli;
-pub mod derive;
-pub mod duration;
+pub(crate) mod derive;
+pub(crate) mod duration;
 pub mod facts;
-pub mod input;
-pub mod output;
+pub(crate) mod input;
+pub(crate) mod output;
 pub mod paths;
 pub mod render;
 pub mod version;

@@ -24,6 +24,7 @@ fn cluster_section(server: &str) -> String {
     )
 }
 
+// `write!` into a `String` cannot fail; its `fmt::Result` is dropped with `let _`.
 fn header(server: &str, user: &str) -> String {
     let mut s = String::from("---\napiVersion: v1\nkind: Config\n");
     s.push_str(&cluster_section(server));
