@@ -11,7 +11,8 @@
 //! 2. systemd-boot tries v2, dm-verity restarts the machine at each try, the tries run out,
 //!    v1 boots again by itself and `/updates/status` reports the failed update. A second
 //!    `apply` is cut off by killing QEMU while it writes the slot (a power cut).
-//! 3. v1 boots; `apiclient update apply --reboot` writes slot B again and reboots into v2,
+//! 3. v1 boots; tampered repositories (bad signature, expired timestamp, replaced target) are
+//!    each refused; `apiclient update apply --reboot` writes slot B again and reboots into v2,
 //!    which passes its health gate: `/os` says v2, the probe says slot b, the setting made on
 //!    v1 is still there, and the status is idle with the boot marked good. Then
 //!    `apiclient update rollback --reboot` boots v1 from slot A again.
@@ -148,6 +149,93 @@ fn corrupt(disk: &Path, offset: u64, len: u64) -> Result<()> {
     Ok(())
 }
 
+/// Copies the repository folder `from` to `to`.
+fn copy_repo(from: &Path, to: &Path) -> Result<()> {
+    for dir in ["metadata", "targets"] {
+        std::fs::create_dir_all(to.join(dir))?;
+        for entry in std::fs::read_dir(from.join(dir))? {
+            let entry = entry?;
+            std::fs::copy(entry.path(), to.join(dir).join(entry.file_name()))?;
+        }
+    }
+    Ok(())
+}
+
+/// Runs `os-build repo refresh` (as scripts/test.sh built it) on `repo` with the test keys.
+fn refresh(repo: &Path, timestamp_expires: &str) -> Result<()> {
+    let root = qemu_tests::image::repo_root();
+    let keys = qemu_tests::image::build_dir().join("update-keys");
+    let out = Command::new(root.join("target/release/os-build"))
+        .args(["repo", "refresh", "--repo"])
+        .arg(repo)
+        .arg("--key")
+        .arg(keys.join("snapshot.pk8"))
+        .arg("--key")
+        .arg(keys.join("timestamp.pk8"))
+        .args(["--timestamp-expires", timestamp_expires])
+        .output()
+        .context("cannot run target/release/os-build (scripts/test.sh builds it)")?;
+    ensure!(
+        out.status.success(),
+        "os-build repo refresh failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(())
+}
+
+/// Serves three tampered copies of the repository in turn; `apiclient update apply --check`
+/// must fail on each, naming the reason, and leave nothing activated. Then serves a good copy
+/// re-signed with newer versions (the guest may have stored the expired one's versions).
+fn tampering_is_refused(machine: &Machine, repo: &Path, checks: &mut Checks) -> Result<()> {
+    let dir = machine.work.path();
+    // A signed field changed without re-signing.
+    let bad_signature = dir.join("repo-bad-signature");
+    copy_repo(repo, &bad_signature)?;
+    let ts = bad_signature.join("metadata/timestamp.json");
+    let mut doc: Value = serde_json::from_slice(&std::fs::read(&ts)?)?;
+    doc["signed"]["expires"] = Value::from("2099-01-01T00:00:00Z");
+    std::fs::write(&ts, serde_json::to_vec(&doc)?)?;
+    // Correctly signed, but the timestamp expires a second after signing.
+    let expired = dir.join("repo-expired");
+    copy_repo(repo, &expired)?;
+    refresh(&expired, "1s")?;
+    // v2's verity image replaced by other bytes of the same length.
+    let replaced = dir.join("repo-replaced-target");
+    copy_repo(repo, &replaced)?;
+    let target = std::fs::read_dir(replaced.join("targets"))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .find(|p| p.to_string_lossy().ends_with("-verity.img.zst"))
+        .context("the repository has no verity target")?;
+    let len = std::fs::metadata(&target)?.len();
+    std::fs::write(&target, vec![0x5a_u8; usize::try_from(len)?])?;
+    std::thread::sleep(Duration::from_secs(2));
+
+    for (what, served, expected) in [
+        ("bad signature", &bad_signature, "signature"),
+        ("expired timestamp", &expired, "expired"),
+        ("replaced target", &replaced, "mismatch"),
+    ] {
+        machine.server.set_root(Some(served.clone()));
+        let out = machine.api.run(&["update", "apply", "--check"])?;
+        let stderr = String::from_utf8_lossy(&out.stderr).to_lowercase();
+        let state = machine.status()?["state"].clone();
+        checks.check(
+            format!("{what}: apply refused, naming it, nothing activated"),
+            !out.status.success() && stderr.contains(expected) && state != "ready",
+            format!(
+                "exit {:?}, state {state}, stderr: {}",
+                out.status.code(),
+                stderr.trim()
+            ),
+        );
+    }
+    let good = dir.join("repo-good");
+    copy_repo(repo, &good)?;
+    refresh(&good, "7d")?;
+    machine.server.set_root(Some(good));
+    Ok(())
+}
+
 #[test]
 fn update_rollback_power_cut_and_update_x86_64() -> Result<()> {
     let arch = Arch::X86_64;
@@ -159,6 +247,7 @@ fn update_rollback_power_cut_and_update_x86_64() -> Result<()> {
             "apiclient update apply writes slot B; a corrupted root-b fails verity at each try and v1 boots again by itself",
             "/updates/status reports the failed update after the fallback",
             "QEMU killed while apply writes the slot: v1 still boots",
+            "a bad signature, an expired timestamp and a replaced target are each refused",
             "apiclient update apply --reboot: v2 boots from slot B, passes its gate, keeps the settings",
             "apiclient update rollback --reboot: v1 boots from slot A",
         ],
@@ -317,6 +406,7 @@ fn update_rollback_power_cut_and_update_x86_64() -> Result<()> {
         status["state"] != "ready",
         format!("state {}", status["state"]),
     );
+    tampering_is_refused(&machine, &repo, &mut checks)?;
     machine.api.stdout(&["update", "check"])?;
     let started = Instant::now();
     let banners = vm.count_matches(markers::KERNEL_BANNER)?;
