@@ -19,13 +19,34 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 stage "cargo doc"
 RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --locked --quiet
 
-stage "images: qemu x86_64 and aarch64, qemu-test x86_64"
+stage "update repository: fresh keys and trusted root (docs/updates.md)"
 cargo build --release --locked -p os-build
-for arch in x86_64 aarch64; do
-  target/release/os-build build --variant qemu --arch "$arch" --plain
+os_build=target/release/os-build
+keys=build/update-keys
+repo=build/update-repo
+# New keys every run: the images below trust this repository's root.
+rm -rf "$keys" "$repo" build/update-v2
+mkdir -p "$keys"
+for role in root targets snapshot timestamp; do
+  "$os_build" repo keygen --out "$keys/$role"
 done
-# The qemu image plus berth-api-bridge, for the boot-time configuration scenario.
-target/release/os-build build --variant qemu-test --arch x86_64 --plain
+"$os_build" repo init --repo "$repo" --root-key "$keys/root.pk8" \
+  --targets-key "$keys/targets.pk8" --snapshot-key "$keys/snapshot.pk8" \
+  --timestamp-key "$keys/timestamp.pk8"
+trusted_root="$repo/metadata/1.root.json"
+
+stage "images: qemu x86_64 and aarch64, qemu-test x86_64 (v1 and the v2 update)"
+for arch in x86_64 aarch64; do
+  "$os_build" build --variant qemu --arch "$arch" --plain --update-root "$trusted_root"
+done
+# The qemu image plus berth-api-bridge, for the boot-time configuration and update scenarios.
+"$os_build" build --variant qemu-test --arch x86_64 --plain --update-root "$trusted_root"
+# v2: the same variant one patch version up, offered by the repository (update scenario).
+IFS=. read -r major minor patch < <(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -n1)
+"$os_build" build --variant qemu-test --arch x86_64 --plain --update-root "$trusted_root" \
+  --version "$major.$minor.$((patch + 1))" --out build/update-v2
+"$os_build" repo add --repo "$repo" --key "$keys/targets.pk8" --key "$keys/snapshot.pk8" \
+  --key "$keys/timestamp.pk8" --build build/update-v2/qemu-test/x86_64
 
 stage "tests (unit, host integration, QEMU scenarios)"
 export BERTH_QEMU_TESTS=1

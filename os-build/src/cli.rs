@@ -204,6 +204,10 @@ pub struct BuildArgs {
     /// Refuse to build unless the packages equal `variants/<variant>/<arch>.lock`.
     #[arg(long)]
     pub locked: bool,
+    /// The update repository's trusted root.json (from `os-build repo init`), installed as
+    /// /usr/share/berth/updates/root.json for the updater. Without it the image cannot update.
+    #[arg(long)]
+    pub update_root: Option<PathBuf>,
     /// Plain progress lines even on a terminal.
     #[arg(long)]
     pub plain: bool,

@@ -25,6 +25,8 @@ const DEFAULT_EPOCH: u64 = 1_735_689_600; // 2025-01-01
 
 /// Variant default settings in the image (`NN-<name>.toml`, merged in order by apiserver).
 pub const DEFAULTS_DIR: &str = "/usr/share/berth/defaults";
+/// The trusted TUF root of the update repository in the image (`--update-root`).
+pub const UPDATE_ROOT_FILE: &str = "/usr/share/berth/updates/root.json";
 /// Service metadata in the image.
 pub const METADATA_FILE: &str = "/usr/share/berth/metadata.toml";
 
@@ -124,7 +126,14 @@ pub fn build(args: &BuildArgs) -> Result<Built> {
     let systemd_boot = read(&efi_dir.join(format!("systemd-boot{suffix}.efi")))?;
     let stub_path = efi_dir.join(format!("linux{suffix}.efi.stub"));
     let stub = read(&stub_path)?;
-    configure(&root, &variant, &workspace, &bin_dir, &args.version)?;
+    configure(
+        &root,
+        &variant,
+        &workspace,
+        &bin_dir,
+        &args.version,
+        args.update_root.as_deref(),
+    )?;
     let mut prune = variant.prune.clone();
     prune.extend(["boot/*".to_owned(), "usr/lib/systemd/boot".to_owned()]);
     let modules_root = format!("usr/lib/modules/{kernel_release}/kernel");
@@ -357,6 +366,7 @@ fn configure(
     workspace: &Path,
     bin_dir: &Path,
     version: &str,
+    update_root: Option<&Path>,
 ) -> Result<()> {
     let os_release = format!(
         "NAME=Berth\nID=berth\nID_LIKE=debian\nPRETTY_NAME=\"Berth {version} ({})\"\n\
@@ -368,7 +378,8 @@ fn configure(
     rootfs::symlink(root, "/etc/os-release", "../usr/lib/os-release")?;
     // early-init writes the machine's persistent id here every boot.
     rootfs::write_file(root, "/etc/machine-id", b"", 0o444)?;
-    for dir in ["private", "local", "opt"] {
+    // /boot: where the ESP is mounted for the updater and the health gate (boot.mount).
+    for dir in ["private", "local", "opt", "boot"] {
         std::fs::create_dir_all(root.join(dir))
             .with_context(|| format!("cannot create /{dir} in the root"))?;
     }
@@ -404,6 +415,19 @@ fn configure(
     }
     if let Some(path) = &variant.metadata {
         rootfs::write_file(root, METADATA_FILE, &read(path)?, 0o644)?;
+    }
+    if let Some(path) = update_root {
+        // The TUF root the updater trusts; it must parse as a root before it ships.
+        let bytes = read(path)?;
+        let doc: serde_json::Value = serde_json::from_slice(&bytes)
+            .with_context(|| format!("--update-root {} is not JSON", path.display()))?;
+        if doc.pointer("/signed/_type").and_then(|t| t.as_str()) != Some("root") {
+            bail!(
+                "--update-root {} is not a TUF root.json (signed._type is not \"root\")",
+                path.display()
+            );
+        }
+        rootfs::write_file(root, UPDATE_ROOT_FILE, &bytes, 0o644)?;
     }
     for (path, content) in &variant.files {
         rootfs::write_file(root, path, content.as_bytes(), 0o644)?;

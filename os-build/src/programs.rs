@@ -115,6 +115,17 @@ const PROGRAMS: &[Program] = &[
         test_only: false,
     },
     Program {
+        name: "berth-updater",
+        package: "updater",
+        install_path: "/usr/bin/berth-updater",
+        units: &[
+            "agents/updater/units/berth-health-gate.service",
+            "agents/updater/units/boot.mount",
+        ],
+        data: &[],
+        test_only: false,
+    },
+    Program {
         name: "berth-api-bridge",
         package: "api-bridge",
         install_path: "/usr/bin/berth-api-bridge",

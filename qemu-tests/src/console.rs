@@ -25,6 +25,11 @@ impl Line {
     }
 }
 
+/// How long an unfinished line must stay unchanged before waits treat it as a prompt.
+pub(crate) const PARTIAL_QUIET: Duration = Duration::from_millis(300);
+/// How often waits look again without console output (so a quiet prompt is noticed).
+const RECHECK: Duration = Duration::from_millis(100);
+
 /// What the reader has seen so far.
 #[derive(Debug, Default)]
 pub(crate) struct ConsoleState {
@@ -32,6 +37,9 @@ pub(crate) struct ConsoleState {
     pub(crate) lines: Vec<Line>,
     /// Text after the last line end (a prompt such as `Shell> ` never gets one).
     pub(crate) partial: Option<Line>,
+    /// When `partial` last changed: a partial line that has been quiet for a while is a
+    /// prompt; one that changed a moment ago is a line still being written.
+    pub(crate) partial_changed: Option<Instant>,
     /// QEMU closed the console: it exited.
     pub(crate) closed: bool,
 }
@@ -47,6 +55,17 @@ pub(crate) struct Console {
     state: Mutex<ConsoleState>,
     changed: Condvar,
     start: Instant,
+}
+
+impl ConsoleState {
+    /// The unfinished line, once it has been quiet for [`PARTIAL_QUIET`]: a prompt waiting
+    /// for input, not the first bytes of a line whose end is still on its way.
+    pub(crate) fn quiet_partial(&self) -> Option<&Line> {
+        let changed = self.partial_changed?;
+        (changed.elapsed() >= PARTIAL_QUIET)
+            .then_some(self.partial.as_ref())
+            .flatten()
+    }
 }
 
 impl Console {
@@ -85,7 +104,7 @@ impl Console {
             }
             state = self
                 .changed
-                .wait_timeout(state, until - now)
+                .wait_timeout(state, (until - now).min(RECHECK))
                 .unwrap_or_else(PoisonError::into_inner)
                 .0;
         }
@@ -153,11 +172,15 @@ impl Console {
             state.lines.push(line);
         }
         let index = state.lines.len();
-        state.partial = partial.map(|(at, text)| Line {
+        let partial = partial.map(|(at, text)| Line {
             index,
             elapsed: at.saturating_duration_since(self.start),
             text,
         });
+        if partial != state.partial {
+            state.partial_changed = partial.as_ref().map(|_| Instant::now());
+            state.partial = partial;
+        }
         state.closed |= closed;
         drop(state);
         self.changed.notify_all();

@@ -32,6 +32,7 @@ pub mod boot_times;
 pub mod checks;
 mod console;
 pub mod fault;
+pub mod file_server;
 pub mod gpt;
 pub mod image;
 pub mod imds;

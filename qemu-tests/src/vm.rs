@@ -704,7 +704,7 @@ impl RunningVm {
 
     /// Waits up to `deadline` (from now) for a console line matching `pattern`, searching
     /// every line since the VM started, and returns the first match. An unfinished line
-    /// (a prompt) matches too.
+    /// matches too once it has been unchanged for a moment (a prompt such as `Shell> `).
     pub fn wait_for_line<P: Pattern + ?Sized>(
         &self,
         pattern: &P,
@@ -739,9 +739,10 @@ impl RunningVm {
                 }
             }
             scanned = state.lines.len();
+            // Only a quiet unfinished line (a prompt): a line still being written would match
+            // on its first bytes and hand the caller a truncated text.
             state
-                .partial
-                .as_ref()
+                .quiet_partial()
                 .filter(|p| count + 1 >= n && re.is_match(&p.text))
                 .cloned()
         })

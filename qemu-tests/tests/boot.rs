@@ -82,10 +82,14 @@ fn boot(arch: Arch) -> Result<()> {
     );
 
     // (b)
-    vm.wait_for_line(markers::PROBE_END, PROBE_DEADLINE)
+    // Wait for a report that parses, not for the end line: a line wait also matches the
+    // unfinished last line, which `lines()` does not hold yet.
+    let report = vm
+        .wait_until("a complete berth-probe report", PROBE_DEADLINE, |lines| {
+            ProbeReport::parse(lines.iter().map(|l| l.text.as_str())).ok()
+        })
         .context("berth-probe did not finish its report")?;
     let lines = vm.lines();
-    let report = ProbeReport::parse(lines.iter().map(|l| l.text.as_str()))?;
     println!("  berth-probe reported:\n{report}");
 
     let mut checks = Checks::new();

@@ -27,6 +27,7 @@ pub enum Op {
     PrepareUpdate,
     ActivateUpdate,
     DeactivateUpdate,
+    RollbackToInactive,
     UpdateStatus,
     ReportCis,
     ReportCisK8s,
@@ -53,6 +54,7 @@ pub enum Schema {
     Services,
     ConfigurationFiles,
     UserDataStatus,
+    UpdateStatus,
     Error,
 }
 
@@ -100,6 +102,36 @@ const BAD: (u16, &str, Option<Schema>) = (
     Some(Schema::Error),
 );
 const ERR: (u16, &str, Option<Schema>) = (500, "Server error", Some(Schema::Error));
+const UPDATES_UNCONFIGURED: (u16, &str, Option<Schema>) = (
+    501,
+    "Updates are not configured on this host (apiserver runs without --updater-command)",
+    Some(Schema::Error),
+);
+/// The answers of the update actions: berth-updater's exit code decides (0, 2, 3, else).
+const UPDATE_ACTION_RESPONSES: &[(u16, &str, Option<Schema>)] = &[
+    (204, "The updater command finished successfully", None),
+    (
+        400,
+        "A required setting (settings.updates.metadata-base-url, targets-base-url or seed) is not set; the error names it and nothing ran",
+        Some(Schema::Error),
+    ),
+    (
+        409,
+        "Not allowed in the current update state (updater exit code 3); the error is the updater's error chain",
+        Some(Schema::Error),
+    ),
+    (
+        423,
+        "Another updater command holds the update lock (updater exit code 2); retry later",
+        Some(Schema::Error),
+    ),
+    (
+        500,
+        "The updater failed (any other exit code); the error is its error chain",
+        Some(Schema::Error),
+    ),
+    UPDATES_UNCONFIGURED,
+];
 const UNIMPL: (u16, &str, Option<Schema>) = (501, NOT_IMPL, Some(Schema::Error));
 const LEVEL: Param = Param {
     name: "level",
@@ -302,80 +334,62 @@ pub static ROUTES: &[Route] = &[
         method: "POST",
         path: "/actions/refresh-updates",
         op: Op::RefreshUpdates,
-        summary: "Query the update repository",
+        summary: "Query the update repository and choose an update (berth-updater check); answers when it has finished",
         params: &[],
         body: None,
-        responses: &[
-            (204, "Refreshed", None),
-            (423, "Update lock held; retry", Some(Schema::Error)),
-            UNIMPL,
-        ],
+        responses: UPDATE_ACTION_RESPONSES,
     },
     Route {
         method: "POST",
         path: "/actions/prepare-update",
         op: Op::PrepareUpdate,
-        summary: "Download the chosen update and write it to the inactive slot",
+        summary: "Download the chosen update and write it to the inactive slot (berth-updater prepare); answers when it has finished, which may take minutes",
         params: &[],
         body: None,
-        responses: &[
-            (204, "Prepared", None),
-            (
-                409,
-                "Not allowed in the current update state",
-                Some(Schema::Error),
-            ),
-            (423, "Update lock held; retry", Some(Schema::Error)),
-            UNIMPL,
-        ],
+        responses: UPDATE_ACTION_RESPONSES,
     },
     Route {
         method: "POST",
         path: "/actions/activate-update",
         op: Op::ActivateUpdate,
-        summary: "Make the prepared slot the next boot",
+        summary: "Make the prepared slot the next boot, with boot tries (berth-updater activate)",
         params: &[],
         body: None,
-        responses: &[
-            (204, "Activated", None),
-            (
-                409,
-                "Not allowed in the current update state",
-                Some(Schema::Error),
-            ),
-            (423, "Update lock held; retry", Some(Schema::Error)),
-            UNIMPL,
-        ],
+        responses: UPDATE_ACTION_RESPONSES,
     },
     Route {
         method: "POST",
         path: "/actions/deactivate-update",
         op: Op::DeactivateUpdate,
-        summary: "Make the running slot the next boot again",
+        summary: "Make the running slot the next boot again (berth-updater deactivate)",
         params: &[],
         body: None,
-        responses: &[
-            (204, "Deactivated", None),
-            (
-                409,
-                "Not allowed in the current update state",
-                Some(Schema::Error),
-            ),
-            (423, "Update lock held; retry", Some(Schema::Error)),
-            UNIMPL,
-        ],
+        responses: UPDATE_ACTION_RESPONSES,
+    },
+    Route {
+        method: "POST",
+        path: "/actions/rollback-to-inactive",
+        op: Op::RollbackToInactive,
+        summary: "Boot the other slot at the next reboot (berth-updater rollback); 409 when its UKI is gone",
+        params: &[],
+        body: None,
+        responses: UPDATE_ACTION_RESPONSES,
     },
     Route {
         method: "GET",
         path: "/updates/status",
         op: Op::UpdateStatus,
-        summary: "Update status",
+        summary: "Update status: the updater's state document (berth-updater status)",
         params: &[],
         body: None,
         responses: &[
-            (200, "Update status", None),
-            (423, "Update lock held; retry", Some(Schema::Error)),
-            UNIMPL,
+            (
+                200,
+                "Update status; idle when no update command has run yet",
+                Some(Schema::UpdateStatus),
+            ),
+            (500, "The updater failed; the error is its error chain", Some(Schema::Error)),
+            UPDATES_UNCONFIGURED,
         ],
     },
     Route {
@@ -447,6 +461,37 @@ fn schema_json(schema: Schema) -> Value {
                 "changed": string_list,
                 "key": {"type": "string"},
                 "error": {"type": "string"}
+            }
+        }),
+        // Mirrors updater::state::Status (agents/updater/src/state.rs).
+        Schema::UpdateStatus => json!({
+            "type": "object",
+            "required": ["state", "available_versions"],
+            "properties": {
+                "state": {"type": "string", "enum": ["idle", "available", "staged", "ready"]},
+                "running": {"type": "string", "description": "Running version, as last seen by the updater"},
+                "available_versions": string_list,
+                "chosen": {
+                    "type": "object",
+                    "required": ["variant", "arch", "version"],
+                    "properties": {
+                        "variant": {"type": "string"},
+                        "arch": {"type": "string"},
+                        "version": {"type": "string"}
+                    }
+                },
+                "target_slot": {"type": "string", "enum": ["a", "b"]},
+                "uki": {"type": "string"},
+                "most_recent_command": {
+                    "type": "object",
+                    "required": ["command", "ok", "at"],
+                    "properties": {
+                        "command": {"type": "string", "enum": ["check", "prepare", "activate", "deactivate"]},
+                        "ok": {"type": "boolean"},
+                        "error": {"type": "string", "description": "Error chain of a failed command"},
+                        "at": {"type": "string", "format": "date-time"}
+                    }
+                }
             }
         }),
         Schema::Error => json!({"$ref": "#/components/schemas/Error"}),

@@ -40,6 +40,15 @@ pub struct ServerArgs {
     /// Root of the host tree the CIS checks of /report/cis read (tests point it at a fixture).
     #[arg(long, default_value = "/")]
     pub cis_root: PathBuf,
+    /// The updater (`/usr/bin/berth-updater` on a host), run as `PROGRAM check|prepare|
+    /// activate|deactivate` for the update actions and `PROGRAM status` for /updates/status,
+    /// with its inputs from `settings.updates.*`; without it those routes answer 501.
+    #[arg(long)]
+    pub updater_command: Option<PathBuf>,
+    /// The updater's state folder (state.json and its lock), passed to it as
+    /// BERTH_UPDATES_STATE_DIR.
+    #[arg(long, default_value = paths::UPDATES_STATE_DIR)]
+    pub updates_state_dir: PathBuf,
 }
 
 /// Berth settings API client.
@@ -104,19 +113,30 @@ pub struct RawArgs {
 
 #[derive(Debug, Subcommand)]
 pub enum UpdateCommand {
-    /// Refresh the list of updates and print the update status.
+    /// Ask the update repository for updates (berth-updater check) and print the update
+    /// status.
     Check,
-    /// Download and activate the chosen update.
+    /// Write the chosen update to the inactive slot and make it the next boot (prepare, then
+    /// activate), then print the update status. Each step waits for the updater; a prepare
+    /// may take minutes.
     Apply {
-        /// Refresh the list of updates first.
+        /// Ask the update repository for updates first.
         #[arg(long)]
         check: bool,
-        /// Reboot into the update when it is activated.
+        /// Reboot into the update once it is activated (after printing the status).
         #[arg(long)]
         reboot: bool,
     },
-    /// Deactivate a prepared update.
+    /// Make the running version the next boot again (deactivate an activated update), then
+    /// print the update status.
     Cancel,
+    /// Boot the other slot at the next reboot (rollback by hand; its UKI must still be on
+    /// the ESP), then print the update status.
+    Rollback {
+        /// Reboot into the other slot at once.
+        #[arg(long)]
+        reboot: bool,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -204,5 +224,27 @@ mod tests {
         assert_eq!(a.cis_root, PathBuf::from("/tmp/host"));
         let a = ServerArgs::try_parse_from(["apiserver", "--socket-gid", "api"]).unwrap();
         assert_eq!(a.socket_gid.as_deref(), Some("api"));
+    }
+
+    #[test]
+    fn updater_flags() {
+        // No updater by default: the update routes answer 501.
+        let a = ServerArgs::try_parse_from(["apiserver"]).unwrap();
+        assert!(a.updater_command.is_none());
+        assert_eq!(a.updates_state_dir, PathBuf::from("/private/updates"));
+        let a = ServerArgs::try_parse_from([
+            "apiserver",
+            "--updater-command",
+            "/usr/bin/berth-updater",
+            "--updates-state-dir",
+            "/tmp/updates",
+        ])
+        .unwrap();
+        assert_eq!(
+            a.updater_command,
+            Some(PathBuf::from("/usr/bin/berth-updater"))
+        );
+        assert_eq!(a.updates_state_dir, PathBuf::from("/tmp/updates"));
+        assert!(ServerArgs::try_parse_from(["apiserver", "--updater-command"]).is_err());
     }
 }

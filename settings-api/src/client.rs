@@ -67,6 +67,13 @@ pub enum ClientError {
     Fetch { url: String, status: StatusCode },
     #[error("failed to write output")]
     Output(#[source] std::io::Error),
+    /// One step of `apiclient update` failed; the steps before it took effect.
+    #[error("update step '{step}' failed")]
+    UpdateStep {
+        step: &'static str,
+        #[source]
+        source: Box<ClientError>,
+    },
 }
 
 /// A response: status and body.
@@ -348,6 +355,42 @@ fn report_uri(benchmark: &str, args: &ReportArgs) -> String {
     format!("/report/cis?{}", q.join("&"))
 }
 
+/// The requests of an `apiclient update` command, in order, each with the step name its
+/// error is reported under. Each request waits for its updater command to finish (a prepare
+/// may take many minutes under emulation: the client sets no timeout). The status is printed
+/// before a reboot is requested, while the server still answers.
+pub fn update_steps(cmd: &UpdateCommand) -> Vec<(&'static str, &'static str, &'static str)> {
+    const CHECK: (&str, &str, &str) = ("check", "POST", "/actions/refresh-updates");
+    const STATUS: (&str, &str, &str) = ("status", "GET", "/updates/status");
+    match *cmd {
+        UpdateCommand::Check => vec![CHECK, STATUS],
+        UpdateCommand::Apply { check, reboot } => {
+            let mut steps = Vec::new();
+            if check {
+                steps.push(CHECK);
+            }
+            steps.push(("prepare", "POST", "/actions/prepare-update"));
+            steps.push(("activate", "POST", "/actions/activate-update"));
+            steps.push(STATUS);
+            if reboot {
+                steps.push(("reboot", "POST", "/actions/reboot"));
+            }
+            steps
+        }
+        UpdateCommand::Cancel => vec![("cancel", "POST", "/actions/deactivate-update"), STATUS],
+        UpdateCommand::Rollback { reboot } => {
+            let mut steps = vec![
+                ("rollback", "POST", "/actions/rollback-to-inactive"),
+                STATUS,
+            ];
+            if reboot {
+                steps.push(("reboot", "POST", "/actions/reboot"));
+            }
+            steps
+        }
+    }
+}
+
 /// Runs one `apiclient` command, writing results to `out`.
 pub async fn run(args: ClientArgs, out: &mut impl Write) -> Result<(), ClientError> {
     let socket = args.socket_path.as_path();
@@ -425,24 +468,16 @@ pub async fn run(args: ClientArgs, out: &mut impl Write) -> Result<(), ClientErr
             }
         }
         ClientCommand::Update(cmd) => {
-            match cmd {
-                UpdateCommand::Check => {
-                    call(socket, "POST", "/actions/refresh-updates", None).await?;
-                    let status = call(socket, "GET", "/updates/status", None).await?;
-                    print(out, &status)?;
-                }
-                UpdateCommand::Apply { check, reboot } => {
-                    if check {
-                        call(socket, "POST", "/actions/refresh-updates", None).await?;
-                    }
-                    call(socket, "POST", "/actions/prepare-update", None).await?;
-                    call(socket, "POST", "/actions/activate-update", None).await?;
-                    if reboot {
-                        call(socket, "POST", "/actions/reboot", None).await?;
-                    }
-                }
-                UpdateCommand::Cancel => {
-                    call(socket, "POST", "/actions/deactivate-update", None).await?;
+            for (step, method, uri) in update_steps(&cmd) {
+                let body =
+                    call(socket, method, uri, None)
+                        .await
+                        .map_err(|e| ClientError::UpdateStep {
+                            step,
+                            source: Box::new(e),
+                        })?;
+                if step == "status" {
+                    print(out, &body)?;
                 }
             }
             Ok(())
@@ -484,6 +519,45 @@ mod tests {
         assert_eq!(
             report_uri("bottlerocket", &args),
             "/report/cis?type=bottlerocket"
+        );
+    }
+
+    #[test]
+    fn update_commands_run_their_steps_in_order() {
+        let names = |cmd| {
+            update_steps(&cmd)
+                .into_iter()
+                .map(|(step, _, _)| step)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(names(UpdateCommand::Check), ["check", "status"]);
+        assert_eq!(
+            names(UpdateCommand::Apply {
+                check: true,
+                reboot: true
+            }),
+            ["check", "prepare", "activate", "status", "reboot"]
+        );
+        assert_eq!(
+            names(UpdateCommand::Apply {
+                check: false,
+                reboot: false
+            }),
+            ["prepare", "activate", "status"]
+        );
+        assert_eq!(names(UpdateCommand::Cancel), ["cancel", "status"]);
+        let steps = update_steps(&UpdateCommand::Cancel);
+        assert_eq!(
+            (steps[0].1, steps[0].2),
+            ("POST", "/actions/deactivate-update")
+        );
+        assert_eq!(
+            names(UpdateCommand::Rollback { reboot: true }),
+            ["rollback", "status", "reboot"]
+        );
+        assert_eq!(
+            update_steps(&UpdateCommand::Rollback { reboot: false })[0].2,
+            "/actions/rollback-to-inactive"
         );
     }
 

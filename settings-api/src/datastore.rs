@@ -3,6 +3,8 @@
 //! ```text
 //! <root>/version                   datastore format version ("1")
 //! <root>/live/settings.json        committed settings
+//! <root>/live/settings.v<N>.json   live settings as they were before a migration from
+//!                                  format N (kept for a rollback to a build of format N)
 //! <root>/pending/<tx>/settings.json  pending settings of transaction <tx>
 //! ```
 //!
@@ -196,13 +198,27 @@ impl Datastore {
                 })
             }
         };
-        if found > target {
-            return Err(DatastoreError::Version {
-                path: version_path,
-                found: found.to_string(),
-            });
-        }
         let live_path = root.join("live").join("settings.json");
+        if found > target {
+            // A newer build migrated this datastore and the host went back to this one (an
+            // update rolled back): its own format is in the copy saved before the migration.
+            // Settings changed since the update are dropped, as on Bottlerocket.
+            let saved = saved_path(&root, target);
+            if !saved.is_file() {
+                return Err(DatastoreError::Version {
+                    path: version_path,
+                    found: found.to_string(),
+                });
+            }
+            let live = read_json(&saved)?;
+            write_json(&live_path, &live, true)?;
+            write_atomic(&version_path, format!("{target}\n").as_bytes(), true)?;
+            tracing::warn!(
+                found,
+                restored = target,
+                "datastore format is newer than this build (a rollback): restored the settings saved before the migration"
+            );
+        }
         for version in found..target {
             let migration = migrations
                 .iter()
@@ -214,6 +230,11 @@ impl Datastore {
             // Live first, then the version: a crash in between re-runs this migration on
             // migrated data, so migrations must be idempotent.
             let mut live = read_json(&live_path)?;
+            // Kept for a rollback to a build of this format (see above). Only the first
+            // step's input is the old build's format; later steps' inputs are intermediate.
+            if version == found {
+                write_json(&saved_path(&root, version), &live, true)?;
+            }
             (migration.migrate)(&mut live);
             write_json(&live_path, &live, true)?;
             write_atomic(&version_path, format!("{}\n", version + 1).as_bytes(), true)?;
@@ -360,6 +381,11 @@ fn remove_dir(dir: &Path) -> Result<(), DatastoreError> {
             source,
         }),
     }
+}
+
+/// Live settings of format `version`, saved before migrating from it.
+fn saved_path(root: &Path, version: u32) -> PathBuf {
+    root.join("live").join(format!("settings.v{version}.json"))
 }
 
 fn read_json(path: &Path) -> Result<Value, DatastoreError> {
@@ -514,9 +540,29 @@ mod tests {
             fs::read_to_string(dir.path().join("version")).unwrap(),
             "2\n"
         );
-        // A version with no migration path is refused, as is a newer one.
+        // A version with no migration path is refused.
         assert!(Datastore::open_with(dir.path(), 3, &steps).is_err());
-        assert!(Datastore::open(dir.path()).is_err());
+        // Back on a build of format 1 (a rollback): the settings saved before the migration.
+        ds.set_live(&json!({"motd": "changed after the update"}))
+            .unwrap();
+        let ds = Datastore::open(dir.path()).unwrap();
+        assert_eq!(ds.live().unwrap(), json!({"old-motd": "hi"}));
+        assert_eq!(
+            fs::read_to_string(dir.path().join("version")).unwrap(),
+            "1\n"
+        );
+        // Forward again: migrated from the restored settings.
+        let ds = Datastore::open_with(dir.path(), 2, &steps).unwrap();
+        assert_eq!(ds.live().unwrap(), json!({"motd": "hi"}));
+    }
+
+    #[test]
+    fn a_newer_format_without_a_saved_copy_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        Datastore::open(dir.path()).unwrap();
+        fs::write(dir.path().join("version"), "5\n").unwrap();
+        let err = Datastore::open(dir.path()).unwrap_err().to_string();
+        assert!(err.contains("format version 5"), "{err}");
     }
 
     #[test]

@@ -14,6 +14,7 @@ pub mod paths;
 pub mod pem;
 pub mod reboot;
 pub mod server;
+pub mod updates;
 
 /// Sets up `tracing` to stderr, filtered by `RUST_LOG` (default `info`); no timestamps under
 /// systemd, whose journal adds them; colours only on a terminal.

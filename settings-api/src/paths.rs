@@ -8,3 +8,5 @@ pub const DATASTORE: &str = "/private/datastore";
 pub const OS_RELEASE: &str = "/etc/os-release";
 /// Group database used to resolve `--socket-gid NAME`.
 pub const GROUP_FILE: &str = "/etc/group";
+/// State folder of `berth-updater` (state.json, the update lock), on the `private` partition.
+pub const UPDATES_STATE_DIR: &str = "/private/updates";

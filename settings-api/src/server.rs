@@ -163,6 +163,8 @@ pub struct State {
     user_data_status: Option<std::path::PathBuf>,
     /// What `POST /actions/reboot` does; 501 without one.
     rebooter: Option<Arc<dyn crate::reboot::Rebooter>>,
+    /// Runs `berth-updater` for the update actions and status; 501 without one.
+    updater: Option<crate::updates::Updater>,
 }
 
 impl State {
@@ -192,6 +194,7 @@ impl State {
             cis_root: std::path::PathBuf::from("/"),
             user_data_status: None,
             rebooter: None,
+            updater: None,
         })
     }
 
@@ -216,6 +219,12 @@ impl State {
     /// Lets `POST /actions/reboot` reboot through `rebooter`.
     pub fn with_rebooter(mut self, rebooter: Arc<dyn crate::reboot::Rebooter>) -> State {
         self.rebooter = Some(rebooter);
+        self
+    }
+
+    /// Lets the update actions and `/updates/status` run `updater`.
+    pub fn with_updater(mut self, updater: crate::updates::Updater) -> State {
+        self.updater = Some(updater);
         self
     }
 
@@ -401,6 +410,30 @@ fn not_implemented(what: &str) -> ApiError {
         StatusCode::NOT_IMPLEMENTED,
         format!("{what} is not implemented in this release of Berth (see settings-api/README.md)"),
     )
+}
+
+fn updates_not_configured() -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_IMPLEMENTED,
+        "updates are not configured on this host",
+    )
+}
+
+impl From<crate::updates::UpdatesError> for ApiError {
+    fn from(e: crate::updates::UpdatesError) -> ApiError {
+        let mut message = e.to_string();
+        let mut source = std::error::Error::source(&e);
+        while let Some(s) = source {
+            message.push_str(": ");
+            message.push_str(&s.to_string());
+            source = s.source();
+        }
+        ApiError {
+            status: e.status(),
+            key: e.key(),
+            message,
+        }
+    }
 }
 
 /// Handles one HTTP request: reads the body (at most [`MAX_BODY`] bytes), then [`respond`]s.
@@ -646,10 +679,34 @@ async fn dispatch(
             info!("reboot requested");
             no_content()
         }
-        Op::RefreshUpdates | Op::PrepareUpdate | Op::ActivateUpdate | Op::DeactivateUpdate => {
-            Err(not_implemented("the update action"))
+        Op::RefreshUpdates
+        | Op::PrepareUpdate
+        | Op::ActivateUpdate
+        | Op::DeactivateUpdate
+        | Op::RollbackToInactive => {
+            use crate::updates::Action;
+            let updater = state.updater.as_ref().ok_or_else(updates_not_configured)?;
+            let action = match op {
+                Op::RefreshUpdates => Action::Check,
+                Op::PrepareUpdate => Action::Prepare,
+                Op::ActivateUpdate => Action::Activate,
+                Op::RollbackToInactive => Action::Rollback,
+                _ => Action::Deactivate,
+            };
+            // The updater takes its inputs from the live settings as they are now.
+            let settings = Settings::from_json(&state.snapshot().value).map_err(|e| {
+                ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    format!("live settings are invalid: {e}"),
+                )
+            })?;
+            updater.run(action, settings.updates.as_ref()).await?;
+            no_content()
         }
-        Op::UpdateStatus => Err(not_implemented("update status")),
+        Op::UpdateStatus => {
+            let updater = state.updater.as_ref().ok_or_else(updates_not_configured)?;
+            ok_json(&updater.status().await?)
+        }
         Op::ReportCis | Op::ReportCisK8s => cis_report(state, op, &q).await,
     }
 }

@@ -13,6 +13,11 @@
 //! | `aws.region` | IMDS `placement/region` (identity document as fallback) | - | aws |
 //! | `kubernetes.node-ip` | IMDS `local-ipv4` | address of the interface of the default route | `settings.kubernetes` exists |
 //! | `kubernetes.provider-id` | `aws:///<availability zone>/<instance id>` | - | aws and `settings.kubernetes` exists |
+//! | `updates.seed` | random in `0..2048`, drawn once | the same | always |
+//!
+//! The update seed places the host in the update waves. Unlike the host facts it is drawn
+//! once, at the first boot that finds it unset, and then kept (while this step owns it):
+//! redrawing at every boot would move the host between waves.
 //!
 //! All generated values of one boot go in one transaction (`boot-config-generate`). A value
 //! the model rejects is logged and left out; a generator that fails (metadata service down)
@@ -156,21 +161,49 @@ fn primary_address(wait: Duration) -> Result<Option<std::net::IpAddr>> {
     }
 }
 
-type Generator = fn(&mut Facts) -> Result<Option<String>>;
+/// Upper bound (exclusive) of `updates.seed`: the updater's waves cover seeds `0..2048`.
+pub const SEED_BOUND: u32 = 2048;
+
+#[derive(Debug, Clone, Copy)]
+enum Generator {
+    /// A host fact, derived again at every boot.
+    Fact(fn(&mut Facts) -> Result<Option<String>>),
+    /// A random integer in `0..bound`, drawn when the key is unset and kept afterwards.
+    RandomOnce(u32),
+}
+
+impl Generator {
+    /// The value to store, given the key's current value (only ever one this step wrote).
+    fn generate(self, facts: &mut Facts, current: Option<&Value>) -> Result<Option<Value>> {
+        match self {
+            Generator::Fact(fact) => Ok(fact(facts)?.map(Value::String)),
+            Generator::RandomOnce(bound) => Ok(Some(match current {
+                Some(kept) => kept.clone(),
+                None => Value::from(rand::Rng::gen_range(&mut rand::thread_rng(), 0..bound)),
+            })),
+        }
+    }
+}
 
 /// Which generators apply to this host.
 fn generators(facts: &Facts, live: &Value) -> Vec<(&'static str, Generator)> {
     let kubernetes = live.get("kubernetes").is_some();
     let aws = facts.is_aws();
-    let mut out: Vec<(&'static str, Generator)> = vec![("network.hostname", Facts::hostname)];
+    let mut out: Vec<(&'static str, Generator)> = vec![
+        ("network.hostname", Generator::Fact(Facts::hostname)),
+        ("updates.seed", Generator::RandomOnce(SEED_BOUND)),
+    ];
     if aws {
-        out.push(("aws.region", Facts::region));
+        out.push(("aws.region", Generator::Fact(Facts::region)));
     }
     if kubernetes {
-        out.push(("kubernetes.node-ip", Facts::node_ip));
+        out.push(("kubernetes.node-ip", Generator::Fact(Facts::node_ip)));
     }
     if kubernetes && aws {
-        out.push(("kubernetes.provider-id", Facts::provider_id));
+        out.push((
+            "kubernetes.provider-id",
+            Generator::Fact(Facts::provider_id),
+        ));
     }
     out
 }
@@ -219,8 +252,8 @@ pub fn plan(facts: &mut Facts, live: &Value, previous: &Status) -> (Value, Statu
                 status.generated.insert(key.to_string(), w.clone());
             }
         };
-        let value = match generator(facts) {
-            Ok(Some(v)) => Value::String(v),
+        let value = match generator.generate(facts, current) {
+            Ok(Some(v)) => v,
             Ok(None) => {
                 tracing::info!(key, "nothing to generate");
                 keep_record(&mut status);
@@ -335,6 +368,65 @@ mod tests {
         dir
     }
 
+    /// The patch without the update seed a first run draws, checked to be in range.
+    fn facts_only(mut patch: Value) -> Value {
+        let top = patch.as_object_mut().unwrap();
+        if let Some(updates) = top.get_mut("updates").and_then(Value::as_object_mut) {
+            let seed = updates.remove("seed").and_then(|s| s.as_u64()).unwrap();
+            assert!(seed < u64::from(SEED_BOUND), "seed {seed}");
+            if updates.is_empty() {
+                top.remove("updates");
+            }
+        }
+        patch
+    }
+
+    #[test]
+    fn the_update_seed_is_drawn_once_and_kept() {
+        let d = host("node-7");
+        let (patch, status) = plan(
+            &mut facts(d.path(), Platform::Qemu),
+            &json!({}),
+            &Status::default(),
+        );
+        let seed = patch["updates"]["seed"].clone();
+        assert!(seed.as_u64().is_some_and(|s| s < 2048), "{seed}");
+        assert_eq!(
+            status.generated["updates.seed"],
+            std::slice::from_ref(&seed)
+        );
+        // The model takes it (an integer, not a string).
+        settings_api::model::Settings::from_json(&patch).unwrap();
+        // Next boot: ours, so kept as it is, not drawn again.
+        let live = json!({"network": {"hostname": "node-7"}, "updates": {"seed": seed}});
+        for _ in 0..5 {
+            let (patch, again) = plan(&mut facts(d.path(), Platform::Qemu), &live, &status);
+            assert_eq!(patch, json!({}), "nothing changes");
+            assert_eq!(again.generated["updates.seed"], std::slice::from_ref(&seed));
+        }
+        // A seed from user data is the user's.
+        let live = json!({"updates": {"seed": 2047}});
+        let (patch, status) = plan(
+            &mut facts(d.path(), Platform::Qemu),
+            &live,
+            &Status::default(),
+        );
+        assert!(patch.get("updates").is_none(), "{patch}");
+        assert!(status.user_set.contains(&"updates.seed".to_string()));
+        // Draws spread over the range (64 draws all below 1024 would be a broken draw).
+        let draws: Vec<u64> = (0..64)
+            .map(|_| {
+                let (patch, _) = plan(
+                    &mut facts(d.path(), Platform::Qemu),
+                    &json!({}),
+                    &Status::default(),
+                );
+                patch["updates"]["seed"].as_u64().unwrap()
+            })
+            .collect();
+        assert!(draws.iter().any(|s| *s >= 1024), "{draws:?}");
+    }
+
     #[test]
     fn hostname_off_aws_from_kernel_or_machine_id() {
         let d = host("node-7");
@@ -343,7 +435,10 @@ mod tests {
             &json!({}),
             &Status::default(),
         );
-        assert_eq!(patch, json!({"network": {"hostname": "node-7"}}));
+        assert_eq!(
+            facts_only(patch),
+            json!({"network": {"hostname": "node-7"}})
+        );
         assert_eq!(status.generated["network.hostname"], [json!("node-7")]);
         let d = host("localhost");
         let (patch, _) = plan(
@@ -352,7 +447,7 @@ mod tests {
             &Status::default(),
         );
         assert_eq!(
-            patch,
+            facts_only(patch),
             json!({"network": {"hostname": "berth-0123456789ab"}})
         );
     }
@@ -367,9 +462,9 @@ mod tests {
             &live,
             &Status::default(),
         );
-        assert_eq!(patch, json!({}));
+        assert_eq!(facts_only(patch), json!({}));
         assert_eq!(status.user_set, ["network.hostname"]);
-        assert!(status.generated.is_empty());
+        assert!(!status.generated.contains_key("network.hostname"));
         // Generated before, host name changed since: regenerated.
         let previous = Status {
             generated: BTreeMap::from([("network.hostname".to_string(), vec![json!("old")])]),
@@ -377,7 +472,10 @@ mod tests {
         };
         let live = json!({"network": {"hostname": "old"}});
         let (patch, status) = plan(&mut facts(d.path(), Platform::Qemu), &live, &previous);
-        assert_eq!(patch, json!({"network": {"hostname": "node-7"}}));
+        assert_eq!(
+            facts_only(patch),
+            json!({"network": {"hostname": "node-7"}})
+        );
         assert_eq!(
             status.generated["network.hostname"],
             [json!("old"), json!("node-7")]
@@ -385,7 +483,7 @@ mod tests {
         // Generated before, then changed with apiclient set: the user's now.
         let live = json!({"network": {"hostname": "renamed"}});
         let (patch, status) = plan(&mut facts(d.path(), Platform::Qemu), &live, &previous);
-        assert_eq!(patch, json!({}));
+        assert_eq!(facts_only(patch), json!({}));
         assert_eq!(status.user_set, ["network.hostname"]);
     }
 
@@ -397,7 +495,7 @@ mod tests {
             &json!({}),
             &Status::default(),
         );
-        assert_eq!(patch, json!({}));
+        assert_eq!(facts_only(patch), json!({}));
         assert!(
             status.errors["network.hostname"].contains("network.hostname"),
             "{status:?}"
@@ -412,12 +510,15 @@ mod tests {
             .into_iter()
             .map(|g| g.0)
             .collect();
-        assert_eq!(keys, ["network.hostname"]);
+        assert_eq!(keys, ["network.hostname", "updates.seed"]);
         let keys: Vec<&str> = generators(&f, &json!({"kubernetes": {}}))
             .into_iter()
             .map(|g| g.0)
             .collect();
-        assert_eq!(keys, ["network.hostname", "kubernetes.node-ip"]);
+        assert_eq!(
+            keys,
+            ["network.hostname", "updates.seed", "kubernetes.node-ip"]
+        );
         let f = facts(d.path(), Platform::Aws);
         let keys: Vec<&str> = generators(&f, &json!({"kubernetes": {"cluster-name": "c"}}))
             .into_iter()
@@ -427,6 +528,7 @@ mod tests {
             keys,
             [
                 "network.hostname",
+                "updates.seed",
                 "aws.region",
                 "kubernetes.node-ip",
                 "kubernetes.provider-id"
@@ -443,7 +545,7 @@ mod tests {
         };
         let live = json!({"aws": {"region": "eu-west-1"}});
         let (patch, status) = plan(&mut facts(d.path(), Platform::Aws), &live, &previous);
-        assert_eq!(patch, json!({}));
+        assert_eq!(facts_only(patch), json!({}));
         assert!(status.errors.contains_key("aws.region"));
         assert!(status.errors.contains_key("network.hostname"));
         // Still recorded as ours, so a later boot with IMDS back can update it.

@@ -36,6 +36,24 @@ pub enum Command {
     Deactivate(UpdaterArgs),
     /// Prepare (unless staged) and activate.
     Apply(UpdaterArgs),
+    /// Run this boot's health gate: wait for the gate units, then mark the booted UKI good
+    /// (or, on a trial boot that failed, reboot so the boot loader falls back); report an
+    /// update the boot loader fell back from.
+    HealthGate(HealthGateArgs),
+    /// Boot the other slot next (rollback by hand): its UKI gets its good name and the
+    /// running version's UKI is marked bad. Takes effect at the next reboot.
+    Rollback {
+        /// Folder holding state.json (on `private`).
+        #[arg(
+            long,
+            env = "BERTH_UPDATES_STATE_DIR",
+            default_value = "/private/updates"
+        )]
+        state_dir: PathBuf,
+        /// Where the ESP is mounted.
+        #[arg(long, env = "BERTH_UPDATES_ESP", default_value = "/boot")]
+        esp: PathBuf,
+    },
     /// Print the stored state as JSON.
     Status {
         /// Folder holding state.json (on `private`).
@@ -46,6 +64,45 @@ pub enum Command {
         )]
         state_dir: PathBuf,
     },
+}
+
+#[derive(Debug, Args)]
+pub struct HealthGateArgs {
+    /// Folder holding state.json (on `private`).
+    #[arg(
+        long,
+        env = "BERTH_UPDATES_STATE_DIR",
+        default_value = "/private/updates"
+    )]
+    pub state_dir: PathBuf,
+    /// Where the ESP is mounted.
+    #[arg(long, env = "BERTH_UPDATES_ESP", default_value = "/boot")]
+    pub esp: PathBuf,
+    /// Units that must be active for the boot to count as healthy (comma-separated or
+    /// repeated). Variants add theirs with a drop-in that sets BERTH_HEALTH_GATE_UNITS.
+    #[arg(
+        long = "unit",
+        env = "BERTH_HEALTH_GATE_UNITS",
+        value_delimiter = ',',
+        default_value = "configured.target,apiserver.service"
+    )]
+    pub units: Vec<String>,
+    /// Seconds the units may take to become active.
+    #[arg(long, env = "BERTH_HEALTH_GATE_TIMEOUT", default_value_t = 300)]
+    pub timeout_secs: u64,
+}
+
+impl HealthGateArgs {
+    pub fn gate(&self, host_root: &Path) -> crate::health::Gate {
+        crate::health::Gate {
+            host_root: host_root.to_path_buf(),
+            state_dir: self.state_dir.clone(),
+            esp: self.esp.clone(),
+            units: self.units.clone(),
+            timeout: std::time::Duration::from_secs(self.timeout_secs),
+            poll: std::time::Duration::from_millis(500),
+        }
+    }
 }
 
 #[derive(Debug, Args)]
@@ -224,6 +281,29 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("proc/cmdline"), "{err}");
+    }
+
+    #[test]
+    fn health_gate_units_default_and_accept_a_list() {
+        let cli = Cli::try_parse_from(["berth-updater", "health-gate"]).unwrap();
+        let Command::HealthGate(args) = cli.command else {
+            panic!("not health-gate")
+        };
+        assert_eq!(args.units, ["configured.target", "apiserver.service"]);
+        assert_eq!(args.esp, PathBuf::from("/boot"));
+        let cli = Cli::try_parse_from([
+            "berth-updater",
+            "health-gate",
+            "--unit",
+            "configured.target,kubelet.service",
+            "--timeout-secs=5",
+        ])
+        .unwrap();
+        let Command::HealthGate(args) = cli.command else {
+            panic!("not health-gate")
+        };
+        assert_eq!(args.units, ["configured.target", "kubelet.service"]);
+        assert_eq!(args.gate(Path::new("/")).timeout.as_secs(), 5);
     }
 
     #[test]

@@ -72,6 +72,11 @@ pub fn version(root: &Path) -> Result<Version, HostError> {
     })
 }
 
+/// The slot the host runs from (`berth.slot=` of `<root>/proc/cmdline`).
+pub fn running_slot(root: &Path) -> Result<Slot, HostError> {
+    inactive_slot(root).map(Slot::other)
+}
+
 /// The slot the host is not running from (`berth.slot=` of `<root>/proc/cmdline`).
 pub fn inactive_slot(root: &Path) -> Result<Slot, HostError> {
     let (path, text) = read(root, "proc/cmdline")?;

@@ -5,6 +5,7 @@
 
 pub mod choose;
 pub mod cli;
+pub mod health;
 pub mod host;
 pub mod manifest;
 pub mod repo;
@@ -67,6 +68,8 @@ pub enum UpdaterError {
         #[source]
         source: std::io::Error,
     },
+    #[error("no other slot to boot: {dir} holds no UKI of a version other than the running {running} (the other slot is empty, failed, or was overwritten by a prepared update)")]
+    NoOtherSlot { dir: PathBuf, running: Version },
     #[error("a slot-writing task failed to finish")]
     Join(#[source] tokio::task::JoinError),
 }
@@ -217,6 +220,14 @@ pub async fn prepare(cfg: &Config) -> Result<Status, UpdaterError> {
             status.target_slot = None;
             status.store(&cfg.state_dir)?;
         }
+        // The inactive slot's own UKI would boot what is about to be overwritten (and a cut
+        // write fails its verity check): remove it first. Only the running version's UKI
+        // stays bootable until activate installs the new one.
+        let running = cfg.running.clone();
+        let removed = slot::remove_ukis(&cfg.esp, |v| v != &running)?;
+        if !removed.is_empty() {
+            tracing::info!(?removed, slot = %cfg.slot, "UKIs of the slot being overwritten removed");
+        }
         let job = {
             let cfg = cfg.clone();
             let images = images.clone();
@@ -305,6 +316,37 @@ pub async fn apply(cfg: &Config) -> Result<Status, UpdaterError> {
         prepare(cfg).await?;
     }
     activate(cfg).await
+}
+
+/// `rollback`: makes the other slot's UKI boot next, by hand. Its UKI must still be on the
+/// ESP (a prepared update removes it before overwriting the slot). The other UKI gets its
+/// good name; the running version's UKI is marked bad (`+0`), so systemd-boot prefers the
+/// other one and keeps this one only as a last resort. Takes effect at the next reboot.
+pub fn rollback(state_dir: &Path, esp: &Path, running: &Version) -> Result<Status, UpdaterError> {
+    let _lock = state::Lock::take(state_dir)?;
+    let mut status = Status::load(state_dir)?;
+    let result = status
+        .allows(CommandName::Rollback)
+        .map_err(UpdaterError::from)
+        .and_then(|()| Ok(slot::prefer_other_uki(esp, running)?))
+        .and_then(|other| {
+            other.ok_or_else(|| UpdaterError::NoOtherSlot {
+                dir: esp.join("EFI/Linux"),
+                running: running.clone(),
+            })
+        });
+    if let Ok(name) = &result {
+        tracing::info!(uki = %name, "the other slot boots next");
+    }
+    status.running = Some(running.clone());
+    status.most_recent_command = Some(CommandResult {
+        command: CommandName::Rollback,
+        ok: result.is_ok(),
+        error: result.as_ref().err().map(|e| error_chain(e)),
+        at: jiff::Timestamp::now(),
+    });
+    status.store(state_dir)?;
+    result.map(|_| status)
 }
 
 /// The state as stored.

@@ -395,9 +395,74 @@ pub fn remove_ukis(esp: &Path, pred: impl Fn(&Version) -> bool) -> Result<Vec<St
     Ok(removed)
 }
 
+/// For a rollback by hand: gives the newest UKI of a version other than `running` its good
+/// name (no boot counter) and marks the running version's UKIs bad (`+0`), so systemd-boot
+/// boots the other one next. Returns the other UKI's new name, `None` when there is none (and
+/// then changes nothing).
+pub fn prefer_other_uki(esp: &Path, running: &Version) -> Result<Option<String>, SlotError> {
+    let dir = esp.join("EFI/Linux");
+    let eerr = |e| SlotError::Esp {
+        path: dir.clone(),
+        source: e,
+    };
+    let mut ukis: Vec<(Version, String)> = match std::fs::read_dir(&dir) {
+        Ok(entries) => entries
+            .filter_map(|e| e.ok())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter_map(|name| uki_version(&name).map(|v| (v, name)))
+            .collect(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(eerr(e)),
+    };
+    ukis.sort();
+    let Some((version, other)) = ukis.iter().rev().find(|(v, _)| v != running).cloned() else {
+        return Ok(None);
+    };
+    let good = format!("berth-{version}.efi");
+    if other != good {
+        std::fs::rename(dir.join(&other), dir.join(&good)).map_err(eerr)?;
+    }
+    for (v, name) in &ukis {
+        if v == running {
+            let bad = format!("berth-{v}+0.efi");
+            if name != &bad {
+                std::fs::rename(dir.join(name), dir.join(&bad)).map_err(eerr)?;
+            }
+        }
+    }
+    File::open(&dir).and_then(|d| d.sync_all()).map_err(eerr)?;
+    Ok(Some(good))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rollback_prefers_the_other_uki() {
+        let esp = tempfile::tempdir().unwrap();
+        let dir = esp.path().join("EFI/Linux");
+        std::fs::create_dir_all(&dir).unwrap();
+        let running = Version::new(2, 0, 0);
+        assert_eq!(prefer_other_uki(esp.path(), &running).unwrap(), None);
+        std::fs::write(dir.join("berth-2.0.0.efi"), "v2").unwrap();
+        assert_eq!(prefer_other_uki(esp.path(), &running).unwrap(), None);
+        assert!(
+            dir.join("berth-2.0.0.efi").exists(),
+            "nothing changes without another UKI"
+        );
+        std::fs::write(dir.join("berth-1.0.0+0-3.efi"), "v1").unwrap();
+        assert_eq!(
+            prefer_other_uki(esp.path(), &running).unwrap().as_deref(),
+            Some("berth-1.0.0.efi")
+        );
+        let mut names: Vec<String> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        names.sort();
+        assert_eq!(names, ["berth-1.0.0.efi", "berth-2.0.0+0.efi"]);
+    }
 
     #[test]
     fn uki_names() {

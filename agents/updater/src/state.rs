@@ -43,6 +43,8 @@ pub enum CommandName {
     Prepare,
     Activate,
     Deactivate,
+    /// Boot the other slot next (by hand).
+    Rollback,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -81,6 +83,48 @@ pub struct Status {
     pub uki: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub most_recent_command: Option<CommandResult>,
+    /// What the health gate of the running boot found (`berth-updater health-gate`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_boot: Option<BootReport>,
+    /// An activated update whose slot did not come up healthy, so the host fell back to the
+    /// slot it runs now. Kept until another update boots healthy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failed_update: Option<FailedUpdate>,
+}
+
+/// The outcome of a boot's health gate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum BootOutcome {
+    /// The gate passed; a trial boot's UKI was marked good (its boot counter removed).
+    Healthy,
+    /// The gate failed; a trial boot reboots so that the boot loader tries again or falls
+    /// back to the other slot.
+    GateFailed,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BootReport {
+    pub outcome: BootOutcome,
+    pub slot: Slot,
+    pub version: Version,
+    /// The UKI booted, as the boot loader reported it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub entry: Option<String>,
+    /// A trial boot (the UKI still had a boot counter) whose UKI was renamed to its good name.
+    pub blessed: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+    pub at: jiff::Timestamp,
+}
+
+/// An update that was activated but did not become the running slot.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FailedUpdate {
+    pub version: Version,
+    pub slot: Slot,
+    pub reason: String,
+    pub at: jiff::Timestamp,
 }
 
 impl Default for Status {
@@ -93,6 +137,8 @@ impl Default for Status {
             target_slot: None,
             uki: None,
             most_recent_command: None,
+            last_boot: None,
+            failed_update: None,
         }
     }
 }
@@ -210,6 +256,11 @@ impl Status {
             ),
             CommandName::Activate => (self.state == Staged, "staged"),
             CommandName::Deactivate => (self.state == Ready, "ready"),
+            // With an update activated the other slot is the update; cancel it instead.
+            CommandName::Rollback => (
+                matches!(self.state, Idle | Available | Staged),
+                "idle, available or staged",
+            ),
         };
         if ok {
             Ok(())
@@ -248,6 +299,16 @@ mod tests {
                 error: None,
                 at: "2026-01-01T00:00:00Z".parse().unwrap(),
             }),
+            last_boot: Some(BootReport {
+                outcome: BootOutcome::Healthy,
+                slot: Slot::A,
+                version: Version::new(1, 0, 0),
+                entry: Some("berth-1.0.0+2-1.efi".into()),
+                blessed: true,
+                detail: None,
+                at: "2026-01-01T00:00:00Z".parse().unwrap(),
+            }),
+            failed_update: None,
         };
         status.store(dir.path()).unwrap();
         assert_eq!(Status::load(dir.path()).unwrap(), status);

@@ -41,6 +41,12 @@ fn run(args: ServerArgs) -> anyhow::Result<()> {
     if let Some(method) = args.reboot {
         state = state.with_rebooter(method.rebooter());
     }
+    if let Some(program) = &args.updater_command {
+        state = state.with_updater(settings_api::updates::Updater::new(
+            program.clone(),
+            args.updates_state_dir.clone(),
+        ));
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .max_blocking_threads(4)

@@ -26,21 +26,32 @@ pub struct Server {
     pub datastore: PathBuf,
     pub child: Child,
     extra: Vec<String>,
+    env: Vec<(String, String)>,
 }
 
 impl Server {
     pub fn start(extra: &[&str]) -> Server {
+        Server::start_with_env(extra, &[])
+    }
+
+    /// Starts apiserver with `env` added to its environment.
+    pub fn start_with_env(extra: &[&str], env: &[(&str, &str)]) -> Server {
         let dir = tempfile::tempdir().unwrap();
         let socket = dir.path().join("api.sock");
         let datastore = dir.path().join("datastore");
         let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
-        let child = spawn(&socket, &datastore, &extra);
+        let env: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let child = spawn_with_env(&socket, &datastore, &extra, &env);
         let server = Server {
             dir,
             socket,
             datastore,
             child,
             extra,
+            env,
         };
         server.wait_ready();
         server
@@ -63,7 +74,7 @@ impl Server {
     /// Kills the server with SIGKILL and starts it again on the same datastore.
     pub fn kill_and_restart(&mut self) {
         self.kill();
-        self.child = spawn(&self.socket, &self.datastore, &self.extra);
+        self.child = spawn_with_env(&self.socket, &self.datastore, &self.extra, &self.env);
         self.wait_ready();
     }
 
@@ -137,6 +148,15 @@ impl Drop for Server {
 }
 
 pub fn spawn(socket: &Path, datastore: &Path, extra: &[String]) -> Child {
+    spawn_with_env(socket, datastore, extra, &[])
+}
+
+pub fn spawn_with_env(
+    socket: &Path,
+    datastore: &Path,
+    extra: &[String],
+    env: &[(String, String)],
+) -> Child {
     Command::new(APISERVER)
         .arg("--socket-path")
         .arg(socket)
@@ -144,6 +164,7 @@ pub fn spawn(socket: &Path, datastore: &Path, extra: &[String]) -> Child {
         .arg(datastore)
         .args(extra)
         .env("RUST_LOG", "warn")
+        .envs(env.iter().map(|(k, v)| (k, v)))
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
         .spawn()

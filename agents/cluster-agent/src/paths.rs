@@ -1,0 +1,39 @@
+//! Where rendered files go on the host (relative to the output root) and the host paths the
+//! rendered files refer to. One place, so the files and the units that read them agree.
+
+/// KubeletConfiguration, as nodeadm writes it.
+pub const KUBELET_CONFIG: &str = "etc/kubernetes/kubelet/config.json";
+/// Kubelet flags, a systemd `EnvironmentFile` read by `kubelet.service`.
+pub const KUBELET_ENV: &str = "etc/kubernetes/kubelet/environment";
+/// Name of the variable in [`KUBELET_ENV`] that `kubelet.service` expands in `ExecStart`.
+pub const KUBELET_ARGS_VAR: &str = "KUBELET_ARGS";
+/// Kubelet's kubeconfig (IAM exec plugin); in TLS mode kubelet writes it itself.
+pub const KUBECONFIG: &str = "var/lib/kubelet/kubeconfig";
+/// Bootstrap kubeconfig holding the bootstrap token (TLS bootstrap, EKS Anywhere).
+pub const BOOTSTRAP_KUBECONFIG: &str = "var/lib/kubelet/bootstrap-kubeconfig";
+/// The cluster CA, decoded from `settings.kubernetes.cluster-certificate`.
+pub const CLUSTER_CA: &str = "etc/kubernetes/pki/ca.crt";
+/// CredentialProviderConfig for kubelet's image credential providers.
+pub const CREDENTIAL_PROVIDER_CONFIG: &str = "etc/eks/image-credential-provider/config.json";
+/// Folder of static pod manifests.
+pub const STATIC_PODS_DIR: &str = "etc/kubernetes/static-pods";
+/// ECS agent configuration, a systemd `EnvironmentFile` read by `ecs.service`.
+pub const ECS_CONFIG: &str = "etc/ecs/ecs.config";
+
+/// Image credential provider binaries (ecr-credential-provider), on the read-only root.
+pub const CREDENTIAL_PROVIDER_BIN_DIR: &str = "/usr/libexec/kubernetes/credential-providers";
+/// containerd's CRI socket.
+pub const CONTAINERD_SOCKET: &str = "unix:///run/containerd/containerd.sock";
+/// ECS agent data and logs, as in Bottlerocket.
+pub const ECS_DATADIR: &str = "/var/lib/ecs/data";
+pub const ECS_LOGFILE: &str = "/var/log/ecs/ecs-agent.log";
+pub const ECS_AUDIT_LOGFILE: &str = "/var/log/ecs/audit.log";
+pub const ECS_CNI_PLUGINS: &str = "/usr/libexec/amazon-ecs-agent";
+
+/// The absolute host path of an output-relative path.
+pub fn host(relative: &str) -> String {
+    format!("/{relative}")
+}
+
+/// The IAM token exec plugin on the read-only root (an external artifact of EKS variants).
+pub const AWS_IAM_AUTHENTICATOR: &str = "/usr/bin/aws-iam-authenticator";

@@ -1,0 +1,206 @@
+//! The ECS agent's configuration: `/etc/ecs/ecs.config`, a systemd `EnvironmentFile` that
+//! `ecs.service` passes to the agent.
+//!
+//! Variables and defaults follow Bottlerocket's ECS templates (`ecs-base-conf`,
+//! `ecs-defaults.conf`), which match the agent's own defaults. Values are written unquoted,
+//! in systemd's `EnvironmentFile` syntax: inner spaces and quotes (the JSON values) are kept
+//! as they are, and a backslash is doubled because systemd reads it as an escape.
+
+use super::{OutputFile, RenderError};
+use crate::facts::Facts;
+use crate::paths;
+use serde_json::{Map, Value};
+use settings_api::model::{Ecs, EcsLogLevel, ImagePullBehavior, Settings};
+use std::collections::BTreeMap;
+
+/// The agent's metadata endpoint throttle: sustained requests per second and burst.
+const DEFAULT_METADATA_RPS: i64 = 40;
+const DEFAULT_METADATA_BURST: i64 = 60;
+
+fn invalid(key: &str, reason: impl Into<String>) -> RenderError {
+    RenderError::InvalidSetting {
+        key: format!("settings.ecs.{key}"),
+        reason: reason.into(),
+    }
+}
+
+fn duration(
+    ecs_value: Option<&settings_api::model::NonEmpty>,
+    key: &str,
+    default: &str,
+) -> Result<String, RenderError> {
+    match ecs_value {
+        Some(v) => {
+            crate::duration::check(v.as_ref()).map_err(|r| invalid(key, r))?;
+            Ok(v.as_ref().to_string())
+        }
+        None => Ok(default.to_string()),
+    }
+}
+
+/// The variables, by name.
+pub fn variables(
+    ecs: &Ecs,
+    settings: &Settings,
+    facts: &Facts,
+) -> Result<BTreeMap<&'static str, String>, RenderError> {
+    let mut v = BTreeMap::new();
+    let flag = |b: bool| b.to_string();
+
+    // Paths and features that are fixed on Berth.
+    v.insert("ECS_AUDIT_LOGFILE", paths::ECS_AUDIT_LOGFILE.to_string());
+    v.insert("ECS_CNI_PLUGINS_PATH", paths::ECS_CNI_PLUGINS.to_string());
+    v.insert("ECS_DATADIR", paths::ECS_DATADIR.to_string());
+    v.insert("ECS_LOGFILE", paths::ECS_LOGFILE.to_string());
+    v.insert("ECS_ENABLE_AWSLOGS_EXECUTIONROLE_OVERRIDE", flag(true));
+    // Task IAM roles, also for host-network tasks, and awsvpc task networking.
+    v.insert("ECS_ENABLE_TASK_IAM_ROLE", flag(true));
+    v.insert("ECS_ENABLE_TASK_IAM_ROLE_NETWORK_HOST", flag(true));
+    v.insert("ECS_ENABLE_TASK_ENI", flag(true));
+
+    // From settings.
+    if let Some(cluster) = &ecs.cluster {
+        v.insert("ECS_CLUSTER", cluster.as_ref().to_string());
+    }
+    // The API says "allow"; the agent's variable says "disabled".
+    v.insert(
+        "ECS_PRIVILEGED_DISABLED",
+        flag(!ecs.allow_privileged_containers.unwrap_or(false)),
+    );
+    if let Some(drivers) = &ecs.logging_drivers {
+        let list: Vec<&str> = drivers.iter().map(|d| d.as_ref()).collect();
+        let json = serde_json::to_string(&list).map_err(|source| RenderError::Serialize {
+            what: "ECS logging drivers",
+            source,
+        })?;
+        v.insert("ECS_AVAILABLE_LOGGING_DRIVERS", json);
+    }
+    let level = match ecs.loglevel.unwrap_or(EcsLogLevel::Info) {
+        EcsLogLevel::Debug => "debug",
+        EcsLogLevel::Info => "info",
+        EcsLogLevel::Warn => "warn",
+        EcsLogLevel::Error => "error",
+        EcsLogLevel::Crit => "crit",
+    };
+    v.insert("ECS_LOGLEVEL", level.to_string());
+    v.insert(
+        "ECS_ENABLE_SPOT_INSTANCE_DRAINING",
+        flag(ecs.enable_spot_instance_draining.unwrap_or(false)),
+    );
+    let pull = match ecs
+        .image_pull_behavior
+        .unwrap_or(ImagePullBehavior::Default)
+    {
+        ImagePullBehavior::Default => "default",
+        ImagePullBehavior::Always => "always",
+        ImagePullBehavior::Once => "once",
+        ImagePullBehavior::PreferCached => "prefer-cached",
+    };
+    v.insert("ECS_IMAGE_PULL_BEHAVIOR", pull.to_string());
+    v.insert(
+        "ECS_CONTAINER_STOP_TIMEOUT",
+        duration(
+            ecs.container_stop_timeout.as_ref(),
+            "container-stop-timeout",
+            "30s",
+        )?,
+    );
+    v.insert(
+        "ECS_ENGINE_TASK_CLEANUP_WAIT_DURATION",
+        duration(ecs.task_cleanup_wait.as_ref(), "task-cleanup-wait", "3h")?,
+    );
+    let rps = ecs
+        .metadata_service_rps
+        .map_or(DEFAULT_METADATA_RPS, i64::from);
+    let burst = ecs
+        .metadata_service_burst
+        .map_or(DEFAULT_METADATA_BURST, i64::from);
+    if burst < rps {
+        // The agent's token bucket cannot refill faster than it may hold.
+        return Err(invalid(
+            "metadata-service-burst",
+            format!("{burst} must be at least metadata-service-rps ({rps})"),
+        ));
+    }
+    v.insert("ECS_TASK_METADATA_RPS_LIMIT", format!("{rps},{burst}"));
+    v.insert(
+        "ECS_RESERVED_MEMORY",
+        ecs.reserved_memory.map_or(0, i64::from).to_string(),
+    );
+    v.insert(
+        "ECS_AWSVPC_BLOCK_IMDS",
+        flag(ecs.awsvpc_block_imds.unwrap_or(false)),
+    );
+    v.insert(
+        "ECS_ENABLE_CONTAINER_METADATA",
+        flag(ecs.enable_container_metadata.unwrap_or(false)),
+    );
+
+    let mut attributes = Map::new();
+    if let Some(variant) = &facts.variant {
+        attributes.insert("berth.variant".into(), variant.as_str().into());
+    }
+    for (k, val) in ecs.instance_attributes.iter().flatten() {
+        attributes.insert(k.as_ref().to_string(), val.as_str().into());
+    }
+    if !attributes.is_empty() {
+        v.insert(
+            "ECS_INSTANCE_ATTRIBUTES",
+            Value::Object(attributes).to_string(),
+        );
+    }
+
+    if let Some(creds) = settings
+        .container_registry
+        .as_ref()
+        .and_then(|r| r.credentials.as_ref())
+        .filter(|c| !c.is_empty())
+    {
+        let mut auth = Map::new();
+        for c in creds {
+            // Docker Hub's credentials are keyed by its v1 index URL in dockercfg.
+            let registry = match c.registry.as_ref() {
+                "docker.io" => "https://index.docker.io/v1/",
+                other => other,
+            };
+            let mut entry = Map::new();
+            entry.insert("email".into(), ".".into());
+            if let Some(a) = &c.auth {
+                entry.insert("auth".into(), a.as_ref().into());
+            }
+            if let Some(u) = &c.username {
+                entry.insert("username".into(), u.as_str().into());
+            }
+            if let Some(p) = &c.password {
+                entry.insert("password".into(), p.as_str().into());
+            }
+            auth.insert(registry.to_string(), Value::Object(entry));
+        }
+        v.insert("ECS_ENGINE_AUTH_TYPE", "dockercfg".to_string());
+        v.insert("ECS_ENGINE_AUTH_DATA", Value::Object(auth).to_string());
+    }
+
+    for (name, value) in &v {
+        if value.chars().any(char::is_control) || value.trim() != value {
+            // An env file line cannot carry these unquoted; only user text can have them.
+            return Err(invalid(
+                "*",
+                format!("{name} would hold a line break or surrounding spaces ('{value}'); remove them from the setting"),
+            ));
+        }
+    }
+    Ok(v)
+}
+
+/// `/etc/ecs/ecs.config`, 0600 since registry credentials may be in it.
+pub fn config_file(
+    ecs: &Ecs,
+    settings: &Settings,
+    facts: &Facts,
+) -> Result<OutputFile, RenderError> {
+    let text: String = variables(ecs, settings, facts)?
+        .into_iter()
+        .map(|(k, v)| format!("{k}={}\n", v.replace('\\', "\\\\")))
+        .collect();
+    Ok(OutputFile::new(paths::ECS_CONFIG, 0o600, text))
+}

@@ -1,0 +1,598 @@
+//! The boot side of an update: the health gate that runs on every boot
+//! (`berth-updater health-gate`, `berth-health-gate.service`).
+//!
+//! systemd-boot counts tries in the UKI's file name (Boot Loader Specification): the updater
+//! installs `berth-<version>+3.efi`; before each boot of it the boot loader renames it
+//! (`+2-1`, `+1-2`, `+0-3`) and tells the OS which file it booted in the EFI variable
+//! `LoaderBootCountPath`. An entry at `+0` is bad and sorts after every other, so the other
+//! slot's UKI boots. The gate closes that loop:
+//!
+//! - It waits for the gate units (by default `configured.target` and `apiserver.service`;
+//!   variants add theirs) to be active.
+//! - Passed: a counted UKI is renamed to its good name (`berth-<version>.efi`), and an update
+//!   that was waiting for this boot is done (state `idle`).
+//! - Failed on a trial boot: the host reboots, so the boot loader tries again or falls back.
+//! - An update that was activated but is not what booted (the boot loader fell back, or the
+//!   slot's verity check restarted the machine until its tries ran out) is reported as
+//!   `failed_update` and its UKI removed.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use semver::Version;
+
+use crate::host::{self, HostError};
+use crate::manifest::Slot;
+use crate::slot::{self, SlotError};
+use crate::state::{self, BootOutcome, BootReport, FailedUpdate, StateError, Status, UpdateState};
+
+/// systemd-boot's vendor GUID for its EFI variables.
+pub const LOADER_GUID: &str = "4a67b082-0a4c-41cf-b6c7-440b29bb8c4f";
+
+#[derive(Debug, thiserror::Error)]
+pub enum HealthError {
+    #[error(transparent)]
+    Host(#[from] HostError),
+    #[error(transparent)]
+    State(#[from] StateError),
+    #[error(transparent)]
+    Slot(#[from] SlotError),
+    #[error("cannot mark {from} good as {to}")]
+    Bless {
+        from: PathBuf,
+        to: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot ask systemd about {unit}: {reason}")]
+    Units { unit: String, reason: String },
+    #[error("the health gate of slot {slot} ({version}) failed: {reason}")]
+    GateFailed {
+        slot: Slot,
+        version: Version,
+        reason: String,
+    },
+}
+
+/// What the gate asks of systemd.
+pub trait Units {
+    /// `ActiveState` of `unit` (`active`, `activating`, `failed`, `inactive`, …).
+    fn active_state(&self, unit: &str) -> Result<String, HealthError>;
+    /// Starts `reboot.target`.
+    fn reboot(&self) -> Result<(), HealthError>;
+}
+
+/// systemd's manager on the system bus.
+pub struct DbusUnits {
+    conn: zbus::blocking::Connection,
+}
+
+impl DbusUnits {
+    pub fn connect() -> Result<DbusUnits, HealthError> {
+        let conn = zbus::blocking::Connection::system().map_err(|e| HealthError::Units {
+            unit: "the system bus".into(),
+            reason: e.to_string(),
+        })?;
+        Ok(DbusUnits { conn })
+    }
+
+    fn manager(&self) -> Result<zbus::blocking::Proxy<'_>, zbus::Error> {
+        zbus::blocking::Proxy::new(
+            &self.conn,
+            "org.freedesktop.systemd1",
+            "/org/freedesktop/systemd1",
+            "org.freedesktop.systemd1.Manager",
+        )
+    }
+}
+
+impl Units for DbusUnits {
+    fn active_state(&self, unit: &str) -> Result<String, HealthError> {
+        let err = |e: zbus::Error| HealthError::Units {
+            unit: unit.to_owned(),
+            reason: e.to_string(),
+        };
+        // LoadUnit rather than GetUnit: a unit nothing pulled in is simply inactive.
+        let path: zbus::zvariant::OwnedObjectPath = self
+            .manager()
+            .map_err(err)?
+            .call("LoadUnit", &(unit,))
+            .map_err(err)?;
+        let proxy = zbus::blocking::Proxy::new(
+            &self.conn,
+            "org.freedesktop.systemd1",
+            path.as_str(),
+            "org.freedesktop.systemd1.Unit",
+        )
+        .map_err(err)?;
+        proxy.get_property("ActiveState").map_err(err)
+    }
+
+    fn reboot(&self) -> Result<(), HealthError> {
+        let err = |e: zbus::Error| HealthError::Units {
+            unit: "reboot.target".into(),
+            reason: e.to_string(),
+        };
+        let _job: zbus::zvariant::OwnedObjectPath = self
+            .manager()
+            .map_err(err)?
+            .call("StartUnit", &("reboot.target", "replace-irreversibly"))
+            .map_err(err)?;
+        Ok(())
+    }
+}
+
+/// Inputs of one gate run.
+#[derive(Debug, Clone)]
+pub struct Gate {
+    /// `/` on a host; a temp dir in tests (reads `proc/cmdline`, `usr/lib/os-release`,
+    /// `sys/firmware/efi/efivars`).
+    pub host_root: PathBuf,
+    pub state_dir: PathBuf,
+    /// Where the ESP is mounted.
+    pub esp: PathBuf,
+    /// Units that must be active.
+    pub units: Vec<String>,
+    /// How long the units may take to become active.
+    pub timeout: Duration,
+    pub poll: Duration,
+}
+
+/// What the boot loader said about this boot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Booted {
+    pub slot: Slot,
+    pub version: Version,
+    /// The counted UKI this boot came from, relative to the ESP (`EFI/Linux/berth-…+2-1.efi`);
+    /// `None` when the entry has no counter (already good) or the boot loader did not say.
+    pub counted: Option<PathBuf>,
+}
+
+/// Reads a UTF-16 string EFI variable of systemd-boot from efivarfs.
+pub fn loader_variable(host_root: &Path, name: &str) -> Option<String> {
+    let path = host_root
+        .join("sys/firmware/efi/efivars")
+        .join(format!("{name}-{LOADER_GUID}"));
+    let bytes = std::fs::read(path).ok()?;
+    // 4 bytes of attributes, then UTF-16LE, usually NUL-terminated.
+    let units: Vec<u16> = bytes
+        .get(4..)?
+        .chunks_exact(2)
+        .map(|c| u16::from_le_bytes([c[0], c[1]]))
+        .take_while(|&u| u != 0)
+        .collect();
+    String::from_utf16(&units).ok()
+}
+
+impl Booted {
+    pub fn read(host_root: &Path) -> Result<Booted, HealthError> {
+        let counted = loader_variable(host_root, "LoaderBootCountPath").map(|p| {
+            PathBuf::from(
+                p.trim_start_matches('\\')
+                    .replace('\\', "/")
+                    .trim_start_matches('/'),
+            )
+        });
+        Ok(Booted {
+            slot: host::running_slot(host_root)?,
+            version: host::version(host_root)?,
+            counted,
+        })
+    }
+}
+
+/// The counter of a counted UKI name: `berth-1.0.0+2-1.efi` -> (tries left, tries done).
+pub fn boot_counter(file_name: &str) -> Option<(u32, u32)> {
+    let stem = file_name.strip_suffix(".efi")?;
+    let (_, counter) = stem.rsplit_once('+')?;
+    let (left, done) = match counter.split_once('-') {
+        Some((l, d)) => (l, d),
+        None => (counter, "0"),
+    };
+    Some((left.parse().ok()?, done.parse().ok()?))
+}
+
+/// The good name of a counted UKI: its counter removed (`berth-1.0.0+2-1.efi` ->
+/// `berth-1.0.0.efi`).
+pub fn blessed_name(file_name: &str) -> Option<String> {
+    boot_counter(file_name)?;
+    let stem = file_name.strip_suffix(".efi")?;
+    let (name, _) = stem.rsplit_once('+')?;
+    Some(format!("{name}.efi"))
+}
+
+/// Waits until every unit is active; the reason of the first that fails or is late.
+pub fn wait_for_units(units: &dyn Units, gate: &Gate) -> Result<(), String> {
+    let deadline = Instant::now() + gate.timeout;
+    for unit in &gate.units {
+        loop {
+            let state = units.active_state(unit).map_err(|e| e.to_string())?;
+            match state.as_str() {
+                "active" => break,
+                "failed" => return Err(format!("{unit} failed")),
+                _ if Instant::now() >= deadline => {
+                    return Err(format!(
+                        "{unit} is {state}, not active, {}s after the gate started",
+                        gate.timeout.as_secs()
+                    ))
+                }
+                _ => std::thread::sleep(gate.poll),
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Runs the gate: reports a fallen-back update, checks the units, marks a trial boot good or
+/// reboots it. Returns the state as stored; `Err(GateFailed)` when the gate failed.
+pub fn run(gate: &Gate, units: &dyn Units) -> Result<Status, HealthError> {
+    let booted = Booted::read(&gate.host_root)?;
+    let entry = booted
+        .counted
+        .as_ref()
+        .and_then(|p| p.file_name())
+        .map(|n| n.to_string_lossy().into_owned());
+    tracing::info!(slot = %booted.slot, version = %booted.version, entry = ?entry, "health gate");
+    let gate_result = wait_for_units(units, gate);
+
+    // API commands may hold the lock for a moment; the gate waits for it rather than fail.
+    let _lock = take_lock(&gate.state_dir, gate.timeout)?;
+    let mut status = Status::load(&gate.state_dir)?;
+    status.running = Some(booted.version.clone());
+    fallen_back(gate, &booted, &mut status)?;
+
+    let now = jiff::Timestamp::now();
+    match gate_result {
+        Ok(()) => {
+            let blessed = match &booted.counted {
+                Some(counted) => bless(&gate.esp, counted)?,
+                None => false,
+            };
+            if status.state == UpdateState::Ready
+                && status.target_slot == Some(booted.slot)
+                && status.chosen.as_ref().map(|c| &c.version) == Some(&booted.version)
+            {
+                tracing::info!(version = %booted.version, "the update booted healthy");
+                status.state = UpdateState::Idle;
+                status.chosen = None;
+                status.target_slot = None;
+                status.uki = None;
+                status.failed_update = None;
+            }
+            tracing::info!(slot = %booted.slot, version = %booted.version, blessed, "health gate passed");
+            status.last_boot = Some(BootReport {
+                outcome: BootOutcome::Healthy,
+                slot: booted.slot,
+                version: booted.version.clone(),
+                entry,
+                blessed,
+                detail: None,
+                at: now,
+            });
+            status.store(&gate.state_dir)?;
+            Ok(status)
+        }
+        Err(reason) => {
+            let trial = entry.as_deref().and_then(boot_counter).is_some();
+            let detail = if trial {
+                format!("{reason}; rebooting so the boot loader tries again or falls back")
+            } else {
+                reason.clone()
+            };
+            status.last_boot = Some(BootReport {
+                outcome: BootOutcome::GateFailed,
+                slot: booted.slot,
+                version: booted.version.clone(),
+                entry,
+                blessed: false,
+                detail: Some(detail),
+                at: now,
+            });
+            status.store(&gate.state_dir)?;
+            if trial {
+                tracing::error!(%reason, "health gate failed on a trial boot; rebooting");
+                units.reboot()?;
+            }
+            Err(HealthError::GateFailed {
+                slot: booted.slot,
+                version: booted.version,
+                reason,
+            })
+        }
+    }
+}
+
+/// An activated update whose slot is not the one running: the boot loader fell back.
+fn fallen_back(gate: &Gate, booted: &Booted, status: &mut Status) -> Result<(), HealthError> {
+    if status.state != UpdateState::Ready || status.target_slot == Some(booted.slot) {
+        return Ok(());
+    }
+    let Some(chosen) = status.chosen.clone() else {
+        return Ok(());
+    };
+    let slot = status.target_slot.unwrap_or(booted.slot.other());
+    let reason = format!(
+        "slot {slot} ({}) did not come up healthy within its boot tries; slot {} ({}) booted instead",
+        chosen.version, booted.slot, booted.version
+    );
+    tracing::error!(%reason, "update rolled back");
+    // Its UKI is bad (or still counted): remove it so it is never tried again.
+    if chosen.version != booted.version {
+        slot::remove_ukis(&gate.esp, |v| v == &chosen.version)?;
+    }
+    status.failed_update = Some(FailedUpdate {
+        version: chosen.version,
+        slot,
+        reason,
+        at: jiff::Timestamp::now(),
+    });
+    status.state = UpdateState::Idle;
+    status.chosen = None;
+    status.target_slot = None;
+    status.uki = None;
+    Ok(())
+}
+
+/// Renames a counted UKI to its good name; false when it is already gone (renamed before).
+fn bless(esp: &Path, counted: &Path) -> Result<bool, HealthError> {
+    let from = esp.join(counted);
+    let Some(good) = from
+        .file_name()
+        .and_then(|n| n.to_str())
+        .and_then(blessed_name)
+    else {
+        return Ok(false);
+    };
+    let to = from.with_file_name(good);
+    match std::fs::rename(&from, &to) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+        Err(e) => {
+            return Err(HealthError::Bless {
+                from,
+                to,
+                source: e,
+            })
+        }
+    }
+    // The rename must reach the disk before anything else happens (FAT has no journal).
+    if let Some(dir) = to.parent() {
+        std::fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(|e| HealthError::Bless {
+                from: from.clone(),
+                to: to.clone(),
+                source: e,
+            })?;
+    }
+    tracing::info!(uki = %to.display(), "marked good");
+    Ok(true)
+}
+
+fn take_lock(dir: &Path, timeout: Duration) -> Result<state::Lock, HealthError> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        match state::Lock::take(dir) {
+            Err(StateError::Busy { .. }) if Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(500))
+            }
+            other => return Ok(other?),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::cell::RefCell;
+    use std::collections::BTreeMap;
+
+    use super::*;
+    use crate::state::Chosen;
+
+    /// Units with fixed states; records reboots.
+    #[derive(Default)]
+    struct FakeUnits {
+        states: BTreeMap<String, String>,
+        reboots: RefCell<u32>,
+    }
+
+    impl Units for FakeUnits {
+        fn active_state(&self, unit: &str) -> Result<String, HealthError> {
+            Ok(self
+                .states
+                .get(unit)
+                .cloned()
+                .unwrap_or_else(|| "inactive".into()))
+        }
+        fn reboot(&self) -> Result<(), HealthError> {
+            *self.reboots.borrow_mut() += 1;
+            Ok(())
+        }
+    }
+
+    fn healthy() -> FakeUnits {
+        FakeUnits {
+            states: [
+                ("configured.target".to_owned(), "active".to_owned()),
+                ("apiserver.service".to_owned(), "active".to_owned()),
+            ]
+            .into(),
+            ..FakeUnits::default()
+        }
+    }
+
+    struct Host {
+        dir: tempfile::TempDir,
+    }
+
+    impl Host {
+        /// A host running `version` from `slot`, booted from the ESP file `entry`.
+        fn new(slot: &str, version: &str, entry: Option<&str>) -> Host {
+            let dir = tempfile::tempdir().unwrap();
+            let root = dir.path().join("root");
+            for d in ["usr/lib", "proc", "sys/firmware/efi/efivars"] {
+                std::fs::create_dir_all(root.join(d)).unwrap();
+            }
+            std::fs::write(
+                root.join("usr/lib/os-release"),
+                format!("VERSION_ID={version}\nVARIANT_ID=qemu\n"),
+            )
+            .unwrap();
+            std::fs::write(root.join("proc/cmdline"), format!("berth.slot={slot}\n")).unwrap();
+            std::fs::create_dir_all(dir.path().join("esp/EFI/Linux")).unwrap();
+            let host = Host { dir };
+            if let Some(entry) = entry {
+                let mut bytes = vec![7, 0, 0, 0];
+                for u in format!("\\EFI\\Linux\\{entry}\0").encode_utf16() {
+                    bytes.extend(u.to_le_bytes());
+                }
+                std::fs::write(
+                    root.join(format!(
+                        "sys/firmware/efi/efivars/LoaderBootCountPath-{LOADER_GUID}"
+                    )),
+                    bytes,
+                )
+                .unwrap();
+            }
+            host
+        }
+
+        fn uki(&self, name: &str) -> &Host {
+            std::fs::write(self.esp().join("EFI/Linux").join(name), name).unwrap();
+            self
+        }
+
+        fn esp(&self) -> PathBuf {
+            self.dir.path().join("esp")
+        }
+
+        fn ukis(&self) -> Vec<String> {
+            let mut names: Vec<String> = std::fs::read_dir(self.esp().join("EFI/Linux"))
+                .unwrap()
+                .map(|e| e.unwrap().file_name().into_string().unwrap())
+                .collect();
+            names.sort();
+            names
+        }
+
+        fn gate(&self) -> Gate {
+            Gate {
+                host_root: self.dir.path().join("root"),
+                state_dir: self.dir.path().join("state"),
+                esp: self.esp(),
+                units: vec!["configured.target".into(), "apiserver.service".into()],
+                timeout: Duration::from_millis(50),
+                poll: Duration::from_millis(5),
+            }
+        }
+
+        fn ready_for(&self, version: &str, slot: Slot) {
+            Status {
+                state: UpdateState::Ready,
+                chosen: Some(Chosen {
+                    variant: "qemu".into(),
+                    arch: "x86_64".into(),
+                    version: version.parse().unwrap(),
+                }),
+                target_slot: Some(slot),
+                uki: Some(format!("berth-{version}+3.efi")),
+                ..Status::default()
+            }
+            .store(&self.gate().state_dir)
+            .unwrap();
+        }
+    }
+
+    #[test]
+    fn counters_and_good_names() {
+        assert_eq!(boot_counter("berth-1.0.0+3.efi"), Some((3, 0)));
+        assert_eq!(boot_counter("berth-1.0.0+2-1.efi"), Some((2, 1)));
+        assert_eq!(boot_counter("berth-1.0.0.efi"), None);
+        assert_eq!(
+            blessed_name("berth-2.0.0+0-3.efi").as_deref(),
+            Some("berth-2.0.0.efi")
+        );
+        assert_eq!(blessed_name("berth-2.0.0.efi"), None);
+    }
+
+    #[test]
+    fn healthy_trial_boot_of_an_update_is_blessed_and_done() {
+        let host = Host::new("b", "2.0.0", Some("berth-2.0.0+2-1.efi"));
+        host.uki("berth-1.0.0.efi").uki("berth-2.0.0+2-1.efi");
+        host.ready_for("2.0.0", Slot::B);
+        let units = healthy();
+        let status = run(&host.gate(), &units).unwrap();
+        assert_eq!(host.ukis(), ["berth-1.0.0.efi", "berth-2.0.0.efi"]);
+        assert_eq!(status.state, UpdateState::Idle);
+        assert_eq!(status.running, Some(Version::new(2, 0, 0)));
+        let boot = status.last_boot.unwrap();
+        assert_eq!(boot.outcome, BootOutcome::Healthy);
+        assert!(boot.blessed);
+        assert_eq!(*units.reboots.borrow(), 0);
+        assert_eq!(
+            Status::load(&host.gate().state_dir).unwrap().state,
+            UpdateState::Idle
+        );
+    }
+
+    #[test]
+    fn failed_gate_on_a_trial_boot_reboots_and_keeps_the_counter() {
+        let host = Host::new("b", "2.0.0", Some("berth-2.0.0+1-2.efi"));
+        host.uki("berth-1.0.0.efi").uki("berth-2.0.0+1-2.efi");
+        host.ready_for("2.0.0", Slot::B);
+        let mut units = healthy();
+        units
+            .states
+            .insert("apiserver.service".into(), "failed".into());
+        let err = run(&host.gate(), &units).unwrap_err().to_string();
+        assert!(err.contains("apiserver.service failed"), "{err}");
+        assert_eq!(*units.reboots.borrow(), 1);
+        assert_eq!(host.ukis(), ["berth-1.0.0.efi", "berth-2.0.0+1-2.efi"]);
+        let status = Status::load(&host.gate().state_dir).unwrap();
+        assert_eq!(status.state, UpdateState::Ready);
+        assert_eq!(status.last_boot.unwrap().outcome, BootOutcome::GateFailed);
+    }
+
+    #[test]
+    fn a_unit_that_never_comes_up_fails_the_gate_after_the_timeout() {
+        let host = Host::new("a", "1.0.0", None);
+        let mut units = healthy();
+        units.states.remove("configured.target");
+        let err = run(&host.gate(), &units).unwrap_err().to_string();
+        assert!(err.contains("configured.target is inactive"), "{err}");
+        // Not a trial boot: nothing to fall back to, so no reboot.
+        assert_eq!(*units.reboots.borrow(), 0);
+    }
+
+    #[test]
+    fn fallen_back_update_is_reported_and_its_uki_removed() {
+        // 3.0.0 went to slot a; its tries ran out and slot b (2.0.0) booted.
+        let host = Host::new("b", "2.0.0", None);
+        host.uki("berth-2.0.0.efi").uki("berth-3.0.0+0-3.efi");
+        host.ready_for("3.0.0", Slot::A);
+        let status = run(&host.gate(), &healthy()).unwrap();
+        assert_eq!(host.ukis(), ["berth-2.0.0.efi"]);
+        assert_eq!(status.state, UpdateState::Idle);
+        let failed = status.failed_update.unwrap();
+        assert_eq!(failed.version, Version::new(3, 0, 0));
+        assert_eq!(failed.slot, Slot::A);
+        assert!(
+            failed.reason.contains("did not come up healthy"),
+            "{}",
+            failed.reason
+        );
+        assert!(!status.last_boot.unwrap().blessed);
+    }
+
+    #[test]
+    fn first_boot_of_an_image_blesses_its_uki() {
+        let host = Host::new("a", "1.0.0", Some("berth-1.0.0+2-1.efi"));
+        host.uki("berth-1.0.0+2-1.efi");
+        let status = run(&host.gate(), &healthy()).unwrap();
+        assert_eq!(host.ukis(), ["berth-1.0.0.efi"]);
+        assert_eq!(status.state, UpdateState::Idle);
+        // A second run in the same boot (unit restarted) finds the file renamed already.
+        let status = run(&host.gate(), &healthy()).unwrap();
+        assert!(!status.last_boot.unwrap().blessed);
+    }
+}

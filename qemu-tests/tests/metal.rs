@@ -1,0 +1,141 @@
+//! The bare-metal path (docs/boot-config.md): the qemu-test image is told it is on metal
+//! (fw_cfg `opt/org.berth/platform` = `metal`, as a harness would say it) and takes its user
+//! data from a config drive — a second disk holding a FAT file system labelled `CIDATA` with
+//! a `user-data` file (cloud-init NoCloud's layout), made on the host with mkfs.vfat and
+//! mcopy (dosfstools, mtools: scripts/host-deps.sh).
+//!
+//! Gated by BERTH_QEMU_TESTS=1; needs the qemu-test image (scripts/test.sh builds it).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use anyhow::{ensure, Context, Result};
+use qemu_tests::api::{build_apiclient, Api};
+use qemu_tests::{markers, scenario, Arch, Checks, Image, ProbeReport, Vm};
+use serde_json::Value;
+
+const VARIANT: &str = "qemu-test";
+const CONFIGURED: &str = r"Reached target configured\.target";
+const CONFIGURED_DEADLINE: Duration = Duration::from_secs(300);
+const STEP_DEADLINE: Duration = Duration::from_secs(120);
+const MOTD: &str = "hello from a config drive";
+
+const USER_DATA: &str = r#"[settings]
+motd = "hello from a config drive"
+
+[settings.ntp]
+time-servers = ["ntp.metal.example"]
+"#;
+
+/// A 4 MiB FAT image labelled CIDATA holding `user-data`.
+fn config_drive(dir: &Path) -> Result<PathBuf> {
+    let image = dir.join("cidata.img");
+    std::fs::File::create(&image)?.set_len(4 << 20)?;
+    let user_data = dir.join("user-data");
+    std::fs::write(&user_data, USER_DATA)?;
+    for (program, args) in [
+        (
+            "mkfs.vfat",
+            vec!["-n".into(), "CIDATA".into(), path(&image)],
+        ),
+        (
+            "mcopy",
+            vec![
+                "-i".into(),
+                path(&image),
+                path(&user_data),
+                "::user-data".into(),
+            ],
+        ),
+    ] {
+        let out = Command::new(program)
+            .args(&args)
+            .output()
+            .with_context(|| format!("cannot run {program} (dosfstools, mtools)"))?;
+        ensure!(
+            out.status.success(),
+            "{program} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(image)
+}
+
+fn path(p: &Path) -> String {
+    p.to_string_lossy().into_owned()
+}
+
+#[test]
+fn metal_config_drive_user_data_x86_64() -> Result<()> {
+    let arch = Arch::X86_64;
+    let name = format!("metal_{arch}");
+    let Some(_lock) = scenario::begin(
+        &name,
+        &[
+            "fw_cfg platform=metal: the guest takes the metal path",
+            "user data from a FAT config drive labelled CIDATA applied at first boot",
+            "/boot/user-data names the config drive as the source",
+        ],
+    )?
+    else {
+        return Ok(());
+    };
+    let image = Image::locate(VARIANT, arch)?;
+    let dir = tempfile::tempdir()?;
+    let drive = config_drive(dir.path())?;
+    let target_tmp = Path::new(env!("CARGO_TARGET_TMPDIR"));
+    let api = Api::forward(build_apiclient(target_tmp)?, dir.path().join("api.sock"))?;
+    let log = target_tmp
+        .join("qemu-tests")
+        .join(format!("{name}.serial.log"));
+    println!("  serial log: {}", log.display());
+    let vm = Vm::builder(arch)
+        .name(&name)
+        .disk(&image.qcow2)
+        .disk(&drive)
+        .fw_cfg_string("opt/org.berth/platform", "metal")
+        .fw_cfg_string("opt/org.berth/probe", "1")
+        .net_user([api.hostfwd()])
+        .serial_log(&log)
+        .boot()?;
+    let mut checks = Checks::new();
+    let configured = vm
+        .wait_for_line_or_fail(CONFIGURED, markers::BOOT_FAILURE, CONFIGURED_DEADLINE)
+        .context("configured.target")?;
+    println!(
+        "  configured after {:.1}s",
+        configured.elapsed.as_secs_f64()
+    );
+    let report = vm.wait_until("a complete berth-probe report", STEP_DEADLINE, |lines| {
+        ProbeReport::parse(lines.iter().map(|l| l.text.as_str())).ok()
+    })?;
+    checks.equal("user data state", report.get("user-data-state"), "applied");
+    checks.equal("motd rendered", report.get("motd"), MOTD);
+    checks.equal(
+        "chrony.conf servers",
+        report.get("chrony-servers"),
+        "ntp.metal.example",
+    );
+    api.wait_ready(STEP_DEADLINE)?;
+    let out = api.stdout(&["raw", "-u", "/boot/user-data"])?;
+    let status: Value = serde_json::from_str(&out).unwrap_or_default();
+    let sources = status["sources"].as_array().cloned().unwrap_or_default();
+    checks.check(
+        "/boot/user-data: applied, platform metal, one config-drive source (CIDATA)",
+        status["state"] == "applied"
+            && status["platform"]
+                .as_str()
+                .is_some_and(|p| p.starts_with("metal"))
+            && sources.len() == 1
+            && sources[0].as_str().is_some_and(|s| {
+                s.starts_with("config-drive ") && s.contains("(CIDATA) user-data")
+            }),
+        format!("{status}"),
+    );
+    let tail = vm.tail(30);
+    vm.power_off(STEP_DEADLINE)?;
+    checks
+        .finish()
+        .map_err(|e| anyhow::anyhow!("{e}\nlast serial lines:\n{tail}"))
+}

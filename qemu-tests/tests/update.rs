@@ -1,0 +1,463 @@
+//! Signed A/B updates (docs/updates.md), end to end on the qemu-test image: the update
+//! repository that scripts/test.sh builds (`build/update-repo`, offering the v2 build in
+//! `build/update-v2`) is served from the host loopback and reached by the guest at
+//! 10.0.2.100 through QEMU's user network (guestfwd + tcp-relay). Everything the guest does
+//! is driven with the real apiclient through the test API bridge.
+//!
+//! One machine, three power-ons, each starting from the disk the previous one left:
+//! 1. v1 boots (its UKI is marked good by the health gate); a setting is changed;
+//!    `apiclient update check` offers v2; `apiclient update apply` writes slot B and installs
+//!    its UKI with boot tries; power off. The host then corrupts one block of root-b.
+//! 2. systemd-boot tries v2, dm-verity restarts the machine at each try, the tries run out,
+//!    v1 boots again by itself and `/updates/status` reports the failed update. A second
+//!    `apply` is cut off by killing QEMU while it writes the slot (a power cut).
+//! 3. v1 boots; tampered repositories (bad signature, expired timestamp, replaced target) are
+//!    each refused; `apiclient update apply --reboot` writes slot B again and reboots into v2,
+//!    which passes its health gate: `/os` says v2, the probe says slot b, the setting made on
+//!    v1 is still there, and the status is idle with the boot marked good. Then
+//!    `apiclient update rollback --reboot` boots v1 from slot A again.
+//!
+//! Gated by BERTH_QEMU_TESTS=1.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, ensure, Context, Result};
+use qemu_tests::api::{build_apiclient, Api};
+use qemu_tests::file_server::FileServer;
+use qemu_tests::{gpt, markers, scenario, Arch, Checks, Image, ProbeReport, RunningVm, Vm};
+use serde_json::Value;
+
+const VARIANT: &str = "qemu-test";
+const PROBE_FW_CFG: &str = "opt/org.berth/probe";
+const USER_DATA_FW_CFG: &str = "opt/org.berth/user-data";
+/// Where the guest finds the repository (forwarded to the host's file server).
+const REPO_IP: &str = "10.0.2.100";
+const HEALTHY: &str = r"health gate passed";
+const BOOT_DEADLINE: Duration = Duration::from_secs(300);
+const STEP_DEADLINE: Duration = Duration::from_secs(120);
+/// Download, write and verify of a whole slot under TCG.
+const APPLY_DEADLINE: Duration = Duration::from_secs(900);
+/// Three failed tries of the corrupted slot, then the old slot up to its health gate.
+const FALLBACK_DEADLINE: Duration = Duration::from_secs(600);
+const MOTD: &str = "set on v1, kept by the update";
+
+fn user_data_toml() -> String {
+    format!(
+        r#"[settings.updates]
+metadata-base-url = "http://{REPO_IP}/metadata/"
+targets-base-url = "http://{REPO_IP}/targets/"
+seed = 100
+ignore-waves = true
+"#
+    )
+}
+
+fn serial_log(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join("qemu-tests")
+        .join(format!("{name}.serial.log"))
+}
+
+struct Machine {
+    arch: Arch,
+    api: Api,
+    server: FileServer,
+    work: tempfile::TempDir,
+    user_data: PathBuf,
+}
+
+impl Machine {
+    /// Powers on a machine whose disk is `disk` (a qcow2 overlay over it is what changes).
+    fn power_on(&self, name: &str, disk: &Path) -> Result<RunningVm> {
+        let log = serial_log(name);
+        println!("  {name}: serial log {}", log.display());
+        let relay = Path::new(env!("CARGO_BIN_EXE_tcp-relay"));
+        Ok(Vm::builder(self.arch)
+            .name(name)
+            .disk(disk)
+            .fw_cfg_file(USER_DATA_FW_CFG, &self.user_data)
+            .fw_cfg_string(PROBE_FW_CFG, "1")
+            .net_user([self.api.hostfwd()])
+            .net_options([self.server.guestfwd(relay, REPO_IP)])
+            .serial_log(&log)
+            .boot()?)
+    }
+
+    /// Keeps the disk a stopped machine left (its overlay, whose backing file stays where it
+    /// is) for the next power-on.
+    fn keep_disk(&self, vm: &RunningVm, name: &str) -> Result<PathBuf> {
+        ensure!(vm.try_wait()?.is_some(), "{} is still running", vm.name());
+        let kept = self.work.path().join(format!("{name}.qcow2"));
+        std::fs::copy(vm.dir().join("disk0.qcow2"), &kept)
+            .with_context(|| format!("cannot keep the disk of {}", vm.name()))?;
+        Ok(kept)
+    }
+
+    fn status(&self) -> Result<Value> {
+        let out = self.api.stdout(&["raw", "-u", "/updates/status"])?;
+        let status: Value = serde_json::from_str(&out).context("/updates/status is not JSON")?;
+        println!("  /updates/status: {status}");
+        Ok(status)
+    }
+
+    fn os_version(&self) -> Result<String> {
+        let os: Value = serde_json::from_str(&self.api.stdout(&["raw", "-u", "/os"])?)?;
+        Ok(os["version_id"].as_str().unwrap_or("?").to_owned())
+    }
+}
+
+/// The `n`-th "health gate passed" line, and the probe report printed before it.
+fn healthy_boot(vm: &RunningVm, n: usize, deadline: Duration) -> Result<(f64, ProbeReport)> {
+    let line = vm
+        .wait_for_nth_line(HEALTHY, n, deadline)
+        .with_context(|| format!("health gate #{n}"))?;
+    // The probe runs after configured.target too; take the last complete report so far.
+    let report = vm.wait_until("a complete berth-probe report", STEP_DEADLINE, |lines| {
+        let starts: Vec<usize> = lines
+            .iter()
+            .enumerate()
+            .filter(|(_, l)| l.text.contains("berth-probe: root-source="))
+            .map(|(i, _)| i)
+            .collect();
+        let from = *starts.get(n.saturating_sub(1))?;
+        ProbeReport::parse(lines[from..].iter().map(|l| l.text.as_str())).ok()
+    })?;
+    Ok((line.elapsed.as_secs_f64(), report))
+}
+
+/// Writes `len` bytes of 0x5a at `offset` of a qcow2 disk (its overlay takes the write).
+fn corrupt(disk: &Path, offset: u64, len: u64) -> Result<()> {
+    let out = Command::new("qemu-io")
+        .args([
+            "-f",
+            "qcow2",
+            "-c",
+            &format!("write -P 0x5a {offset} {len}"),
+        ])
+        .arg(disk)
+        .output()
+        .context("cannot run qemu-io")?;
+    if !out.status.success() {
+        bail!(
+            "qemu-io write at {offset} of {} failed: {}",
+            disk.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(())
+}
+
+/// Copies the repository folder `from` to `to`.
+fn copy_repo(from: &Path, to: &Path) -> Result<()> {
+    for dir in ["metadata", "targets"] {
+        std::fs::create_dir_all(to.join(dir))?;
+        for entry in std::fs::read_dir(from.join(dir))? {
+            let entry = entry?;
+            std::fs::copy(entry.path(), to.join(dir).join(entry.file_name()))?;
+        }
+    }
+    Ok(())
+}
+
+/// Runs `os-build repo refresh` (as scripts/test.sh built it) on `repo` with the test keys.
+fn refresh(repo: &Path, timestamp_expires: &str) -> Result<()> {
+    let root = qemu_tests::image::repo_root();
+    let keys = qemu_tests::image::build_dir().join("update-keys");
+    let out = Command::new(root.join("target/release/os-build"))
+        .args(["repo", "refresh", "--repo"])
+        .arg(repo)
+        .arg("--key")
+        .arg(keys.join("snapshot.pk8"))
+        .arg("--key")
+        .arg(keys.join("timestamp.pk8"))
+        .args(["--timestamp-expires", timestamp_expires])
+        .output()
+        .context("cannot run target/release/os-build (scripts/test.sh builds it)")?;
+    ensure!(
+        out.status.success(),
+        "os-build repo refresh failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(())
+}
+
+/// Serves three tampered copies of the repository in turn; `apiclient update apply --check`
+/// must fail on each, naming the reason, and leave nothing activated. Then serves a good copy
+/// re-signed with newer versions (the guest may have stored the expired one's versions).
+fn tampering_is_refused(machine: &Machine, repo: &Path, checks: &mut Checks) -> Result<()> {
+    let dir = machine.work.path();
+    // A signed field changed without re-signing.
+    let bad_signature = dir.join("repo-bad-signature");
+    copy_repo(repo, &bad_signature)?;
+    let ts = bad_signature.join("metadata/timestamp.json");
+    let mut doc: Value = serde_json::from_slice(&std::fs::read(&ts)?)?;
+    doc["signed"]["expires"] = Value::from("2099-01-01T00:00:00Z");
+    std::fs::write(&ts, serde_json::to_vec(&doc)?)?;
+    // Correctly signed, but the timestamp expires a second after signing.
+    let expired = dir.join("repo-expired");
+    copy_repo(repo, &expired)?;
+    refresh(&expired, "1s")?;
+    // v2's verity image replaced by other bytes of the same length.
+    let replaced = dir.join("repo-replaced-target");
+    copy_repo(repo, &replaced)?;
+    let target = std::fs::read_dir(replaced.join("targets"))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .find(|p| p.to_string_lossy().ends_with("-verity.img.zst"))
+        .context("the repository has no verity target")?;
+    let len = std::fs::metadata(&target)?.len();
+    std::fs::write(&target, vec![0x5a_u8; usize::try_from(len)?])?;
+    std::thread::sleep(Duration::from_secs(2));
+
+    for (what, served, expected) in [
+        ("bad signature", &bad_signature, "signature"),
+        ("expired timestamp", &expired, "expired"),
+        ("replaced target", &replaced, "mismatch"),
+    ] {
+        machine.server.set_root(Some(served.clone()));
+        let out = machine.api.run(&["update", "apply", "--check"])?;
+        let stderr = String::from_utf8_lossy(&out.stderr).to_lowercase();
+        let state = machine.status()?["state"].clone();
+        checks.check(
+            format!("{what}: apply refused, naming it, nothing activated"),
+            !out.status.success() && stderr.contains(expected) && state != "ready",
+            format!(
+                "exit {:?}, state {state}, stderr: {}",
+                out.status.code(),
+                stderr.trim()
+            ),
+        );
+    }
+    let good = dir.join("repo-good");
+    copy_repo(repo, &good)?;
+    refresh(&good, "7d")?;
+    machine.server.set_root(Some(good));
+    Ok(())
+}
+
+#[test]
+fn update_rollback_power_cut_and_update_x86_64() -> Result<()> {
+    let arch = Arch::X86_64;
+    let Some(_lock) = scenario::begin(
+        "update_x86_64",
+        &[
+            "v1 boots and its health gate marks the UKI good",
+            "apiclient update check offers v2 from the signed repository served by the host",
+            "apiclient update apply writes slot B; a corrupted root-b fails verity at each try and v1 boots again by itself",
+            "/updates/status reports the failed update after the fallback",
+            "QEMU killed while apply writes the slot: v1 still boots",
+            "a bad signature, an expired timestamp and a replaced target are each refused",
+            "apiclient update apply --reboot: v2 boots from slot B, passes its gate, keeps the settings",
+            "apiclient update rollback --reboot: v1 boots from slot A",
+        ],
+    )?
+    else {
+        return Ok(());
+    };
+    let build = qemu_tests::image::build_dir();
+    let v1 = Image::locate(VARIANT, arch)?;
+    let v2 = Image::locate_in(&build.join("update-v2"), VARIANT, arch)?;
+    let (v1_version, v2_version) = (
+        v1.version()
+            .context("v1 manifest has no version")?
+            .to_owned(),
+        v2.version()
+            .context("v2 manifest has no version")?
+            .to_owned(),
+    );
+    println!(
+        "  v1 {v1_version} ({}), v2 {v2_version}",
+        v1.qcow2.display()
+    );
+    let repo = build.join("update-repo");
+    ensure!(
+        repo.join("metadata/timestamp.json").is_file(),
+        "no update repository at {} (scripts/test.sh builds it)",
+        repo.display()
+    );
+    let root_b = gpt::find(&v1.raw()?, "root-b")?;
+
+    let work = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR"))?;
+    let user_data = work.path().join("user-data.toml");
+    std::fs::write(&user_data, user_data_toml())?;
+    let target_tmp = Path::new(env!("CARGO_TARGET_TMPDIR"));
+    let machine = Machine {
+        arch,
+        api: Api::forward(build_apiclient(target_tmp)?, work.path().join("api.sock"))?,
+        server: FileServer::start(&repo)?,
+        work,
+        user_data,
+    };
+    let mut checks = Checks::new();
+
+    // 1. v1; apply; power off; corrupt root-b.
+    let vm = machine.power_on("update_1_v1", &v1.qcow2)?;
+    let (at, report) = healthy_boot(&vm, 1, BOOT_DEADLINE)?;
+    println!("  v1 healthy after {at:.1}s");
+    checks.equal("v1 boots from slot a", report.get("slot"), "a");
+    machine.api.wait_ready(STEP_DEADLINE)?;
+    let status = machine.status()?;
+    checks.check(
+        "v1's first boot marks its UKI good",
+        status["last_boot"]["outcome"] == "healthy" && status["last_boot"]["blessed"] == true,
+        format!("{}", status["last_boot"]),
+    );
+    machine.api.stdout(&["set", &format!("motd={MOTD}")])?;
+    let checked: Value = serde_json::from_str(&machine.api.stdout(&["update", "check"])?)
+        .context("apiclient update check printed no JSON")?;
+    checks.check(
+        "update check offers v2",
+        checked["state"] == "available" && checked["chosen"]["version"] == v2_version.as_str(),
+        format!("{checked}"),
+    );
+    let started = Instant::now();
+    machine.api.stdout(&["update", "apply"])?;
+    let apply_secs = started.elapsed().as_secs_f64();
+    let status = machine.status()?;
+    checks.check(
+        "apply leaves the update ready in slot b",
+        status["state"] == "ready" && status["target_slot"] == "b",
+        format!("{status}"),
+    );
+    println!("  apply (download, write, verify, install UKI): {apply_secs:.1}s");
+    vm.power_off(STEP_DEADLINE)?;
+    let disk1 = machine.keep_disk(&vm, "after-apply")?;
+    drop(vm);
+    // The EROFS superblock and the first blocks of root-b: read at mount, so every try fails.
+    corrupt(&disk1, root_b.offset(), 64 * 1024)?;
+
+    // 2. The corrupted slot falls back to v1 by itself; then a power cut during apply.
+    let vm = machine.power_on("update_2_fallback", &disk1)?;
+    let started = Instant::now();
+    let (at, report) = healthy_boot(&vm, 1, FALLBACK_DEADLINE)?;
+    let kernels = vm.count_matches(markers::KERNEL_BANNER)?;
+    println!(
+        "  fell back to v1 after {at:.1}s ({kernels} kernel starts, {:.1}s)",
+        started.elapsed().as_secs_f64()
+    );
+    checks.equal("fallback boots slot a", report.get("slot"), "a");
+    checks.check(
+        "the corrupted slot was tried before falling back",
+        kernels >= 2,
+        format!("{kernels} kernel banners"),
+    );
+    machine.api.wait_ready(STEP_DEADLINE)?;
+    checks.equal(
+        "/os after fallback",
+        Some(machine.os_version()?.as_str()),
+        &v1_version,
+    );
+    let status = machine.status()?;
+    checks.check(
+        "/updates/status reports the failed update",
+        status["failed_update"]["version"] == v2_version.as_str()
+            && status["failed_update"]["slot"] == "b"
+            && status["state"] == "idle",
+        format!("{}", status["failed_update"]),
+    );
+    machine.api.stdout(&["update", "check"])?;
+    let served_before = machine.server.served().len();
+    // The cut: once the last image (the UKI) is downloaded, the updater writes the slot.
+    let apply = {
+        let (apiclient, socket) = (machine.api.apiclient.clone(), machine.api.socket.clone());
+        std::thread::spawn(move || {
+            Command::new(apiclient)
+                .arg("--socket-path")
+                .arg(socket)
+                .args(["update", "apply"])
+                .output()
+        })
+    };
+    let deadline = Instant::now() + APPLY_DEADLINE;
+    loop {
+        let served = machine.server.served();
+        if served[served_before..]
+            .iter()
+            .any(|s| s.path.contains("uki-b.efi") && s.status == 200)
+        {
+            break;
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "the guest never downloaded v2's UKI"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    vm.kill()?;
+    println!("  power cut: QEMU killed 2 s after the last download");
+    let _ = apply.join();
+    let disk2 = machine.keep_disk(&vm, "after-cut")?;
+    drop(vm);
+
+    // 3. v1 again; apply --reboot; v2 healthy.
+    let vm = machine.power_on("update_3_v2", &disk2)?;
+    let (_, report) = healthy_boot(&vm, 1, BOOT_DEADLINE)?;
+    checks.equal(
+        "after the power cut v1 boots from slot a",
+        report.get("slot"),
+        "a",
+    );
+    machine.api.wait_ready(STEP_DEADLINE)?;
+    let status = machine.status()?;
+    checks.check(
+        "after the power cut nothing is ready to boot",
+        status["state"] != "ready",
+        format!("state {}", status["state"]),
+    );
+    tampering_is_refused(&machine, &repo, &mut checks)?;
+    machine.api.stdout(&["update", "check"])?;
+    let started = Instant::now();
+    let banners = vm.count_matches(markers::KERNEL_BANNER)?;
+    machine.api.run(&["update", "apply", "--reboot"])?;
+    let (_, report) = healthy_boot(&vm, 2, BOOT_DEADLINE + APPLY_DEADLINE)?;
+    let total = started.elapsed().as_secs_f64();
+    println!("  update apply --reboot -> v2 healthy: {total:.1}s");
+    checks.check(
+        "apply --reboot rebooted once",
+        vm.count_matches(markers::KERNEL_BANNER)? == banners + 1,
+        format!(
+            "{} kernel banners",
+            vm.count_matches(markers::KERNEL_BANNER)?
+        ),
+    );
+    checks.equal("v2 boots from slot b", report.get("slot"), "b");
+    machine.api.wait_ready(STEP_DEADLINE)?;
+    checks.equal(
+        "/os says v2",
+        Some(machine.os_version()?.as_str()),
+        &v2_version,
+    );
+    let motd = machine.api.get("settings.motd")?;
+    checks.equal(
+        "the setting made on v1 survives the update",
+        motd.pointer("/settings/motd").and_then(Value::as_str),
+        MOTD,
+    );
+    let status = machine.status()?;
+    checks.check(
+        "v2 passed its gate: idle, boot marked good, failure cleared",
+        status["state"] == "idle"
+            && status["last_boot"]["blessed"] == true
+            && status["last_boot"]["version"] == v2_version.as_str()
+            && status.get("failed_update").is_none(),
+        format!("{status}"),
+    );
+
+    // Rollback by hand: the other slot (v1, slot a) boots next.
+    machine.api.run(&["update", "rollback", "--reboot"])?;
+    let (_, report) = healthy_boot(&vm, 3, BOOT_DEADLINE)?;
+    checks.equal("rollback boots slot a", report.get("slot"), "a");
+    machine.api.wait_ready(STEP_DEADLINE)?;
+    checks.equal(
+        "/os after the rollback",
+        Some(machine.os_version()?.as_str()),
+        &v1_version,
+    );
+    let tail = vm.tail(40);
+    vm.power_off(STEP_DEADLINE)?;
+    checks
+        .finish()
+        .map_err(|e| anyhow::anyhow!("{e}\nlast serial lines:\n{tail}"))
+}
