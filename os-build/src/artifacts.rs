@@ -116,7 +116,8 @@ impl Fetch for Curl {
             return Ok(());
         }
         let stderr = String::from_utf8_lossy(&out.stderr);
-        Err(format!("curl: {}", stderr.trim()))
+        // curl prefixes its own messages with `curl:`.
+        Err(stderr.trim().to_string())
     }
 }
 

@@ -220,7 +220,10 @@ mod tests {
         )
         .unwrap();
         assert_eq!(config["maxPods"], 29, "m5.large: 3 ENIs x (10 - 1) + 2");
-        assert_eq!(config["providerID"], "aws:///us-west-2a/i-0123456789abcdef0");
+        assert_eq!(
+            config["providerID"],
+            "aws:///us-west-2a/i-0123456789abcdef0"
+        );
         let env = std::fs::read_to_string(dir.path().join(paths::KUBELET_ENV)).unwrap();
         assert!(env.starts_with("KUBELET_ARGS="), "{env}");
         assert!(env.contains("--node-ip=10.0.1.23"), "{env}");

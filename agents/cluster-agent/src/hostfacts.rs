@@ -56,8 +56,8 @@ pub fn gather(
     facts.availability_zone = meta("placement/availability-zone")?;
     facts.region = meta("placement/region")?;
     // local-hostname may list several names; the first is the private DNS name EKS uses.
-    facts.private_dns_name = meta("local-hostname")?
-        .and_then(|n| n.split_whitespace().next().map(str::to_string));
+    facts.private_dns_name =
+        meta("local-hostname")?.and_then(|n| n.split_whitespace().next().map(str::to_string));
     facts.local_ipv4 = meta("local-ipv4")?.and_then(|ip| ip.parse().ok());
     if let Some(mac) = meta("mac")? {
         let base = format!("network/interfaces/macs/{mac}");
@@ -108,7 +108,11 @@ mod tests {
     fn cpus_and_variant_from_the_host_tree() {
         let dir = tempfile::tempdir().unwrap();
         write(dir.path(), "sys/devices/system/cpu/online", "0,2-3\n");
-        write(dir.path(), "usr/lib/os-release", "ID=berth\nVARIANT_ID=aws-k8s-1.33\n");
+        write(
+            dir.path(),
+            "usr/lib/os-release",
+            "ID=berth\nVARIANT_ID=aws-k8s-1.33\n",
+        );
         let facts = gather(
             Platform::Qemu,
             dir.path(),

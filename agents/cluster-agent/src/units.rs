@@ -93,30 +93,17 @@ impl DbusUnits {
             .map_err(Self::call_err("LoadUnit", unit))?;
         let u = self.proxy(path.as_str(), "org.freedesktop.systemd1.Unit", unit)?;
         let get = |p: &'static str| -> Result<String, UnitsError> {
-            u.get_property(p).map_err(|e| Self::call_err("Get", unit)(e.into()))
+            u.get_property(p)
+                .map_err(|e| Self::call_err("Get", unit)(e.into()))
         };
         let active = get("ActiveState")?;
         let service = self.proxy(path.as_str(), "org.freedesktop.systemd1.Service", unit)?;
         // Services only; other unit types have no Result/ExecStart.
         let result: String = service.get_property("Result").unwrap_or_default();
         // a(sasbttttuii): path, argv, ignore-failure, timestamps, pid, code, status.
-        type Exec = (
-            String,
-            Vec<String>,
-            bool,
-            u64,
-            u64,
-            u64,
-            u64,
-            u32,
-            i32,
-            i32,
-        );
+        type Exec = (String, Vec<String>, bool, u64, u64, u64, u64, u32, i32, i32);
         let exec: Vec<Exec> = service.get_property("ExecStart").unwrap_or_default();
-        let exec_start = exec
-            .first()
-            .map(|e| e.1.join(" "))
-            .unwrap_or_default();
+        let exec_start = exec.first().map(|e| e.1.join(" ")).unwrap_or_default();
         let files: Vec<(String, bool)> =
             service.get_property("EnvironmentFiles").unwrap_or_default();
         let environment_files = files
