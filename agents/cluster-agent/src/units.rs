@@ -6,13 +6,14 @@ use std::time::{Duration, Instant};
 #[derive(Debug, thiserror::Error)]
 pub enum UnitsError {
     #[error("cannot connect to the D-Bus system bus")]
-    Connect(#[source] zbus::Error),
+    Connect(#[source] Box<zbus::Error>),
+    // Boxed: zbus's error is large and every call site returns this enum.
     #[error("systemd D-Bus call {method} for {unit} failed")]
     Call {
         method: &'static str,
         unit: String,
         #[source]
-        source: zbus::Error,
+        source: Box<zbus::Error>,
     },
     #[error("{unit} is {state} ({result}) instead of active after {seconds:.1} s")]
     NotActive {
@@ -56,7 +57,8 @@ const MANAGER: &str = "org.freedesktop.systemd1.Manager";
 
 impl DbusUnits {
     pub fn connect() -> Result<DbusUnits, UnitsError> {
-        let conn = zbus::blocking::Connection::system().map_err(UnitsError::Connect)?;
+        let conn =
+            zbus::blocking::Connection::system().map_err(|e| UnitsError::Connect(Box::new(e)))?;
         Ok(DbusUnits { conn })
     }
 
@@ -65,7 +67,7 @@ impl DbusUnits {
         move |source| UnitsError::Call {
             method,
             unit,
-            source,
+            source: Box::new(source),
         }
     }
 
@@ -93,8 +95,7 @@ impl DbusUnits {
             .map_err(Self::call_err("LoadUnit", unit))?;
         let u = self.proxy(path.as_str(), "org.freedesktop.systemd1.Unit", unit)?;
         let get = |p: &'static str| -> Result<String, UnitsError> {
-            u.get_property(p)
-                .map_err(|e| Self::call_err("Get", unit)(e.into()))
+            u.get_property(p).map_err(Self::call_err("Get", unit))
         };
         let active = get("ActiveState")?;
         let service = self.proxy(path.as_str(), "org.freedesktop.systemd1.Service", unit)?;
@@ -127,9 +128,8 @@ impl DbusUnits {
                 .call("LoadUnit", &(unit,))
                 .map_err(Self::call_err("LoadUnit", unit))?;
             let u = self.proxy(path.as_str(), "org.freedesktop.systemd1.Unit", unit)?;
-            let job: (u32, zbus::zvariant::OwnedObjectPath) = u
-                .get_property("Job")
-                .map_err(|e| Self::call_err("Get", unit)(e.into()))?;
+            let job: (u32, zbus::zvariant::OwnedObjectPath) =
+                u.get_property("Job").map_err(Self::call_err("Get", unit))?;
             if job.0 == 0 || started.elapsed() > deadline {
                 return Ok(());
             }
