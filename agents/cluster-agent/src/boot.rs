@@ -9,7 +9,7 @@
 
 use crate::facts::Facts;
 use crate::units::{UnitState, Units};
-use crate::{hostfacts, input, output, paths, render, version::KubeletVersion};
+use crate::{hostfacts, output, paths, render, version::KubeletVersion};
 use anyhow::{Context, Result};
 use settings_api::model::Settings;
 use std::path::{Path, PathBuf};
@@ -143,8 +143,10 @@ fn get_settings(socket: &Path) -> Result<serde_json::Value> {
     serde_json::from_slice(&body).context("GET /settings did not return JSON")
 }
 
+/// `GET /settings` answers with the settings object itself (Bottlerocket's shape), not the
+/// `{"settings": ...}` wrapper `apiclient get` prints.
 fn settings_from(value: &serde_json::Value) -> Result<Settings> {
-    input::settings_value(value, Path::new("GET /settings")).map_err(Into::into)
+    Settings::from_json(value).context("the live settings (GET /settings) do not fit the model")
 }
 
 fn write_record(path: &Path, facts: &Facts) -> Result<()> {
@@ -173,14 +175,14 @@ mod tests {
     }
 
     fn settings() -> Settings {
-        let v = serde_json::json!({"settings": {
+        let v = serde_json::json!({
             "kubernetes": {
                 "cluster-name": "berth-eks",
                 "api-server": "https://ABC.gr7.us-west-2.eks.amazonaws.com",
                 "cluster-certificate": "LS0tLS1CRUdJTiBDRVJUSUZJQ0FURS0tLS0tCk1JSUJkekNDQVIyZ0F3SUJBZ0lCQURBS0JnZ3Foa2pPUFFRREFqQWpNU0V3SHdZRFZRUUREQmhyTTNNdGMyVnkKLS0tLS1FTkQgQ0VSVElGSUNBVEUtLS0tLQo="
             },
             "aws": {"region": "us-west-2"}
-        }});
+        });
         settings_from(&v).unwrap()
     }
 
@@ -242,7 +244,7 @@ mod tests {
         let units = RecordingUnits::default();
         let mut f = facts();
         f.region = None;
-        let v = serde_json::json!({"settings": {"kubernetes": {"cluster-name": "c"}}});
+        let v = serde_json::json!({"kubernetes": {"cluster-name": "c"}});
         let s = settings_from(&v).unwrap();
         let err = apply(&args(dir.path()), &s, &f, Some(&units)).unwrap_err();
         assert!(units.started.lock().unwrap().is_empty(), "{err:#}");

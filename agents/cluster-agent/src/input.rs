@@ -48,11 +48,7 @@ fn read_json(path: &Path) -> Result<serde_json::Value, InputError> {
 
 /// Settings from `path`, validated by the settings model (the error names the key).
 pub fn settings(path: &Path) -> Result<Settings, InputError> {
-    settings_value(&read_json(path)?, path)
-}
-
-/// Settings from an API answer (`{"settings": {...}}`); `path` names its origin in errors.
-pub fn settings_value(value: &serde_json::Value, path: &Path) -> Result<Settings, InputError> {
+    let value = read_json(path)?;
     let inner = value
         .get("settings")
         .ok_or_else(|| InputError::NoSettings {
