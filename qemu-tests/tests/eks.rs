@@ -19,7 +19,8 @@ const VARIANT: &str = "aws-k8s-1.33-test";
 const PROBE_FW_CFG: &str = "opt/org.berth/probe";
 const CONFIGURED: &str = r"Reached target configured\.target";
 // berth-cluster-agent's log lines (tracing target cluster_agent::boot).
-const CONTAINERD_ACTIVE: &str = r#"cluster_agent::boot: started and active unit="?containerd\.service"#;
+const CONTAINERD_ACTIVE: &str =
+    r#"cluster_agent::boot: started and active unit="?containerd\.service"#;
 const KUBELET_STARTED: &str = r#"cluster_agent::boot: started unit="?kubelet\.service"#;
 /// Generous under TCG on a loaded 2-core machine.
 const CONFIGURED_DEADLINE: Duration = Duration::from_secs(360);
