@@ -113,23 +113,47 @@ pub fn apply(
         unit = KUBELET_UNIT,
         seconds = format!("{:.2}", t.elapsed().as_secs_f64()),
         state = %state.active,
-        result = %state.result,
+        invocation = %state.invocation_id,
+        "started"
+    );
+    // A line of its own: console lines are cut at the kernel's limit.
+    tracing::info!(
+        unit = KUBELET_UNIT,
         exec_start = %state.exec_start,
         environment_files = %state.environment_files.join(" "),
-        "started"
+        "command"
     );
     if !args.root.join("usr/bin/kubelet").exists() {
         // An image built with --allow-missing-artifacts: the unit is started with the
-        // rendered flags and fails to exec. Say so once, plainly, instead of only systemd's
-        // exec error at every restart.
+        // rendered flags and fails to exec. Say so plainly once, with systemd's verdict,
+        // instead of leaving only systemd's exec error at every restart in the journal.
+        let failed = wait_for_exit(units, KUBELET_UNIT, EXEC_FAILURE_WAIT);
         tracing::warn!(
             unit = KUBELET_UNIT,
+            exec_main_status = failed.exec_main_status,
+            result = %failed.result,
+            restarts = failed.n_restarts,
             "/usr/bin/kubelet is not in this image (built with --allow-missing-artifacts; \
              see /usr/share/berth/missing-artifacts.json); kubelet cannot run"
         );
     }
     outcome.started.push((KUBELET_UNIT.into(), state));
     Ok(outcome)
+}
+
+/// How long to watch kubelet.service fail to exec its missing binary.
+const EXEC_FAILURE_WAIT: Duration = Duration::from_secs(15);
+
+/// The unit's state once its main process has exited (or after `wait`).
+fn wait_for_exit(units: &dyn Units, unit: &str, wait: Duration) -> UnitState {
+    let started = Instant::now();
+    loop {
+        let state = units.state(unit).unwrap_or_default();
+        if state.exec_main_status != 0 || started.elapsed() > wait {
+            return state;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }
 
 fn get_settings(socket: &Path) -> Result<serde_json::Value> {
@@ -211,6 +235,9 @@ mod tests {
     #[test]
     fn renders_records_facts_then_starts_containerd_before_kubelet() {
         let dir = tempfile::tempdir().unwrap();
+        // An image with its kubelet: no wait for an exec failure.
+        std::fs::create_dir_all(dir.path().join("usr/bin")).unwrap();
+        std::fs::write(dir.path().join("usr/bin/kubelet"), "").unwrap();
         let units = RecordingUnits::default();
         let out = apply(&args(dir.path()), &settings(), &facts(), Some(&units)).unwrap();
         assert_eq!(

@@ -35,6 +35,12 @@ pub struct UnitState {
     pub exec_start: String,
     /// EnvironmentFile= entries (a leading `-` marks an optional one).
     pub environment_files: Vec<String>,
+    /// The invocation id systemd gave the unit's last start (hex); empty if never started.
+    pub invocation_id: String,
+    /// Exit status of the main process (203 is systemd's EXEC failure).
+    pub exec_main_status: i32,
+    /// Automatic restarts since the last manual start.
+    pub n_restarts: u32,
 }
 
 /// The systemd unit manager, as far as the agent needs it.
@@ -44,6 +50,8 @@ pub trait Units {
     /// Queues a start of `unit` and returns once systemd has run the job (for a simple
     /// service: forked it, or failed to), with the unit's state then.
     fn start(&self, unit: &str) -> Result<UnitState, UnitsError>;
+    /// The unit's state now.
+    fn state(&self, unit: &str) -> Result<UnitState, UnitsError>;
 }
 
 /// systemd on the system bus.
@@ -88,7 +96,7 @@ impl DbusUnits {
             .map_err(Self::call_err("StartUnit", unit))
     }
 
-    fn state(&self, unit: &str) -> Result<UnitState, UnitsError> {
+    fn read_state(&self, unit: &str) -> Result<UnitState, UnitsError> {
         let manager = self.proxy(MANAGER_PATH, MANAGER, unit)?;
         let path: zbus::zvariant::OwnedObjectPath = manager
             .call("LoadUnit", &(unit,))
@@ -98,6 +106,8 @@ impl DbusUnits {
             u.get_property(p).map_err(Self::call_err("Get", unit))
         };
         let active = get("ActiveState")?;
+        let invocation: Vec<u8> = u.get_property("InvocationID").unwrap_or_default();
+        let invocation_id = invocation.iter().map(|b| format!("{b:02x}")).collect();
         let service = self.proxy(path.as_str(), "org.freedesktop.systemd1.Service", unit)?;
         // Services only; other unit types have no Result/ExecStart.
         let result: String = service.get_property("Result").unwrap_or_default();
@@ -116,6 +126,9 @@ impl DbusUnits {
             result,
             exec_start,
             environment_files,
+            invocation_id,
+            exec_main_status: service.get_property("ExecMainStatus").unwrap_or_default(),
+            n_restarts: service.get_property("NRestarts").unwrap_or_default(),
         })
     }
 
@@ -143,7 +156,7 @@ impl Units for DbusUnits {
         let started = Instant::now();
         self.queue_start(unit)?;
         loop {
-            let state = self.state(unit)?;
+            let state = self.read_state(unit)?;
             if state.active == "active" {
                 return Ok(state);
             }
@@ -162,7 +175,11 @@ impl Units for DbusUnits {
     fn start(&self, unit: &str) -> Result<UnitState, UnitsError> {
         self.queue_start(unit)?;
         self.wait_no_job(unit, Duration::from_secs(30))?;
-        self.state(unit)
+        self.read_state(unit)
+    }
+
+    fn state(&self, unit: &str) -> Result<UnitState, UnitsError> {
+        self.read_state(unit)
     }
 }
 
@@ -183,6 +200,10 @@ impl Units for RecordingUnits {
             .lock()
             .expect("no test thread panics while holding the lock")
             .push(unit.to_string());
+        Ok(self.state.clone())
+    }
+
+    fn state(&self, _unit: &str) -> Result<UnitState, UnitsError> {
         Ok(self.state.clone())
     }
 }

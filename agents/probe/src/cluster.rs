@@ -1,6 +1,6 @@
 //! Facts about a Kubernetes node (aws-k8s variants): what berth-cluster-agent rendered,
-//! whether containerd answers on its socket, whether kubelet's unit was started, and what
-//! the image says is missing. Plain text scans of the files, like the rest of the probe (no
+//! whether containerd answers on its socket, and what the image says is missing (whether
+//! kubelet's unit was started is systemd's to say: berth-cluster-agent logs it). Plain text scans of the files, like the rest of the probe (no
 //! JSON library in it): the files are the agent's pretty-printed output.
 
 use std::io::{Read, Write};
@@ -78,11 +78,6 @@ pub fn facts(root: &Path) -> Vec<(&'static str, Option<String>)> {
     } else {
         None
     };
-    // systemd links the invocation id of every unit it starts here (even when the exec
-    // then fails), so the link shows kubelet.service was started this boot.
-    let invocation = std::fs::read_link(root.join("run/systemd/units/invocation:kubelet.service"))
-        .ok()
-        .map(|p| p.to_string_lossy().into_owned());
     let missing = read(root, "usr/share/berth/missing-artifacts.json").map(|t| {
         t.lines()
             .filter_map(|l| json_scalar(l, "name"))
@@ -122,7 +117,6 @@ pub fn facts(root: &Path) -> Vec<(&'static str, Option<String>)> {
             mode(root, "etc/eks/image-credential-provider/config.json"),
         ),
         ("containerd-socket", containerd),
-        ("kubelet-invocation", invocation),
         ("missing-artifacts", missing),
     ]
 }
@@ -174,19 +168,12 @@ mod tests {
             "usr/share/berth/missing-artifacts.json",
             "[\n  {\n    \"name\": \"kubelet\",\n    \"path\": \"/usr/bin/kubelet\"\n  },\n  {\n    \"name\": \"ecr\"\n  }\n]\n",
         );
-        std::fs::create_dir_all(root.join("run/systemd/units")).unwrap();
-        std::os::unix::fs::symlink(
-            "abc123",
-            root.join("run/systemd/units/invocation:kubelet.service"),
-        )
-        .unwrap();
         let facts: std::collections::BTreeMap<_, _> = facts(root).into_iter().collect();
         assert_eq!(facts["kubelet-max-pods"].as_deref(), Some("29"));
         assert_eq!(
             facts["kubelet-args"].as_deref(),
             Some("--node-ip=10.0.1.23 --config=/etc/kubernetes/kubelet/config.json")
         );
-        assert_eq!(facts["kubelet-invocation"].as_deref(), Some("abc123"));
         assert_eq!(facts["missing-artifacts"].as_deref(), Some("kubelet,ecr"));
         assert_eq!(facts["containerd-socket"], None);
     }

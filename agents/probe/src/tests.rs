@@ -102,7 +102,6 @@ fn facts_of_a_booted_berth_host() {
             "kubernetes-ca-mode",
             "credential-provider-config-mode",
             "containerd-socket",
-            "kubelet-invocation",
             "missing-artifacts",
         ]
     );
