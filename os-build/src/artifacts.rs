@@ -179,15 +179,20 @@ pub fn prepare(
         let details = prepared
             .missing
             .iter()
-            .map(|m| {
-                format!(
-                    "  `{}` ({arch}): {}; expected sha256 {}. Put the file at {} or pass \
+            .map(|m| match &m.sha256 {
+                Some(sha256) => format!(
+                    "  `{}` ({arch}): {}; expected sha256 {sha256}. Put the file at {} or pass \
                      --allow-missing-artifacts to build an image without it",
                     m.name,
                     m.reason,
-                    m.sha256.as_deref().unwrap_or("(none in the variant)"),
                     cache_path(cache_dir, arch, &m.name).display(),
-                )
+                ),
+                // Without a pinned hash a cached file would not be installed either.
+                None => format!(
+                    "  `{}` ({arch}): {}. Pass --allow-missing-artifacts to build an image \
+                     without it",
+                    m.name, m.reason
+                ),
             })
             .collect::<Vec<_>>()
             .join("\n");
@@ -465,6 +470,10 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("no verified sha256"), "{err}");
+        assert!(
+            !err.contains("Put the file at"),
+            "a cached file would not help: {err}"
+        );
         assert!(fetch.asked.borrow().is_empty());
     }
 
