@@ -134,7 +134,6 @@ pub fn build(args: &BuildArgs) -> Result<Built> {
     let stub_path = efi_dir.join(format!("linux{suffix}.efi.stub"));
     let stub = read(&stub_path)?;
     configure(&root, &variant, &workspace, &bin_dir, &args.version)?;
-    let external_artifacts = external.install(&root)?;
     let mut prune = variant.prune.clone();
     prune.extend(["boot/*".to_owned(), "usr/lib/systemd/boot".to_owned()]);
     let modules_root = format!("usr/lib/modules/{kernel_release}/kernel");
@@ -145,6 +144,8 @@ pub fn build(args: &BuildArgs) -> Result<Built> {
             .map(|m| format!("{modules_root}/{m}")),
     );
     rootfs::prune(&root, &prune)?;
+    // After pruning (its patterns are for Debian's files), before the production check.
+    let external_artifacts = external.install(&root)?;
     rootfs::depmod(&root, &kernel_release)?;
     if variant.production {
         rootfs::check_production(&root)?;
