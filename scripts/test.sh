@@ -35,7 +35,7 @@ done
   --timestamp-key "$keys/timestamp.pk8"
 trusted_root="$repo/metadata/1.root.json"
 
-stage "images: qemu x86_64 and aarch64, qemu-test x86_64 (v1 and the v2 update)"
+stage "images: qemu x86_64 and aarch64, qemu-test x86_64 (v1 and the v2 update), aws-k8s-1.33-test x86_64"
 for arch in x86_64 aarch64; do
   "$os_build" build --variant qemu --arch "$arch" --plain --update-root "$trusted_root"
 done
@@ -47,6 +47,10 @@ IFS=. read -r major minor patch < <(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.to
   --version "$major.$minor.$((patch + 1))" --out build/update-v2
 "$os_build" repo add --repo "$repo" --key "$keys/targets.pk8" --key "$keys/snapshot.pk8" \
   --key "$keys/timestamp.pk8" --build build/update-v2/qemu-test/x86_64
+# The EKS node as the QEMU tests boot it (qemu-tests/tests/eks.rs). No kubelet can be
+# downloaded here, so it is built without its external artifacts; the image says so at /os.
+"$os_build" build --variant aws-k8s-1.33-test --arch x86_64 --plain --allow-missing-artifacts \
+  --update-root "$trusted_root"
 
 stage "tests (unit, host integration, QEMU scenarios)"
 export BERTH_QEMU_TESTS=1

@@ -214,6 +214,14 @@ pub struct BuildArgs {
     /// Workspace root (holds variants/ and Cargo.toml); found from the current folder.
     #[arg(long)]
     pub workspace: Option<PathBuf>,
+    /// Cache of external artifacts (kubelet, ...): `<dir>/<arch>/<name>`, checked against
+    /// the variant's sha256; what is not there is downloaded into it.
+    #[arg(long, default_value = "/var/cache/berth/artifacts")]
+    pub artifacts_dir: PathBuf,
+    /// Build even when external artifacts are missing; the image lists them in
+    /// /usr/share/berth/missing-artifacts.json (and `/os`), the manifest too.
+    #[arg(long)]
+    pub allow_missing_artifacts: bool,
 }
 
 #[derive(Debug, Args)]
@@ -238,6 +246,28 @@ mod tests {
         assert_eq!(args.variant, "qemu");
         assert_eq!(args.arch, Arch::X86_64);
         assert!(!args.locked);
+        assert_eq!(
+            args.artifacts_dir,
+            PathBuf::from("/var/cache/berth/artifacts")
+        );
+        assert!(!args.allow_missing_artifacts);
+    }
+
+    #[test]
+    fn build_artifact_flags() {
+        let cli = Cli::try_parse_from([
+            "os-build",
+            "build",
+            "--artifacts-dir",
+            "/tmp/a",
+            "--allow-missing-artifacts",
+        ])
+        .unwrap();
+        let Command::Build(args) = cli.command else {
+            panic!("not build")
+        };
+        assert_eq!(args.artifacts_dir, PathBuf::from("/tmp/a"));
+        assert!(args.allow_missing_artifacts);
     }
 
     #[test]

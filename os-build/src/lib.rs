@@ -1,9 +1,10 @@
 //! os-build: turns a variant (data under `variants/`) into a bootable, verity-protected
 //! A/B disk image. The stages, in order, each in its own module:
-//! variant -> programs (cargo) -> rootfs (mmdebstrap, lock, prune) -> erofs -> verity ->
+//! variant -> external artifacts -> programs (cargo) -> rootfs (mmdebstrap, lock, prune) -> erofs -> verity ->
 //! initramfs -> uki -> esp -> disk -> manifest. `pipeline` runs them.
 
 pub mod arch;
+pub mod artifacts;
 pub mod bench;
 pub mod binaries;
 pub mod cli;

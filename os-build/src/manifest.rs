@@ -23,6 +23,9 @@ pub struct Manifest {
     pub layout: Layout,
     pub packages_lock_sha256: String,
     pub artifacts: BTreeMap<String, Artifact>,
+    /// External artifacts installed into the root, and those missing (built with
+    /// `--allow-missing-artifacts`).
+    pub external_artifacts: crate::artifacts::Report,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]

@@ -16,8 +16,8 @@ use crate::manifest::{self, Manifest};
 use crate::progress::Progress;
 use crate::variant::{ImageFormat, Variant};
 use crate::{
-    binaries, disk, erofs, esp, hosttools, initramfs, lockfile, programs, rootfs, uki, variant,
-    verity,
+    artifacts, binaries, disk, erofs, esp, hosttools, initramfs, lockfile, programs, rootfs, uki,
+    variant, verity,
 };
 
 /// Timestamps inside the image (files, EROFS, cpio) unless SOURCE_DATE_EPOCH says otherwise.
@@ -53,7 +53,7 @@ pub fn find_workspace(explicit: Option<&Path>) -> Result<PathBuf> {
 pub fn build(args: &BuildArgs) -> Result<Built> {
     let workspace = find_workspace(args.workspace.as_deref())?;
     let arch = args.arch;
-    let mut progress = Progress::new(12, args.plain);
+    let mut progress = Progress::new(13, args.plain);
 
     progress.step("checking host tools and the variant");
     hosttools::check(hosttools::BUILD_TOOLS)?;
@@ -76,6 +76,15 @@ pub fn build(args: &BuildArgs) -> Result<Built> {
         .join(arch.name());
     std::fs::create_dir_all(&out).with_context(|| format!("cannot create {}", out.display()))?;
     let work = out.join("work");
+
+    progress.step("external artifacts");
+    let external = artifacts::prepare(
+        &variant.artifacts,
+        arch,
+        &args.artifacts_dir,
+        &artifacts::Curl,
+        args.allow_missing_artifacts,
+    )?;
 
     progress.step(&format!("building Berth programs for {arch}"));
     let mut wanted: Vec<&programs::Program> = vec![&programs::EARLY_INIT];
@@ -144,6 +153,8 @@ pub fn build(args: &BuildArgs) -> Result<Built> {
             .map(|m| format!("{modules_root}/{m}")),
     );
     rootfs::prune(&root, &prune)?;
+    // After pruning (its patterns are for Debian's files), before the production check.
+    let external_artifacts = external.install(&root)?;
     rootfs::depmod(&root, &kernel_release)?;
     if variant.production {
         rootfs::check_production(&root)?;
@@ -285,6 +296,7 @@ pub fn build(args: &BuildArgs) -> Result<Built> {
         layout,
         packages_lock_sha256: lock_sha,
         artifacts,
+        external_artifacts,
     };
     let manifest_path = out.join("manifest.json");
     std::fs::write(

@@ -126,6 +126,20 @@ const PROGRAMS: &[Program] = &[
         test_only: false,
     },
     Program {
+        name: "berth-cluster-agent",
+        package: "cluster-agent",
+        install_path: "/usr/bin/berth-cluster-agent",
+        units: &[
+            "agents/cluster-agent/units/berth-cluster-agent.service",
+            "agents/cluster-agent/units/kubelet.service",
+        ],
+        data: &[(
+            "agents/cluster-agent/units/containerd-berth.conf",
+            "/usr/lib/systemd/system/containerd.service.d/berth-runtime.conf",
+        )],
+        test_only: false,
+    },
+    Program {
         name: "berth-api-bridge",
         package: "api-bridge",
         install_path: "/usr/bin/berth-api-bridge",

@@ -73,6 +73,44 @@ struct Fragment {
     /// Files written into the root: path in the image -> content.
     #[serde(default)]
     files: BTreeMap<String, String>,
+    /// External artifacts: binaries Debian does not ship (see `artifacts.rs`).
+    #[serde(default)]
+    artifacts: Vec<ArtifactFragment>,
+}
+
+/// `[[artifacts]]`: a binary from outside Debian, pinned by URL and sha256 per architecture.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct ArtifactFragment {
+    name: String,
+    /// Absolute path in the image.
+    path: String,
+    /// File mode (TOML integer, e.g. `0o755`).
+    mode: u32,
+    #[serde(default, rename = "x86_64")]
+    x86_64: Option<ArtifactSource>,
+    #[serde(default)]
+    aarch64: Option<ArtifactSource>,
+}
+
+/// Where one architecture's build of an artifact comes from.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct ArtifactSource {
+    pub url: String,
+    /// Lowercase hex sha256. Absent when nobody has verified one yet: such an artifact is
+    /// never installed (os-build installs no unhashed binary) and counts as missing.
+    pub sha256: Option<String>,
+}
+
+/// An external artifact of the variant, for the architecture being built.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Artifact {
+    pub name: String,
+    pub path: String,
+    pub mode: u32,
+    /// None when the variant lists no source for this architecture.
+    pub source: Option<ArtifactSource>,
 }
 
 #[derive(Debug, Default, Clone, Deserialize)]
@@ -141,6 +179,8 @@ pub struct Variant {
     pub settings: Vec<PathBuf>,
     pub metadata: Option<PathBuf>,
     pub files: BTreeMap<String, String>,
+    /// External artifacts for this architecture, in listing order.
+    pub artifacts: Vec<Artifact>,
     /// Every file merged, in order; the variant file last.
     pub sources: Vec<PathBuf>,
 }
@@ -263,6 +303,14 @@ fn merge(into: &mut Fragment, from: Fragment) {
         into.metadata = from.metadata;
     }
     into.files.extend(from.files);
+    // A later fragment listing an artifact of the same name replaces it (a variant pins a
+    // different version than the shared fragment).
+    for artifact in from.artifacts {
+        match into.artifacts.iter_mut().find(|a| a.name == artifact.name) {
+            Some(slot) => *slot = artifact,
+            None => into.artifacts.push(artifact),
+        }
+    }
     if let Some(kernel) = from.kernel {
         let k = into.kernel.get_or_insert_with(KernelFragment::default);
         if kernel.package.is_some() {
@@ -400,6 +448,7 @@ fn resolve(
             ));
         }
     }
+    let artifacts = resolve_artifacts(&merged.artifacts, arch, &invalid)?;
     let systemd = merged.systemd.unwrap_or_default();
     Ok(Variant {
         name: name.to_owned(),
@@ -422,8 +471,70 @@ fn resolve(
         settings: merged.settings,
         metadata: merged.metadata,
         files: merged.files,
+        artifacts,
         sources,
     })
+}
+
+fn resolve_artifacts(
+    listed: &[ArtifactFragment],
+    arch: Arch,
+    invalid: &dyn Fn(&str, String) -> VariantError,
+) -> Result<Vec<Artifact>, VariantError> {
+    let mut out = Vec::new();
+    for a in listed {
+        let key = |field: &str| format!("artifacts.{}.{field}", a.name);
+        if a.name.is_empty()
+            || !a
+                .name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        {
+            return Err(invalid(
+                "artifacts.name",
+                format!("`{}`: use letters, digits, `-`, `_` or `.`", a.name),
+            ));
+        }
+        if !a.path.starts_with('/') || a.path.contains("..") || a.path.ends_with('/') {
+            return Err(invalid(
+                &key("path"),
+                "must be an absolute file path inside the image, without `..`".into(),
+            ));
+        }
+        if a.mode > 0o7777 {
+            return Err(invalid(
+                &key("mode"),
+                format!("{:o} is not a file mode", a.mode),
+            ));
+        }
+        let source = match arch {
+            Arch::X86_64 => a.x86_64.clone(),
+            Arch::Aarch64 => a.aarch64.clone(),
+        };
+        if let Some(src) = &source {
+            if !(src.url.starts_with("https://") || src.url.starts_with("http://")) {
+                return Err(invalid(
+                    &key(&format!("{arch}.url")),
+                    format!("`{}` is not an http(s) URL", src.url),
+                ));
+            }
+            if let Some(sha) = &src.sha256 {
+                if sha.len() != 64 || !sha.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+                    return Err(invalid(
+                        &key(&format!("{arch}.sha256")),
+                        format!("`{sha}` is not 64 lowercase hex digits"),
+                    ));
+                }
+            }
+        }
+        out.push(Artifact {
+            name: a.name.clone(),
+            path: a.path.clone(),
+            mode: a.mode,
+            source,
+        });
+    }
+    Ok(out)
 }
 
 /// Names of the variants under `variants_dir` (folders holding a `variant.toml`).
@@ -586,7 +697,13 @@ mod tests {
         for name in list(&dir) {
             let v = load(&dir, &name, Arch::X86_64).unwrap();
             let has_bridge = v.programs.iter().any(|p| p == "berth-api-bridge");
-            assert_eq!(has_bridge, name == "qemu-test", "{name}: {:?}", v.programs);
+            // Test images are named `*-test` (qemu-test, aws-k8s-1.33-test).
+            assert_eq!(
+                has_bridge,
+                name.ends_with("-test"),
+                "{name}: {:?}",
+                v.programs
+            );
         }
         let tmp = tempfile::tempdir().unwrap();
         write(tmp.path(), "shared/base.toml", BASE);
@@ -597,6 +714,74 @@ mod tests {
         );
         let err = load(tmp.path(), "v", Arch::X86_64).unwrap_err();
         assert!(err.to_string().contains("test images only"), "{err}");
+    }
+
+    #[test]
+    fn artifacts_merge_by_name_and_resolve_per_arch() {
+        let dir = tempfile::tempdir().unwrap();
+        let sha = "ab".repeat(32);
+        write(
+            dir.path(),
+            "shared/base.toml",
+            &format!(
+                r#"{BASE}
+                [[artifacts]]
+                name = "kubelet"
+                path = "/usr/bin/kubelet"
+                mode = 0o755
+                x86_64 = {{ url = "https://dl.example/old", sha256 = "{sha}" }}
+                "#
+            ),
+        );
+        write(
+            dir.path(),
+            "v/variant.toml",
+            &format!(
+                r#"include = ["../shared/base.toml"]
+                production = true
+                [[artifacts]]
+                name = "kubelet"
+                path = "/usr/bin/kubelet"
+                mode = 0o755
+                x86_64 = {{ url = "https://dl.example/new", sha256 = "{sha}" }}
+                aarch64 = {{ url = "https://dl.example/arm" }}
+                "#
+            ),
+        );
+        let v = load(dir.path(), "v", Arch::X86_64).unwrap();
+        assert_eq!(v.artifacts.len(), 1, "{:?}", v.artifacts);
+        let source = v.artifacts[0].source.as_ref().unwrap();
+        assert_eq!(source.url, "https://dl.example/new");
+        assert_eq!(v.artifacts[0].mode, 0o755);
+        let arm = load(dir.path(), "v", Arch::Aarch64).unwrap();
+        assert_eq!(arm.artifacts[0].source.as_ref().unwrap().sha256, None);
+    }
+
+    #[test]
+    fn bad_artifact_entries_name_the_key() {
+        let cases = [
+            ("path = \"usr/bin/k\"", "artifacts.k.path"),
+            (
+                "path = \"/usr/bin/k\"\nx86_64 = { url = \"ftp://x\" }",
+                "artifacts.k.x86_64.url",
+            ),
+            (
+                "path = \"/usr/bin/k\"\nx86_64 = { url = \"https://x\", sha256 = \"ABC\" }",
+                "artifacts.k.x86_64.sha256",
+            ),
+        ];
+        for (body, key) in cases {
+            let dir = tempfile::tempdir().unwrap();
+            write(
+                dir.path(),
+                "v/variant.toml",
+                &format!(
+                    "production = true\n{BASE}\n[[artifacts]]\nname = \"k\"\nmode = 0o755\n{body}\n"
+                ),
+            );
+            let err = load(dir.path(), "v", Arch::X86_64).unwrap_err().to_string();
+            assert!(err.contains(key), "{key}: {err}");
+        }
     }
 
     /// boot-config mounts config drives (vfat, iso9660; docs/boot-config.md): the kernel loads

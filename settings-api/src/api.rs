@@ -51,6 +51,7 @@ pub enum Schema {
     StringList,
     StringMap,
     StringListMap,
+    Os,
     Services,
     ConfigurationFiles,
     UserDataStatus,
@@ -256,10 +257,10 @@ pub static ROUTES: &[Route] = &[
         method: "GET",
         path: "/os",
         op: Op::GetOs,
-        summary: "OS information: pretty_name, variant_id, version_id, build_id, arch",
+        summary: "OS information: pretty_name, variant_id, version_id, build_id, arch, and missing_artifacts when the image was built without some external artifacts",
         params: &[],
         body: None,
-        responses: &[(200, "OS information", Some(Schema::StringMap)), ERR],
+        responses: &[(200, "OS information", Some(Schema::Os)), ERR],
     },
     Route {
         method: "GET",
@@ -450,6 +451,27 @@ fn schema_json(schema: Schema) -> Value {
         Schema::StringList => string_list,
         Schema::StringMap => json!({"type": "object", "additionalProperties": {"type": "string"}}),
         Schema::StringListMap => json!({"type": "object", "additionalProperties": string_list}),
+        Schema::Os => json!({
+            "type": "object",
+            "properties": {
+                "missing_artifacts": {
+                    "description": "External artifacts the image was built without (os-build --allow-missing-artifacts)",
+                    "type": "array",
+                    "items": {
+                        "type": "object",
+                        "required": ["name", "path", "reason"],
+                        "properties": {
+                            "name": {"type": "string"},
+                            "path": {"type": "string"},
+                            "url": {"type": ["string", "null"]},
+                            "sha256": {"type": ["string", "null"]},
+                            "reason": {"type": "string"}
+                        }
+                    }
+                }
+            },
+            "additionalProperties": {"type": "string"}
+        }),
         Schema::Services => json!({"$ref": "#/components/schemas/Services"}),
         Schema::ConfigurationFiles => json!({"$ref": "#/components/schemas/ConfigurationFiles"}),
         Schema::UserDataStatus => json!({

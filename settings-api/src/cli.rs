@@ -37,6 +37,9 @@ pub struct ServerArgs {
     /// os-release file served at /os.
     #[arg(long, default_value = paths::OS_RELEASE)]
     pub os_release: PathBuf,
+    /// os-build's list of external artifacts the image lacks, served in /os when present.
+    #[arg(long, default_value = paths::MISSING_ARTIFACTS)]
+    pub missing_artifacts: PathBuf,
     /// Root of the host tree the CIS checks of /report/cis read (tests point it at a fixture).
     #[arg(long, default_value = "/")]
     pub cis_root: PathBuf,

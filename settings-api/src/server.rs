@@ -156,6 +156,8 @@ pub struct State {
     writer: tokio::sync::Mutex<()>,
     metadata: Metadata,
     os: BTreeMap<String, String>,
+    /// os-build's record of the external artifacts the image lacks, served in /os.
+    missing_artifacts: Option<Value>,
     applier: Arc<dyn Applier>,
     /// Root of the host tree the CIS checks read.
     cis_root: std::path::PathBuf,
@@ -190,6 +192,7 @@ impl State {
             writer: tokio::sync::Mutex::new(()),
             metadata,
             os,
+            missing_artifacts: None,
             applier: Arc::new(LogApplier),
             cis_root: std::path::PathBuf::from("/"),
             user_data_status: None,
@@ -199,6 +202,13 @@ impl State {
     }
 
     /// Replaces the applier (the default logs).
+    /// Serves os-build's missing-artifacts record in `/os` (read once: it is on the read-only
+    /// root, fixed for the life of the image).
+    pub fn with_missing_artifacts(mut self, missing: Option<Value>) -> State {
+        self.missing_artifacts = missing;
+        self
+    }
+
     pub fn with_applier(mut self, applier: Arc<dyn Applier>) -> State {
         self.applier = applier;
         self
@@ -624,7 +634,13 @@ async fn dispatch(
             apply(state, &keys);
             no_content()
         }
-        Op::GetOs => ok_json(&json!(state.os)),
+        Op::GetOs => {
+            let mut os = json!(state.os);
+            if let Some(missing) = &state.missing_artifacts {
+                os["missing_artifacts"] = missing.clone();
+            }
+            ok_json(&os)
+        }
         Op::UserDataStatus => {
             let missing = || {
                 ApiError::new(
@@ -905,6 +921,16 @@ pub async fn serve(listener: tokio::net::UnixListener, state: Arc<State>) -> std
             }
         });
     }
+}
+
+/// Reads os-build's missing-artifacts record (a JSON list); `None` when the image has every
+/// artifact (no file). A file that is not JSON is reported as such rather than hidden.
+pub fn missing_artifacts(path: &std::path::Path) -> Option<Value> {
+    let text = std::fs::read_to_string(path).ok()?;
+    Some(serde_json::from_str(&text).unwrap_or_else(|e| {
+        warn!(path = %path.display(), error = %e, "missing-artifacts record is not JSON");
+        json!([{"name": "unknown", "path": path.display().to_string(), "reason": format!("unreadable record: {e}")}])
+    }))
 }
 
 /// Reads an os-release file into the `/os` map.

@@ -457,3 +457,32 @@ fn concurrent_writers_and_readers_lose_nothing() {
     s.kill_and_restart();
     assert_eq!(s.get(&[]), before);
 }
+
+/// An image built with `os-build --allow-missing-artifacts` says so at `/os`; one with every
+/// artifact has no `missing_artifacts` key.
+#[test]
+fn os_reports_missing_external_artifacts() {
+    let dir = tempfile::tempdir().unwrap();
+    let record = dir.path().join("missing-artifacts.json");
+    std::fs::write(
+        &record,
+        r#"[{"name": "kubelet", "path": "/usr/bin/kubelet",
+             "url": "https://dl.k8s.io/release/v1.33.8/bin/linux/amd64/kubelet",
+             "sha256": "1caa69c5328cfa774218f75f0621a6f10a1b97e095af85015f468aeb8fdf956a",
+             "reason": "download failed"}]"#,
+    )
+    .unwrap();
+    let s = common::Server::start(&["--missing-artifacts", record.to_str().unwrap()]);
+    let (code, body) = s.http("GET", "/os", None);
+    assert_eq!(code, 200);
+    let os: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(os["missing_artifacts"][0]["name"], "kubelet");
+    assert_eq!(os["missing_artifacts"][0]["path"], "/usr/bin/kubelet");
+    assert!(os["arch"].is_string(), "{os}");
+
+    let none = dir.path().join("absent.json");
+    let s = common::Server::start(&["--missing-artifacts", none.to_str().unwrap()]);
+    let (_, body) = s.http("GET", "/os", None);
+    let os: Value = serde_json::from_str(&body).unwrap();
+    assert!(os.get("missing_artifacts").is_none(), "{os}");
+}

@@ -16,6 +16,9 @@ pub struct Cli {
 pub enum Command {
     /// Render kubelet / ECS agent configuration from settings and instance facts.
     Render(RenderArgs),
+    /// At boot (berth-cluster-agent.service): live settings from the API + instance facts ->
+    /// files under /etc and /var/lib/kubelet, then start containerd and kubelet.
+    Boot(crate::boot::BootArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -57,7 +60,9 @@ mod tests {
             "/",
         ])
         .expect("valid arguments");
-        let Command::Render(args) = cli.command;
+        let Command::Render(args) = cli.command else {
+            panic!("render")
+        };
         assert_eq!(args.settings, PathBuf::from("s.json"));
         assert_eq!(args.facts, PathBuf::from("f.json"));
         assert_eq!(args.out, PathBuf::from("/"));
@@ -79,7 +84,9 @@ mod tests {
             "v1.28.5",
         ])
         .expect("valid arguments");
-        let Command::Render(args) = cli.command;
+        let Command::Render(args) = cli.command else {
+            panic!("render")
+        };
         assert_eq!(args.kubelet_version, KubeletVersion::new(28));
     }
 

@@ -2,7 +2,7 @@
 //! EC2, the host's CPU count everywhere). `boot-config` reads IMDS; this crate only takes the
 //! result as JSON, so rendering stays a pure function that tests can drive with any instance.
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use std::net::IpAddr;
 
 /// Facts about the instance, from the `--facts` JSON file (kebab-case keys; unknown keys are
@@ -10,7 +10,7 @@ use std::net::IpAddr;
 ///
 /// Every field is optional because an EKS Anywhere host on vSphere or metal has no IMDS; a
 /// fact a rendering step needs and does not find is an error that names it.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields)]
 pub struct Facts {
     /// EC2 instance type (`m5.large`), for max-pods.

@@ -4,14 +4,17 @@
 //! EKS Anywhere, and the ECS agent's config. See `README.md` for the rules and the places
 //! where Berth deliberately differs from nodeadm.
 
+pub mod boot;
 pub mod cli;
 pub(crate) mod derive;
 pub(crate) mod duration;
 pub mod facts;
+pub mod hostfacts;
 pub(crate) mod input;
 pub(crate) mod output;
 pub mod paths;
 pub mod render;
+pub mod units;
 pub mod version;
 
 use anyhow::Context;
@@ -36,5 +39,6 @@ pub fn run(cli: cli::Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        cli::Command::Boot(args) => boot::run(&args).map(|_| ()),
     }
 }

@@ -30,6 +30,9 @@ pub const ECS_LOGFILE: &str = "/var/log/ecs/ecs-agent.log";
 pub const ECS_AUDIT_LOGFILE: &str = "/var/log/ecs/audit.log";
 pub const ECS_CNI_PLUGINS: &str = "/usr/libexec/amazon-ecs-agent";
 
+/// The facts the boot step rendered with (JSON), on the `/run` tmpfs.
+pub const FACTS_RECORD: &str = "run/berth/cluster-facts.json";
+
 /// The absolute host path of an output-relative path.
 pub fn host(relative: &str) -> String {
     format!("/{relative}")

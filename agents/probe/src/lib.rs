@@ -2,6 +2,7 @@
 //! (docs/boot.md, "Guest probe"). Every read goes through a root directory, so the tests run
 //! on fixture trees.
 
+pub mod cluster;
 pub mod dm;
 
 use std::path::{Path, PathBuf};
@@ -341,6 +342,9 @@ pub fn facts(root: &Path, dm: &dyn DeviceMapper) -> Vec<(String, String)> {
         ("rss-kib-berth-api-bridge", "berth-api-bridg"),
     ] {
         push(key, rss_kib(root, comm).map(|k| k.to_string()));
+    }
+    for (key, value) in cluster::facts(root) {
+        push(key, value);
     }
 
     out.into_iter()

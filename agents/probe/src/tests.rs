@@ -92,6 +92,17 @@ fn facts_of_a_booted_berth_host() {
             "rss-kib-apiserver",
             "rss-kib-chronyd",
             "rss-kib-berth-api-bridge",
+            "kubelet-max-pods",
+            "kubelet-provider-id",
+            "kubelet-cluster-dns",
+            "kubelet-cgroup-driver",
+            "kubelet-args",
+            "kubeconfig-server",
+            "kubeconfig-mode",
+            "kubernetes-ca-mode",
+            "credential-provider-config-mode",
+            "containerd-socket",
+            "missing-artifacts",
         ]
     );
     let f: BTreeMap<_, _> = facts.into_iter().collect();

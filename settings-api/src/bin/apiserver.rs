@@ -30,7 +30,8 @@ fn run(args: ServerArgs) -> anyhow::Result<()> {
         Some(path) => metadata::Metadata::load(path)?,
         None => metadata::Metadata::default(),
     };
-    let mut state = server::State::open(ds, defaults, metadata, server::os_info(&args.os_release))?;
+    let mut state = server::State::open(ds, defaults, metadata, server::os_info(&args.os_release))?
+        .with_missing_artifacts(server::missing_artifacts(&args.missing_artifacts));
     if let Some(program) = &args.apply_command {
         state = state.with_applier(Arc::new(apply::CommandApplier::new(program.clone())));
     }

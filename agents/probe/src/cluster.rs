@@ -1,0 +1,196 @@
+//! Facts about a Kubernetes node (aws-k8s variants): what berth-cluster-agent rendered,
+//! whether containerd answers on its socket, and what the image says is missing (whether
+//! kubelet's unit was started is systemd's to say: berth-cluster-agent logs it). Plain text scans of the files, like the rest of the probe (no
+//! JSON library in it): the files are the agent's pretty-printed output.
+
+use std::io::{Read, Write};
+use std::path::Path;
+use std::time::Duration;
+
+/// The value after `"key":` in pretty-printed JSON: a number, `true`/`false`, or a string
+/// without its quotes.
+pub fn json_scalar(text: &str, key: &str) -> Option<String> {
+    let needle = format!("\"{key}\":");
+    let rest = text[text.find(&needle)? + needle.len()..].trim_start();
+    if let Some(s) = rest.strip_prefix('"') {
+        return Some(s[..s.find('"')?].to_string());
+    }
+    let end = rest.find([',', '\n', '}']).unwrap_or(rest.len());
+    Some(rest[..end].trim().to_string())
+}
+
+/// The strings of the array after `"key":`, joined with `,`.
+pub fn json_string_list(text: &str, key: &str) -> Option<String> {
+    let needle = format!("\"{key}\":");
+    let rest = text[text.find(&needle)? + needle.len()..].trim_start();
+    let body = &rest.strip_prefix('[')?[..rest.find(']')? - 1];
+    let items: Vec<&str> = body
+        .split(',')
+        .map(|s| s.trim().trim_matches('"'))
+        .filter(|s| !s.is_empty())
+        .collect();
+    Some(items.join(","))
+}
+
+/// Speaks the first step of HTTP/2 (what gRPC runs on) to a Unix socket: the client preface
+/// and an empty SETTINGS frame. A gRPC server answers with its own SETTINGS frame.
+pub fn http2_answers(socket: &Path) -> Result<(), String> {
+    let mut s = std::os::unix::net::UnixStream::connect(socket).map_err(|e| e.to_string())?;
+    let timeout = Some(Duration::from_secs(5));
+    s.set_read_timeout(timeout).map_err(|e| e.to_string())?;
+    s.set_write_timeout(timeout).map_err(|e| e.to_string())?;
+    let mut hello = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    hello.extend_from_slice(&[0, 0, 0, 4, 0, 0, 0, 0, 0]);
+    s.write_all(&hello).map_err(|e| e.to_string())?;
+    let mut header = [0u8; 9];
+    s.read_exact(&mut header).map_err(|e| e.to_string())?;
+    if header[3] == 4 {
+        Ok(())
+    } else {
+        Err(format!("first frame has type {}, not SETTINGS", header[3]))
+    }
+}
+
+fn read(root: &Path, rel: &str) -> Option<String> {
+    std::fs::read_to_string(root.join(rel)).ok()
+}
+
+fn mode(root: &Path, rel: &str) -> Option<String> {
+    let m = std::fs::metadata(root.join(rel)).ok()?;
+    Some(format!(
+        "{:o}",
+        std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o7777
+    ))
+}
+
+/// The cluster facts, in print order (`None` prints as `none`).
+pub fn facts(root: &Path) -> Vec<(&'static str, Option<String>)> {
+    let config = read(root, "etc/kubernetes/kubelet/config.json");
+    let field = |key: &str| config.as_deref().and_then(|c| json_scalar(c, key));
+    let env = read(root, "etc/kubernetes/kubelet/environment");
+    let kubeconfig = read(root, "var/lib/kubelet/kubeconfig");
+    let socket = root.join("run/containerd/containerd.sock");
+    let containerd = if socket.exists() {
+        Some(match http2_answers(&socket) {
+            Ok(()) => "http2".to_string(),
+            Err(e) => format!("error: {e}"),
+        })
+    } else {
+        None
+    };
+    let missing = read(root, "usr/share/berth/missing-artifacts.json").map(|t| {
+        t.lines()
+            .filter_map(|l| json_scalar(l, "name"))
+            .collect::<Vec<_>>()
+            .join(",")
+    });
+    vec![
+        ("kubelet-max-pods", field("maxPods")),
+        ("kubelet-provider-id", field("providerID")),
+        (
+            "kubelet-cluster-dns",
+            config
+                .as_deref()
+                .and_then(|c| json_string_list(c, "clusterDNS")),
+        ),
+        ("kubelet-cgroup-driver", field("cgroupDriver")),
+        (
+            "kubelet-args",
+            env.as_deref()
+                .and_then(|e| e.lines().find_map(|l| l.strip_prefix("KUBELET_ARGS=")))
+                .map(str::to_string),
+        ),
+        (
+            "kubeconfig-server",
+            kubeconfig
+                .as_deref()
+                .and_then(|k| k.lines().find_map(|l| l.trim().strip_prefix("server:")))
+                .map(|s| s.trim().trim_matches('"').to_string()),
+        ),
+        ("kubeconfig-mode", mode(root, "var/lib/kubelet/kubeconfig")),
+        (
+            "kubernetes-ca-mode",
+            mode(root, "etc/kubernetes/pki/ca.crt"),
+        ),
+        (
+            "credential-provider-config-mode",
+            mode(root, "etc/eks/image-credential-provider/config.json"),
+        ),
+        ("containerd-socket", containerd),
+        ("missing-artifacts", missing),
+    ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CONFIG: &str = r#"{
+    "cgroupDriver": "systemd",
+    "clusterDNS": [
+        "10.100.0.10",
+        "10.100.0.11"
+    ],
+    "maxPods": 29,
+    "providerID": "aws:///us-west-2a/i-1"
+}
+"#;
+
+    #[test]
+    fn scalars_and_lists_from_pretty_json() {
+        assert_eq!(json_scalar(CONFIG, "maxPods").as_deref(), Some("29"));
+        assert_eq!(
+            json_scalar(CONFIG, "providerID").as_deref(),
+            Some("aws:///us-west-2a/i-1")
+        );
+        assert_eq!(
+            json_string_list(CONFIG, "clusterDNS").as_deref(),
+            Some("10.100.0.10,10.100.0.11")
+        );
+        assert_eq!(json_scalar(CONFIG, "nope"), None);
+    }
+
+    #[test]
+    fn node_facts_from_a_fixture_tree() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        let write = |rel: &str, text: &str| {
+            let p = root.join(rel);
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(p, text).unwrap();
+        };
+        write("etc/kubernetes/kubelet/config.json", CONFIG);
+        write(
+            "etc/kubernetes/kubelet/environment",
+            "KUBELET_ARGS=--node-ip=10.0.1.23 --config=/etc/kubernetes/kubelet/config.json\n",
+        );
+        write(
+            "usr/share/berth/missing-artifacts.json",
+            "[\n  {\n    \"name\": \"kubelet\",\n    \"path\": \"/usr/bin/kubelet\"\n  },\n  {\n    \"name\": \"ecr\"\n  }\n]\n",
+        );
+        let facts: std::collections::BTreeMap<_, _> = facts(root).into_iter().collect();
+        assert_eq!(facts["kubelet-max-pods"].as_deref(), Some("29"));
+        assert_eq!(
+            facts["kubelet-args"].as_deref(),
+            Some("--node-ip=10.0.1.23 --config=/etc/kubernetes/kubelet/config.json")
+        );
+        assert_eq!(facts["missing-artifacts"].as_deref(), Some("kubelet,ecr"));
+        assert_eq!(facts["containerd-socket"], None);
+    }
+
+    #[test]
+    fn a_silent_socket_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.sock");
+        let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
+        let server = std::thread::spawn(move || {
+            let (mut c, _) = listener.accept().unwrap();
+            let mut buf = [0u8; 33];
+            c.read_exact(&mut buf).unwrap();
+            // An HTTP/1 server would answer like this.
+            c.write_all(b"HTTP/1.1 400 Bad Request\r\n\r\n").unwrap();
+        });
+        assert!(http2_answers(&path).is_err());
+        server.join().unwrap();
+    }
+}
