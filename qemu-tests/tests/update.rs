@@ -16,6 +16,10 @@
 //!    which passes its health gate: `/os` says v2, the probe says slot b, the setting made on
 //!    v1 is still there, and the status is idle with the boot marked good. Then
 //!    `apiclient update rollback --reboot` boots v1 from slot A again.
+//! 4. `apiclient update apply --check` (v2 to slot B again); power off; power on with the
+//!    test gate unit failing (fw_cfg `opt/org.berth/fail-health-gate`, qemu-test variant):
+//!    each of v2's three trial boots fails its gate and reboots, v1 boots by itself and
+//!    `/updates/status` reports the failed update.
 //!
 //! Gated by BERTH_QEMU_TESTS=1.
 
@@ -35,6 +39,8 @@ const USER_DATA_FW_CFG: &str = "opt/org.berth/user-data";
 /// Where the guest finds the repository (forwarded to the host's file server).
 const REPO_IP: &str = "10.0.2.100";
 const HEALTHY: &str = r"health gate passed";
+const GATE_FAILED_REBOOTING: &str = r"health gate failed on a trial boot; rebooting";
+const FAIL_GATE_FW_CFG: &str = "opt/org.berth/fail-health-gate";
 const BOOT_DEADLINE: Duration = Duration::from_secs(300);
 const STEP_DEADLINE: Duration = Duration::from_secs(120);
 /// Download, write and verify of a whole slot under TCG.
@@ -71,18 +77,52 @@ struct Machine {
 impl Machine {
     /// Powers on a machine whose disk is `disk` (a qcow2 overlay over it is what changes).
     fn power_on(&self, name: &str, disk: &Path) -> Result<RunningVm> {
+        self.power_on_with(name, disk, false)
+    }
+
+    /// `fail_gate`: the qemu-test image's test gate unit fails (fw_cfg
+    /// `opt/org.berth/fail-health-gate`), so every boot's health gate fails.
+    fn power_on_with(&self, name: &str, disk: &Path, fail_gate: bool) -> Result<RunningVm> {
         let log = serial_log(name);
         println!("  {name}: serial log {}", log.display());
         let relay = Path::new(env!("CARGO_BIN_EXE_tcp-relay"));
-        Ok(Vm::builder(self.arch)
+        let mut vm = Vm::builder(self.arch)
             .name(name)
             .disk(disk)
             .fw_cfg_file(USER_DATA_FW_CFG, &self.user_data)
             .fw_cfg_string(PROBE_FW_CFG, "1")
             .net_user([self.api.hostfwd()])
             .net_options([self.server.guestfwd(relay, REPO_IP)])
-            .serial_log(&log)
-            .boot()?)
+            .serial_log(&log);
+        if fail_gate {
+            vm = vm.fw_cfg_string(FAIL_GATE_FW_CFG, "1");
+        }
+        Ok(vm.boot()?)
+    }
+
+    /// Polls `/updates/status` (the guest reboots in between) until `done` accepts it.
+    fn wait_status(&self, deadline: Duration, done: impl Fn(&Value) -> bool) -> Result<Value> {
+        let until = Instant::now() + deadline;
+        loop {
+            let out = Command::new(&self.api.apiclient)
+                .arg("--socket-path")
+                .arg(&self.api.socket)
+                .args(["raw", "-u", "/updates/status"])
+                .output()?;
+            if out.status.success() {
+                if let Ok(status) = serde_json::from_slice::<Value>(&out.stdout) {
+                    if done(&status) {
+                        println!("  /updates/status: {status}");
+                        return Ok(status);
+                    }
+                }
+            }
+            ensure!(
+                Instant::now() < until,
+                "/updates/status never got there in {deadline:?}"
+            );
+            std::thread::sleep(Duration::from_secs(3));
+        }
     }
 
     /// Keeps the disk a stopped machine left (its overlay, whose backing file stays where it
@@ -250,6 +290,7 @@ fn update_rollback_power_cut_and_update_x86_64() -> Result<()> {
             "a bad signature, an expired timestamp and a replaced target are each refused",
             "apiclient update apply --reboot: v2 boots from slot B, passes its gate, keeps the settings",
             "apiclient update rollback --reboot: v1 boots from slot A",
+            "v2 again, with a health gate that fails: three trial boots reboot, v1 runs again, the status says so",
         ],
     )?
     else {
@@ -454,6 +495,37 @@ fn update_rollback_power_cut_and_update_x86_64() -> Result<()> {
         "/os after the rollback",
         Some(machine.os_version()?.as_str()),
         &v1_version,
+    );
+
+    // 4. A slot whose health gate fails: v2 again, then a power-on where the gate fails.
+    machine.api.stdout(&["update", "apply", "--check"])?;
+    vm.power_off(STEP_DEADLINE)?;
+    let disk3 = machine.keep_disk(&vm, "after-second-apply")?;
+    drop(vm);
+    let vm = machine.power_on_with("update_4_gate_fails", &disk3, true)?;
+    let status = machine.wait_status(FALLBACK_DEADLINE, |s| s.get("failed_update").is_some())?;
+    let trial_reboots = vm.count_matches(GATE_FAILED_REBOOTING)?;
+    println!("  gate failures that rebooted a trial boot: {trial_reboots}");
+    checks.check(
+        "each trial boot of the slot whose gate fails reboots (three tries)",
+        trial_reboots == 3,
+        format!("{trial_reboots} lines `{GATE_FAILED_REBOOTING}`"),
+    );
+    checks.check(
+        "after its tries v1 runs again and the failed update is reported",
+        status["running"] == v1_version.as_str()
+            && status["failed_update"]["version"] == v2_version.as_str()
+            && status["state"] == "idle",
+        format!("{status}"),
+    );
+    checks.check(
+        "v1's own gate failure is reported without a reboot (a good UKI has nowhere to go)",
+        status["last_boot"]["outcome"] == "gate-failed"
+            && status["last_boot"]["slot"] == "a"
+            && status["last_boot"]["detail"]
+                .as_str()
+                .is_some_and(|d| d.contains("berth-test-gate.service failed")),
+        format!("{}", status["last_boot"]),
     );
     let tail = vm.tail(40);
     vm.power_off(STEP_DEADLINE)?;
