@@ -286,12 +286,12 @@ pub static CHECKS: &[Check] = &[
         |h| owner_if_present(h, paths::KUBE_PROXY_KUBECONFIG)),
     check!(Kubernetes, "4.1.5", 1, Automated,
         "Ensure that the --kubeconfig kubelet.conf file permissions are set to 600 or more restrictive",
-        "/etc/kubernetes/kubelet/kubeconfig has mode 600 or less",
-        |h| with_kubelet(h, |h, _| file_mode(h, paths::KUBELET_KUBECONFIG, 0o600))),
+        "the kubelet's kubeconfig (/var/lib/kubelet/kubeconfig or /etc/kubernetes/kubelet/kubeconfig) has mode 600 or less",
+        |h| with_kubelet(h, |h, _| with_kubeconfig(h, |h, path| file_mode(h, path, 0o600)))),
     check!(Kubernetes, "4.1.6", 1, Automated,
         "Ensure that the --kubeconfig kubelet.conf file ownership is set to root:root",
-        "/etc/kubernetes/kubelet/kubeconfig is owned by 0:0",
-        |h| with_kubelet(h, |h, _| owner(h, paths::KUBELET_KUBECONFIG))),
+        "the kubelet's kubeconfig (/var/lib/kubelet/kubeconfig or /etc/kubernetes/kubelet/kubeconfig) is owned by 0:0",
+        |h| with_kubelet(h, |h, _| with_kubeconfig(h, owner))),
     check!(Kubernetes, "4.1.7", 1, Automated,
         "Ensure that the certificate authorities file permissions are set to 644 or more restrictive",
         "the kubelet's authentication.x509.clientCAFile (default /etc/kubernetes/pki/ca.crt) has mode 644 or less",
@@ -1165,6 +1165,17 @@ fn with_kubelet(host: &HostRoot, f: impl Fn(&HostRoot, &Kubelet) -> CheckResult)
         "no kubelet config ({}): kubelet is not configured on this host",
         paths::KUBELET_CONFIGS.join(", ")
     ))
+}
+
+/// Runs `f` on the first kubelet kubeconfig that exists; fails naming them all when none does.
+fn with_kubeconfig(host: &HostRoot, f: impl Fn(&HostRoot, &str) -> CheckResult) -> CheckResult {
+    match paths::KUBELET_KUBECONFIGS.iter().find(|p| host.exists(p)) {
+        Some(path) => f(host, path),
+        None => CheckResult::Fail(format!(
+            "no kubelet kubeconfig ({})",
+            paths::KUBELET_KUBECONFIGS.join(", ")
+        )),
+    }
 }
 
 fn field<'a>(k: &'a Kubelet, pointer: &str) -> Option<&'a Value> {

@@ -48,8 +48,12 @@ pub const KUBELET_CONFIGS: &[&str] = &[
     "/etc/kubernetes/kubelet/config.json",
     "/etc/kubernetes/kubelet/config.yaml",
 ];
-/// Kubelet's kubeconfig.
-pub const KUBELET_KUBECONFIG: &str = "/etc/kubernetes/kubelet/kubeconfig";
+/// Kubelet's kubeconfig, where Berth's cluster agent and nodeadm write it, then where
+/// Bottlerocket does (first found wins).
+pub const KUBELET_KUBECONFIGS: &[&str] = &[
+    "/var/lib/kubelet/kubeconfig",
+    "/etc/kubernetes/kubelet/kubeconfig",
+];
 /// Client CA used when the kubelet config names none.
 pub const KUBELET_DEFAULT_CA: &str = "/etc/kubernetes/pki/ca.crt";
 /// kube-proxy's kubeconfig.

@@ -605,6 +605,20 @@ fn kubelet_config_mutations() {
     let dir = hardened();
     chmod(dir.path(), "etc/kubernetes/kubelet/kubeconfig", 0o644);
     assert_fails(dir.path(), "4.1.5", "has mode 644, more than 600");
+    // The cluster agent's (and nodeadm's) kubeconfig path is read first.
+    write(dir.path(), "var/lib/kubelet/kubeconfig", "apiVersion: v1\n");
+    chmod(dir.path(), "var/lib/kubelet/kubeconfig", 0o600);
+    assert_eq!(run(dir.path(), "4.1.5"), CheckResult::Pass);
+    chmod(dir.path(), "var/lib/kubelet/kubeconfig", 0o644);
+    assert_fails(
+        dir.path(),
+        "4.1.5",
+        "/var/lib/kubelet/kubeconfig has mode 644",
+    );
+    std::fs::remove_file(dir.path().join("var/lib/kubelet/kubeconfig")).unwrap();
+    std::fs::remove_file(dir.path().join("etc/kubernetes/kubelet/kubeconfig")).unwrap();
+    assert_fails(dir.path(), "4.1.6", "no kubelet kubeconfig");
+    let dir = hardened();
     chmod(dir.path(), "etc/kubernetes/pki/ca.crt", 0o664);
     assert_fails(dir.path(), "4.1.7", "has mode 664, more than 644");
     chmod(dir.path(), "etc/kubernetes/kubelet/config", 0o640);
