@@ -1,5 +1,6 @@
-//! Command line of `berth-updater`. Until the settings API drives it (see docs/updates.md),
-//! every input is a flag or its `BERTH_UPDATES_*` environment variable.
+//! Command line of `berth-updater`. Every input is a flag or its `BERTH_UPDATES_*`
+//! environment variable; the settings API runs it with those variables taken from
+//! `settings.updates.*` (docs/updates.md, "The API and apiclient").
 
 use std::path::{Path, PathBuf};
 
