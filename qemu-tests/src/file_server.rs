@@ -4,11 +4,12 @@
 //! copy) or refuse every request (an unreachable repository) while the guest runs.
 
 use std::io::{BufRead, BufReader, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::path::{Component, Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+use crate::loopback::{lock, LoopbackServer};
 
 /// One answered request.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -27,39 +28,26 @@ struct State {
 /// A running server; stops accepting when dropped.
 #[derive(Debug)]
 pub struct FileServer {
-    port: u16,
+    server: LoopbackServer,
     state: Arc<Mutex<State>>,
-    stop: Arc<AtomicBool>,
 }
 
 impl FileServer {
     /// Serves `root` on `127.0.0.1` (a free port).
     pub fn start(root: impl Into<PathBuf>) -> std::io::Result<FileServer> {
-        let listener = TcpListener::bind("127.0.0.1:0")?;
-        let port = listener.local_addr()?.port();
         let state = Arc::new(Mutex::new(State {
             root: Some(root.into()),
             log: Vec::new(),
         }));
-        let stop = Arc::new(AtomicBool::new(false));
-        let (st, sp) = (Arc::clone(&state), Arc::clone(&stop));
-        std::thread::spawn(move || {
-            for conn in listener.incoming() {
-                if sp.load(Ordering::Relaxed) {
-                    break;
-                }
-                let Ok(conn) = conn else { continue };
-                let st = Arc::clone(&st);
-                std::thread::spawn(move || {
-                    let _ = serve(conn, &st);
-                });
-            }
-        });
-        Ok(FileServer { port, state, stop })
+        let st = Arc::clone(&state);
+        let server = LoopbackServer::start(move |conn| {
+            let _ = serve(conn, &st);
+        })?;
+        Ok(FileServer { server, state })
     }
 
     pub fn port(&self) -> u16 {
-        self.port
+        self.server.port()
     }
 
     /// Serves `root` from now on; `None` answers every request with 503.
@@ -78,23 +66,8 @@ impl FileServer {
         format!(
             "guestfwd=tcp:{guest_ip}:80-cmd:{} 127.0.0.1 {}",
             relay.display(),
-            self.port
+            self.server.port()
         )
-    }
-}
-
-impl Drop for FileServer {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        // Wake the accept loop so it sees the flag.
-        let _ = TcpStream::connect(("127.0.0.1", self.port));
-    }
-}
-
-fn lock(state: &Mutex<State>) -> std::sync::MutexGuard<'_, State> {
-    match state.lock() {
-        Ok(g) => g,
-        Err(poisoned) => poisoned.into_inner(),
     }
 }
 

@@ -16,10 +16,11 @@
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::net::TcpStream;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+use crate::loopback::{lock, LoopbackServer};
 
 pub const TTL_HEADER: &str = "x-aws-ec2-metadata-token-ttl-seconds";
 pub const TOKEN_HEADER: &str = "x-aws-ec2-metadata-token";
@@ -105,44 +106,31 @@ struct State {
 /// A running emulator; stops accepting when dropped.
 #[derive(Debug)]
 pub struct Imds {
-    port: u16,
+    server: LoopbackServer,
     state: Arc<Mutex<State>>,
-    stop: Arc<AtomicBool>,
 }
 
 impl Imds {
     /// Starts serving `config` on `127.0.0.1` (a free port).
     pub fn start(config: Config) -> std::io::Result<Imds> {
-        let listener = TcpListener::bind("127.0.0.1:0")?;
-        let port = listener.local_addr()?.port();
         let state = Arc::new(Mutex::new(State {
             config,
             ..State::default()
         }));
-        let stop = Arc::new(AtomicBool::new(false));
-        let (st, sp) = (Arc::clone(&state), Arc::clone(&stop));
-        std::thread::spawn(move || {
-            for conn in listener.incoming() {
-                if sp.load(Ordering::Relaxed) {
-                    break;
-                }
-                let Ok(conn) = conn else { continue };
-                let st = Arc::clone(&st);
-                std::thread::spawn(move || {
-                    let _ = serve(conn, &st);
-                });
-            }
-        });
-        Ok(Imds { port, state, stop })
+        let st = Arc::clone(&state);
+        let server = LoopbackServer::start(move |conn| {
+            let _ = serve(conn, &st);
+        })?;
+        Ok(Imds { server, state })
     }
 
     pub fn port(&self) -> u16 {
-        self.port
+        self.server.port()
     }
 
     /// `host:port` for a client on the host.
     pub fn endpoint(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
+        format!("127.0.0.1:{}", self.server.port())
     }
 
     /// Every request so far, in order.
@@ -161,24 +149,9 @@ impl Imds {
             format!(
                 "guestfwd=tcp:169.254.169.254:80-cmd:{} 127.0.0.1 {}",
                 relay.display(),
-                self.port
+                self.server.port()
             ),
         ]
-    }
-}
-
-impl Drop for Imds {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        // Wake the accept loop so it sees the flag.
-        let _ = TcpStream::connect(("127.0.0.1", self.port));
-    }
-}
-
-fn lock(state: &Mutex<State>) -> std::sync::MutexGuard<'_, State> {
-    match state.lock() {
-        Ok(g) => g,
-        Err(poisoned) => poisoned.into_inner(),
     }
 }
 

@@ -36,6 +36,7 @@ pub mod file_server;
 pub mod gpt;
 pub mod image;
 pub mod imds;
+pub mod loopback;
 pub mod markers;
 pub mod paths;
 pub mod probe;
