@@ -132,11 +132,23 @@ const PROGRAMS: &[Program] = &[
         units: &[
             "agents/cluster-agent/units/berth-cluster-agent.service",
             "agents/cluster-agent/units/kubelet.service",
+            "agents/cluster-agent/units/ecs.service",
+            "agents/cluster-agent/units/ecs-block-imds.service",
         ],
-        data: &[(
-            "agents/cluster-agent/units/containerd-berth.conf",
-            "/usr/lib/systemd/system/containerd.service.d/berth-runtime.conf",
-        )],
+        data: &[
+            (
+                "agents/cluster-agent/units/containerd-berth.conf",
+                "/usr/lib/systemd/system/containerd.service.d/berth-runtime.conf",
+            ),
+            (
+                "agents/cluster-agent/units/docker-berth.conf",
+                "/usr/lib/systemd/system/docker.service.d/berth.conf",
+            ),
+            (
+                "agents/cluster-agent/units/ecs-route-localnet.conf",
+                "/usr/lib/berth/ecs/route-localnet.conf",
+            ),
+        ],
         test_only: false,
     },
     Program {

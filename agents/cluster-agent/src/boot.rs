@@ -1,7 +1,8 @@
 //! `berth-cluster-agent boot`: what `berth-cluster-agent.service` runs once `configured.target`
 //! is reached. Reads the live settings from the API socket, gathers the instance facts,
 //! renders every file into `/etc` (tmpfs, rebuilt each boot) and `/var/lib/kubelet`, then
-//! starts containerd and kubelet through systemd.
+//! starts the container runtime and the cluster's node agent through systemd: containerd and
+//! kubelet for `settings.kubernetes`, docker and the ECS agent for `settings.ecs`.
 //!
 //! Settings come from the API rather than the datastore file: the API is the only interface
 //! to settings (DESIGN.md), it fills in the variant defaults, and the datastore's on-disk
@@ -18,8 +19,55 @@ use std::time::{Duration, Instant};
 /// containerd, then kubelet (kubelet needs the CRI socket).
 pub const CONTAINERD_UNIT: &str = "containerd.service";
 pub const KUBELET_UNIT: &str = "kubelet.service";
-/// containerd comes up in about a second; under TCG on a loaded host, much slower.
-const CONTAINERD_DEADLINE: Duration = Duration::from_secs(180);
+/// docker, then the ECS agent (the agent needs the docker socket).
+pub const DOCKER_UNIT: &str = "docker.service";
+pub const ECS_UNIT: &str = "ecs.service";
+/// The DROP rule for bridge-network containers' traffic to IMDS (`awsvpc-block-imds`).
+pub const ECS_BLOCK_IMDS_UNIT: &str = "ecs-block-imds.service";
+/// A runtime comes up in seconds; under TCG on a loaded host, much slower.
+const RUNTIME_DEADLINE: Duration = Duration::from_secs(180);
+
+/// One node agent and what must be active before it: the units `boot` starts, in order.
+struct Join {
+    /// The container runtime, started and waited for until active.
+    runtime: &'static str,
+    /// Oneshot units between the runtime and the agent, waited for until active.
+    then: Vec<&'static str>,
+    /// The node agent, started (not waited for: it may run for ever or fail to exec).
+    agent: &'static str,
+    /// The agent's binary on the host (an external artifact).
+    binary: &'static str,
+    /// What to call it in the log line when the binary is missing.
+    display: &'static str,
+}
+
+/// The joins the settings ask for: Kubernetes first, then ECS.
+fn joins(settings: &Settings) -> Vec<Join> {
+    let mut out = Vec::new();
+    if settings.kubernetes.is_some() {
+        out.push(Join {
+            runtime: CONTAINERD_UNIT,
+            then: Vec::new(),
+            agent: KUBELET_UNIT,
+            binary: "usr/bin/kubelet",
+            display: "kubelet",
+        });
+    }
+    if let Some(ecs) = &settings.ecs {
+        let mut then = Vec::new();
+        if ecs.awsvpc_block_imds == Some(true) {
+            then.push(ECS_BLOCK_IMDS_UNIT);
+        }
+        out.push(Join {
+            runtime: DOCKER_UNIT,
+            then,
+            agent: ECS_UNIT,
+            binary: "usr/bin/amazon-ecs-agent",
+            display: "the ECS agent",
+        });
+    }
+    out
+}
 
 /// Arguments of the boot step.
 #[derive(Debug, clap::Args)]
@@ -55,8 +103,8 @@ pub struct Outcome {
 pub fn run(args: &BootArgs) -> Result<Outcome> {
     let settings_json = get_settings(&args.socket_path)?;
     let settings = settings_from(&settings_json)?;
-    if settings.kubernetes.is_none() {
-        tracing::info!("no settings.kubernetes; nothing to join, no unit started");
+    if settings.kubernetes.is_none() && settings.ecs.is_none() {
+        tracing::info!("neither settings.kubernetes nor settings.ecs; nothing to join, no unit started");
         return Ok(Outcome::default());
     }
     let platform = boot_config::platform::detect(&args.root);
@@ -96,21 +144,40 @@ pub fn apply(
     let Some(units) = units else {
         return Ok(outcome);
     };
+    for join in joins(settings) {
+        start_join(args, units, &join, &mut outcome)?;
+    }
+    Ok(outcome)
+}
+
+/// Starts the runtime and waits until it is active, then the units in between, then the
+/// agent, logging each with its time; says plainly when the agent's binary is missing.
+fn start_join(
+    args: &BootArgs,
+    units: &dyn Units,
+    join: &Join,
+    outcome: &mut Outcome,
+) -> Result<()> {
+    for unit in std::iter::once(&join.runtime).chain(&join.then) {
+        let t = Instant::now();
+        let state = units
+            .start_and_wait(unit, RUNTIME_DEADLINE)
+            .with_context(|| format!("{unit} did not start"))?;
+        tracing::info!(
+            unit = *unit,
+            seconds = format!("{:.2}", t.elapsed().as_secs_f64()),
+            "started and active"
+        );
+        outcome.started.push((unit.to_string(), state));
+    }
+
+    let agent = join.agent;
     let t = Instant::now();
     let state = units
-        .start_and_wait(CONTAINERD_UNIT, CONTAINERD_DEADLINE)
-        .context("containerd did not start")?;
+        .start(agent)
+        .with_context(|| format!("cannot start {agent}"))?;
     tracing::info!(
-        unit = CONTAINERD_UNIT,
-        seconds = format!("{:.2}", t.elapsed().as_secs_f64()),
-        "started and active"
-    );
-    outcome.started.push((CONTAINERD_UNIT.into(), state));
-
-    let t = Instant::now();
-    let state = units.start(KUBELET_UNIT).context("cannot start kubelet")?;
-    tracing::info!(
-        unit = KUBELET_UNIT,
+        unit = agent,
         seconds = format!("{:.2}", t.elapsed().as_secs_f64()),
         state = %state.active,
         invocation = %state.invocation_id,
@@ -118,30 +185,32 @@ pub fn apply(
     );
     // A line of its own: console lines are cut at the kernel's limit.
     tracing::info!(
-        unit = KUBELET_UNIT,
+        unit = agent,
         exec_start = %state.exec_start,
         environment_files = %state.environment_files.join(" "),
         "command"
     );
-    if !args.root.join("usr/bin/kubelet").exists() {
+    if !args.root.join(join.binary).exists() {
         // An image built with --allow-missing-artifacts: the unit is started with the
-        // rendered flags and fails to exec. Say so plainly once, with systemd's verdict,
-        // instead of leaving only systemd's exec error at every restart in the journal.
-        let failed = wait_for_exit(units, KUBELET_UNIT, EXEC_FAILURE_WAIT);
+        // rendered configuration and fails to exec. Say so plainly once, with systemd's
+        // verdict, instead of leaving only systemd's exec error at every restart in the journal.
+        let failed = wait_for_exit(units, agent, EXEC_FAILURE_WAIT);
         tracing::warn!(
-            unit = KUBELET_UNIT,
+            unit = agent,
             exec_main_status = failed.exec_main_status,
             result = %failed.result,
             restarts = failed.n_restarts,
-            "/usr/bin/kubelet is not in this image (built with --allow-missing-artifacts; \
-             see /usr/share/berth/missing-artifacts.json); kubelet cannot run"
+            "/{} is not in this image (built with --allow-missing-artifacts; \
+             see /usr/share/berth/missing-artifacts.json); {} cannot run",
+            join.binary,
+            join.display,
         );
     }
-    outcome.started.push((KUBELET_UNIT.into(), state));
-    Ok(outcome)
+    outcome.started.push((agent.to_string(), state));
+    Ok(())
 }
 
-/// How long to watch kubelet.service fail to exec its missing binary.
+/// How long to watch an agent's unit fail to exec its missing binary.
 const EXEC_FAILURE_WAIT: Duration = Duration::from_secs(15);
 
 /// The unit's state once its main process has exited (or after `wait`).
@@ -263,6 +332,68 @@ mod tests {
         .unwrap();
         assert_eq!(record, facts());
         assert!(out.written.len() >= 4, "{:?}", out.written);
+    }
+
+    fn ecs_settings(extra: serde_json::Value) -> Settings {
+        let mut ecs = serde_json::json!({"cluster": "berth-ecs"});
+        ecs.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        settings_from(&serde_json::json!({ "ecs": ecs })).unwrap()
+    }
+
+    #[test]
+    fn ecs_renders_the_config_then_starts_docker_before_the_agent() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("usr/bin")).unwrap();
+        std::fs::write(dir.path().join("usr/bin/amazon-ecs-agent"), "").unwrap();
+        let units = RecordingUnits::default();
+        let s = ecs_settings(serde_json::json!({}));
+        let out = apply(&args(dir.path()), &s, &facts(), Some(&units)).unwrap();
+        assert_eq!(*units.started.lock().unwrap(), [DOCKER_UNIT, ECS_UNIT]);
+        let config = std::fs::read_to_string(dir.path().join(paths::ECS_CONFIG)).unwrap();
+        assert!(config.contains("ECS_CLUSTER=berth-ecs\n"), "{config}");
+        assert!(config.contains("ECS_AWSVPC_BLOCK_IMDS=false\n"), "{config}");
+        assert!(!dir.path().join(paths::KUBELET_CONFIG).exists());
+        let started: Vec<&str> = out.started.iter().map(|(u, _)| u.as_str()).collect();
+        assert_eq!(started, [DOCKER_UNIT, ECS_UNIT]);
+    }
+
+    #[test]
+    fn blocking_imds_starts_the_drop_rule_between_docker_and_the_agent() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("usr/bin")).unwrap();
+        std::fs::write(dir.path().join("usr/bin/amazon-ecs-agent"), "").unwrap();
+        let units = RecordingUnits::default();
+        let s = ecs_settings(serde_json::json!({"awsvpc-block-imds": true}));
+        apply(&args(dir.path()), &s, &facts(), Some(&units)).unwrap();
+        assert_eq!(
+            *units.started.lock().unwrap(),
+            [DOCKER_UNIT, ECS_BLOCK_IMDS_UNIT, ECS_UNIT]
+        );
+        let config = std::fs::read_to_string(dir.path().join(paths::ECS_CONFIG)).unwrap();
+        assert!(config.contains("ECS_AWSVPC_BLOCK_IMDS=true\n"), "{config}");
+    }
+
+    #[test]
+    fn a_missing_agent_binary_still_starts_the_unit_and_reports_its_exit() {
+        let dir = tempfile::tempdir().unwrap();
+        // systemd's verdict for a missing binary: 203/EXEC, so the wait ends at once.
+        let units = RecordingUnits {
+            state: UnitState {
+                active: "activating".into(),
+                result: "exit-code".into(),
+                exec_main_status: 203,
+                ..UnitState::default()
+            },
+            ..RecordingUnits::default()
+        };
+        let s = ecs_settings(serde_json::json!({}));
+        let started = Instant::now();
+        let out = apply(&args(dir.path()), &s, &facts(), Some(&units)).unwrap();
+        assert!(started.elapsed() < EXEC_FAILURE_WAIT);
+        assert_eq!(out.started.last().unwrap().1.exec_main_status, 203);
+        assert_eq!(*units.started.lock().unwrap(), [DOCKER_UNIT, ECS_UNIT]);
     }
 
     #[test]

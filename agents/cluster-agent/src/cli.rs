@@ -17,7 +17,8 @@ pub enum Command {
     /// Render kubelet / ECS agent configuration from settings and instance facts.
     Render(RenderArgs),
     /// At boot (berth-cluster-agent.service): live settings from the API + instance facts ->
-    /// files under /etc and /var/lib/kubelet, then start containerd and kubelet.
+    /// files under /etc and /var/lib/kubelet, then start containerd and kubelet
+    /// (settings.kubernetes) and/or docker and the ECS agent (settings.ecs).
     Boot(crate::boot::BootArgs),
 }
 

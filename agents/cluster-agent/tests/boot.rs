@@ -133,3 +133,41 @@ fn boot_without_kubernetes_settings_does_nothing() {
     assert_eq!(outcome, boot::Outcome::default());
     assert!(!root.path().join("etc").exists());
 }
+
+#[test]
+fn boot_renders_the_ecs_config_off_ec2() {
+    let (socket, _api_dir) = api(json!({
+        "ecs": {"cluster": "berth-ecs", "awsvpc-block-imds": true}
+    }));
+    let root = tempfile::tempdir().unwrap();
+    let write = |rel: &str, text: &str| {
+        let p = root.path().join(rel);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, text).unwrap();
+    };
+    write("usr/lib/os-release", "ID=berth\nVARIANT_ID=aws-ecs\n");
+    let args = Wrap::try_parse_from([
+        "x",
+        "--socket-path",
+        socket.to_str().unwrap(),
+        "--root",
+        root.path().to_str().unwrap(),
+        "--no-start",
+    ])
+    .unwrap()
+    .boot;
+    let outcome = boot::run(&args).unwrap();
+    assert_eq!(
+        outcome.written,
+        [root.path().join(cluster_agent::paths::ECS_CONFIG)]
+    );
+    assert!(outcome.started.is_empty());
+    let config =
+        std::fs::read_to_string(root.path().join(cluster_agent::paths::ECS_CONFIG)).unwrap();
+    assert!(config.contains("ECS_CLUSTER=berth-ecs\n"), "{config}");
+    assert!(config.contains("ECS_AWSVPC_BLOCK_IMDS=true\n"), "{config}");
+    assert!(
+        config.contains(r#"ECS_INSTANCE_ATTRIBUTES={"berth.variant":"aws-ecs"}"#),
+        "{config}"
+    );
+}

@@ -183,13 +183,29 @@ pub fn variables(
     for (name, value) in &v {
         if value.chars().any(char::is_control) || value.trim() != value {
             // An env file line cannot carry these unquoted; only user text can have them.
-            return Err(invalid(
-                "*",
-                format!("{name} would hold a line break or surrounding spaces ('{value}'); remove them from the setting"),
-            ));
+            return Err(RenderError::InvalidSetting {
+                key: setting_of(name).to_string(),
+                reason: format!(
+                    "{name} would hold a control character (a line break, a tab) or surrounding \
+                     spaces ({value:?}); remove them from the setting"
+                ),
+            });
         }
     }
     Ok(v)
+}
+
+/// The setting a variable's user text comes from, for error messages.
+fn setting_of(variable: &str) -> &'static str {
+    match variable {
+        "ECS_CLUSTER" => "settings.ecs.cluster",
+        "ECS_AVAILABLE_LOGGING_DRIVERS" => "settings.ecs.logging-drivers",
+        "ECS_INSTANCE_ATTRIBUTES" => "settings.ecs.instance-attributes",
+        "ECS_CONTAINER_STOP_TIMEOUT" => "settings.ecs.container-stop-timeout",
+        "ECS_ENGINE_TASK_CLEANUP_WAIT_DURATION" => "settings.ecs.task-cleanup-wait",
+        "ECS_ENGINE_AUTH_DATA" => "settings.container-registry.credentials",
+        _ => "settings.ecs",
+    }
 }
 
 /// `/etc/ecs/ecs.config`, 0600 since registry credentials may be in it.
