@@ -188,6 +188,7 @@ fn start_join(
         unit = agent,
         exec_start = %state.exec_start,
         environment_files = %state.environment_files.join(" "),
+        pre_status = %join_status(&state.exec_start_pre_status),
         "command"
     );
     if !args.root.join(join.binary).exists() {
@@ -208,6 +209,18 @@ fn start_join(
     }
     outcome.started.push((agent.to_string(), state));
     Ok(())
+}
+
+/// `0,0,1`: exit statuses, comma-separated (`none` for no command).
+fn join_status(status: &[i32]) -> String {
+    if status.is_empty() {
+        return "none".into();
+    }
+    status
+        .iter()
+        .map(i32::to_string)
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 /// How long to watch an agent's unit fail to exec its missing binary.

@@ -41,6 +41,9 @@ pub struct UnitState {
     pub exec_main_status: i32,
     /// Automatic restarts since the last manual start.
     pub n_restarts: u32,
+    /// Exit status of each ExecStartPre= command at its last run, in order (ecs.service's
+    /// iptables rules); empty when the unit has none or they have not run.
+    pub exec_start_pre_status: Vec<i32>,
 }
 
 /// The systemd unit manager, as far as the agent needs it.
@@ -115,6 +118,8 @@ impl DbusUnits {
         type Exec = (String, Vec<String>, bool, u64, u64, u64, u64, u32, i32, i32);
         let exec: Vec<Exec> = service.get_property("ExecStart").unwrap_or_default();
         let exec_start = exec.first().map(|e| e.1.join(" ")).unwrap_or_default();
+        let pre: Vec<Exec> = service.get_property("ExecStartPre").unwrap_or_default();
+        let exec_start_pre_status = pre.iter().map(|e| e.9).collect();
         let files: Vec<(String, bool)> =
             service.get_property("EnvironmentFiles").unwrap_or_default();
         let environment_files = files
@@ -129,6 +134,7 @@ impl DbusUnits {
             invocation_id,
             exec_main_status: service.get_property("ExecMainStatus").unwrap_or_default(),
             n_restarts: service.get_property("NRestarts").unwrap_or_default(),
+            exec_start_pre_status,
         })
     }
 

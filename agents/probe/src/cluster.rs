@@ -1,6 +1,7 @@
-//! Facts about a Kubernetes node (aws-k8s variants): what berth-cluster-agent rendered,
-//! whether containerd answers on its socket, and what the image says is missing (whether
-//! kubelet's unit was started is systemd's to say: berth-cluster-agent logs it). Plain text scans of the files, like the rest of the probe (no
+//! Facts about a cluster node (aws-k8s and aws-ecs variants): what berth-cluster-agent
+//! rendered, whether containerd / docker answer on their sockets, and what the image says is
+//! missing (whether kubelet's or the ECS agent's unit was started is systemd's to say:
+//! berth-cluster-agent logs it). Plain text scans of the files, like the rest of the probe (no
 //! JSON library in it): the files are the agent's pretty-printed output.
 
 use std::io::{Read, Write};
@@ -51,6 +52,50 @@ pub fn http2_answers(socket: &Path) -> Result<(), String> {
     }
 }
 
+/// `GET path` over HTTP/1.1 on a Unix socket (docker's API): the status line and the body
+/// as text. The request asks the server to close, so the answer ends at EOF.
+pub fn http1_get(socket: &Path, path: &str) -> Result<(String, String), String> {
+    let mut s = std::os::unix::net::UnixStream::connect(socket).map_err(|e| e.to_string())?;
+    let timeout = Some(Duration::from_secs(10));
+    s.set_read_timeout(timeout).map_err(|e| e.to_string())?;
+    s.set_write_timeout(timeout).map_err(|e| e.to_string())?;
+    let request = format!("GET {path} HTTP/1.1\r\nHost: docker\r\nConnection: close\r\n\r\n");
+    s.write_all(request.as_bytes()).map_err(|e| e.to_string())?;
+    let mut answer = Vec::new();
+    s.read_to_end(&mut answer).map_err(|e| e.to_string())?;
+    let text = String::from_utf8_lossy(&answer);
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| format!("no HTTP header in {} bytes", answer.len()))?;
+    let status = head.lines().next().unwrap_or_default().to_string();
+    Ok((status, body.to_string()))
+}
+
+/// The value of `NAME=` in a systemd environment file.
+fn env_value(text: &str, name: &str) -> Option<String> {
+    let prefix = format!("{name}=");
+    text.lines()
+        .find_map(|l| l.strip_prefix(prefix.as_str()))
+        .map(str::to_string)
+}
+
+/// Docker's answer to `GET /_ping` (`OK`) and the engine version from `GET /version`.
+fn docker(root: &Path) -> (Option<String>, Option<String>) {
+    let socket = root.join("run/docker.sock");
+    if !socket.exists() {
+        return (None, None);
+    }
+    let ping = match http1_get(&socket, "/_ping") {
+        Ok((status, body)) if status.contains(" 200 ") => body.trim().to_string(),
+        Ok((status, _)) => format!("error: {status}"),
+        Err(e) => format!("error: {e}"),
+    };
+    let version = http1_get(&socket, "/version")
+        .ok()
+        .and_then(|(_, body)| json_scalar(&body, "Version"));
+    (Some(ping), version)
+}
+
 fn read(root: &Path, rel: &str) -> Option<String> {
     std::fs::read_to_string(root.join(rel)).ok()
 }
@@ -84,6 +129,9 @@ pub fn facts(root: &Path) -> Vec<(&'static str, Option<String>)> {
             .collect::<Vec<_>>()
             .join(",")
     });
+    let ecs_config = read(root, "etc/ecs/ecs.config");
+    let ecs = |name: &str| ecs_config.as_deref().and_then(|t| env_value(t, name));
+    let (docker_ping, docker_version) = docker(root);
     vec![
         ("kubelet-max-pods", field("maxPods")),
         ("kubelet-provider-id", field("providerID")),
@@ -117,6 +165,17 @@ pub fn facts(root: &Path) -> Vec<(&'static str, Option<String>)> {
             mode(root, "etc/eks/image-credential-provider/config.json"),
         ),
         ("containerd-socket", containerd),
+        ("ecs-cluster", ecs("ECS_CLUSTER")),
+        ("ecs-instance-attributes", ecs("ECS_INSTANCE_ATTRIBUTES")),
+        ("ecs-awsvpc-block-imds", ecs("ECS_AWSVPC_BLOCK_IMDS")),
+        ("ecs-privileged-disabled", ecs("ECS_PRIVILEGED_DISABLED")),
+        ("ecs-config-mode", mode(root, "etc/ecs/ecs.config")),
+        ("docker-ping", docker_ping),
+        ("docker-version", docker_version),
+        (
+            "route-localnet",
+            read(root, "proc/sys/net/ipv4/conf/all/route_localnet").map(|v| v.trim().to_string()),
+        ),
         ("missing-artifacts", missing),
     ]
 }
@@ -176,6 +235,46 @@ mod tests {
         );
         assert_eq!(facts["missing-artifacts"].as_deref(), Some("kubelet,ecr"));
         assert_eq!(facts["containerd-socket"], None);
+    }
+
+    #[test]
+    fn ecs_facts_and_docker_over_http1() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        std::fs::create_dir_all(root.join("etc/ecs")).unwrap();
+        std::fs::write(
+            root.join("etc/ecs/ecs.config"),
+            "ECS_AWSVPC_BLOCK_IMDS=true\nECS_CLUSTER=berth-ecs\nECS_INSTANCE_ATTRIBUTES={\"berth.variant\":\"aws-ecs\"}\n",
+        )
+        .unwrap();
+        std::fs::create_dir_all(root.join("run")).unwrap();
+        let listener = std::os::unix::net::UnixListener::bind(root.join("run/docker.sock")).unwrap();
+        let server = std::thread::spawn(move || {
+            for answer in [
+                "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nOK",
+                "HTTP/1.1 200 OK\r\n\r\n{\"Platform\":{\"Name\":\"\"},\"Version\":\"26.1.5+dfsg1\",\"ApiVersion\":\"1.45\"}",
+            ] {
+                let (mut c, _) = listener.accept().unwrap();
+                let mut request = Vec::new();
+                let mut byte = [0u8; 1];
+                while !request.ends_with(b"\r\n\r\n") {
+                    c.read_exact(&mut byte).unwrap();
+                    request.push(byte[0]);
+                }
+                c.write_all(answer.as_bytes()).unwrap();
+            }
+        });
+        let facts: std::collections::BTreeMap<_, _> = facts(root).into_iter().collect();
+        server.join().unwrap();
+        assert_eq!(facts["ecs-cluster"].as_deref(), Some("berth-ecs"));
+        assert_eq!(facts["ecs-awsvpc-block-imds"].as_deref(), Some("true"));
+        assert_eq!(
+            facts["ecs-instance-attributes"].as_deref(),
+            Some(r#"{"berth.variant":"aws-ecs"}"#)
+        );
+        assert_eq!(facts["ecs-privileged-disabled"], None);
+        assert_eq!(facts["docker-ping"].as_deref(), Some("OK"));
+        assert_eq!(facts["docker-version"].as_deref(), Some("26.1.5+dfsg1"));
     }
 
     #[test]

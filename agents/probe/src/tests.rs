@@ -102,6 +102,14 @@ fn facts_of_a_booted_berth_host() {
             "kubernetes-ca-mode",
             "credential-provider-config-mode",
             "containerd-socket",
+            "ecs-cluster",
+            "ecs-instance-attributes",
+            "ecs-awsvpc-block-imds",
+            "ecs-privileged-disabled",
+            "ecs-config-mode",
+            "docker-ping",
+            "docker-version",
+            "route-localnet",
             "missing-artifacts",
         ]
     );
