@@ -1,0 +1,223 @@
+//! The ECS container instance (issue 6): the `aws-ecs-test` image, built with
+//! `--allow-missing-artifacts` since no ECS agent binary can be downloaded here, boots as an
+//! "EC2 instance" (DMI vendor through QEMU's SMBIOS tables) against the IMDSv2 emulator with
+//! ECS user data. berth-cluster-agent renders `/etc/ecs/ecs.config` from the settings, starts
+//! docker (which must answer on its socket), the IMDS DROP rule (awsvpc-block-imds) and then
+//! ecs.service, whose ExecStartPre commands (route_localnet, the metadata-endpoint iptables
+//! rules) run and whose missing binary fails to exec; `/os` lists the missing artifact.
+//!
+//! Gated by BERTH_QEMU_TESTS=1; needs the aws-ecs-test image (scripts/test.sh builds it).
+
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use qemu_tests::api::{build_apiclient, Api};
+use qemu_tests::imds::{self, Imds};
+use qemu_tests::{markers, scenario, Arch, Checks, Image, ProbeReport, Vm};
+
+const VARIANT: &str = "aws-ecs-test";
+const PROBE_FW_CFG: &str = "opt/org.berth/probe";
+const CONFIGURED: &str = r"Reached target configured\.target";
+// berth-cluster-agent's log lines (tracing target cluster_agent::boot).
+const DOCKER_ACTIVE: &str = r#"cluster_agent::boot: started and active unit="?docker\.service"#;
+const BLOCK_IMDS_ACTIVE: &str =
+    r#"cluster_agent::boot: started and active unit="?ecs-block-imds\.service"#;
+const ECS_STARTED: &str = r#"cluster_agent::boot: started unit="?ecs\.service"#;
+const ECS_COMMAND: &str = r#"cluster_agent::boot: command unit="?ecs\.service"#;
+const ECS_EXEC_FAILED: &str = r#"cluster_agent::boot: .*the ECS agent cannot run"#;
+/// Generous under TCG on a loaded 2-core machine.
+const CONFIGURED_DEADLINE: Duration = Duration::from_secs(360);
+const STEP_DEADLINE: Duration = Duration::from_secs(240);
+const REGION: &str = "eu-central-1";
+
+const USER_DATA: &str = r#"[settings.ecs]
+cluster = "berth-ecs"
+allow-privileged-containers = true
+awsvpc-block-imds = true
+loglevel = "debug"
+
+[settings.ecs.instance-attributes]
+team = "payments"
+"#;
+
+#[test]
+fn ecs_instance_renders_and_starts_docker_and_the_agent_x86_64() -> Result<()> {
+    let arch = Arch::X86_64;
+    let name = format!("ecs_{arch}");
+    let Some(_lock) = scenario::begin(
+        &name,
+        &[
+            "ECS user data (cluster, privileged, awsvpc-block-imds, attributes) from the IMDSv2 emulator",
+            "/etc/ecs/ecs.config (0600): cluster, privileged allowed, IMDS block, attributes with berth.variant",
+            "docker started by the agent, active and answering GET /_ping and /version on /run/docker.sock",
+            "ecs-block-imds.service (DROP to 169.254.169.254 in DOCKER-USER) active before the agent",
+            "ecs.service started with ExecStart /usr/bin/amazon-ecs-agent and EnvironmentFile /etc/ecs/ecs.config",
+            "its ExecStartPre commands (route_localnet, nat PREROUTING/OUTPUT DNAT, INPUT filters) exit 0; route_localnet is 1",
+            "/os lists the missing external artifact (amazon-ecs-agent)",
+        ],
+    )?
+    else {
+        return Ok(());
+    };
+    let image = Image::locate(VARIANT, arch)?;
+    let target_tmp = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"));
+    let dir = tempfile::tempdir()?;
+    let api = Api::forward(build_apiclient(target_tmp)?, dir.path().join("api.sock"))?;
+
+    let mut config = imds::Config::instance(REGION);
+    config.user_data = Some(USER_DATA.into());
+    let emulator = Imds::start(config)?;
+    let relay = std::path::Path::new(env!("CARGO_BIN_EXE_tcp-relay"));
+
+    let log = target_tmp
+        .join("qemu-tests")
+        .join(format!("{name}.serial.log"));
+    println!("  serial log: {}", log.display());
+    let vm = Vm::builder(arch)
+        .name(&name)
+        .disk(&image.qcow2)
+        .memory_mib(2048)
+        .fw_cfg_string(PROBE_FW_CFG, "1")
+        .smbios_system("Amazon EC2", "m5.large")
+        .net_user([api.hostfwd()])
+        .net_options(emulator.guestfwd(relay))
+        .serial_log(&log)
+        .boot()?;
+    let mut checks = Checks::new();
+
+    let configured = vm
+        .wait_for_line_or_fail(CONFIGURED, markers::BOOT_FAILURE, CONFIGURED_DEADLINE)
+        .context("configured.target")?;
+    let docker = vm
+        .wait_for_line(DOCKER_ACTIVE, STEP_DEADLINE)
+        .context("berth-cluster-agent did not report docker active")?;
+    let block = vm
+        .wait_for_line(BLOCK_IMDS_ACTIVE, STEP_DEADLINE)
+        .context("berth-cluster-agent did not report ecs-block-imds.service active")?;
+    let agent = vm
+        .wait_for_line(ECS_STARTED, STEP_DEADLINE)
+        .context("berth-cluster-agent did not report ecs.service started")?;
+    let banner = vm.wait_for_line(markers::KERNEL_BANNER, STEP_DEADLINE)?;
+    let since_kernel = |l: &qemu_tests::Line| (l.elapsed - banner.elapsed).as_secs_f64();
+    println!(
+        "  host clock from the kernel banner: configured.target {:.1}s, docker active {:.1}s, ecs.service started {:.1}s",
+        since_kernel(&configured),
+        since_kernel(&docker),
+        since_kernel(&agent)
+    );
+    checks.check(
+        "the IMDS block comes after docker and before the agent",
+        docker.elapsed <= block.elapsed && block.elapsed <= agent.elapsed,
+        format!(
+            "docker {:.1}s, block {:.1}s, agent {:.1}s",
+            since_kernel(&docker),
+            since_kernel(&block),
+            since_kernel(&agent)
+        ),
+    );
+
+    vm.wait_for_line(markers::PROBE_END, STEP_DEADLINE)
+        .context("berth-probe did not finish its report")?;
+    let report = vm.wait_until("a complete berth-probe report", STEP_DEADLINE, |lines| {
+        ProbeReport::parse(lines.iter().map(|l| l.text.as_str())).ok()
+    })?;
+    checks.equal("user data state", report.get("user-data-state"), "applied");
+    checks.equal("ECS_CLUSTER", report.get("ecs-cluster"), "berth-ecs");
+    checks.equal(
+        "ECS_PRIVILEGED_DISABLED (allow-privileged-containers = true)",
+        report.get("ecs-privileged-disabled"),
+        "false",
+    );
+    checks.equal(
+        "ECS_AWSVPC_BLOCK_IMDS",
+        report.get("ecs-awsvpc-block-imds"),
+        "true",
+    );
+    checks.equal(
+        "ECS_INSTANCE_ATTRIBUTES (the variant from os-release, the user's attribute)",
+        report.get("ecs-instance-attributes"),
+        r#"{"berth.variant":"aws-ecs-test","team":"payments"}"#,
+    );
+    checks.equal("ecs.config mode", report.get("ecs-config-mode"), "600");
+    checks.equal(
+        "docker answers GET /_ping on /run/docker.sock",
+        report.get("docker-ping"),
+        "OK",
+    );
+    let version = report.get("docker-version").unwrap_or_default();
+    checks.check(
+        "docker answers GET /version with an engine version",
+        version.chars().next().is_some_and(|c| c.is_ascii_digit()),
+        version,
+    );
+    checks.equal(
+        "route_localnet set by ecs.service's ExecStartPre",
+        report.get("route-localnet"),
+        "1",
+    );
+    checks.equal(
+        "probe: missing artifacts",
+        report.get("missing-artifacts"),
+        "amazon-ecs-agent",
+    );
+    // The agent's own account of the start. Lines are taken again once complete: a match may
+    // come before the line's end arrived.
+    let full = |pattern: &str| -> String {
+        let re = regex::Regex::new(pattern).expect("the patterns above are valid");
+        vm.lines()
+            .into_iter()
+            .find(|l| re.is_match(&l.text))
+            .map(|l| l.text)
+            .unwrap_or_default()
+    };
+    let _ = vm.wait_for_line(ECS_EXEC_FAILED, STEP_DEADLINE);
+    let started = full(ECS_STARTED);
+    checks.check(
+        "ecs.service was started (systemd gave it an invocation id)",
+        started.split_whitespace().any(|w| {
+            w.strip_prefix("invocation=")
+                .is_some_and(|id| id.len() == 32)
+        }),
+        &started,
+    );
+    let command = full(ECS_COMMAND);
+    checks.check(
+        "ecs.service runs /usr/bin/amazon-ecs-agent with /etc/ecs/ecs.config",
+        command.contains("exec_start=/usr/bin/amazon-ecs-agent")
+            && command.contains("environment_files=/etc/ecs/ecs.config"),
+        &command,
+    );
+    // route_localnet, nat PREROUTING DNAT, nat OUTPUT DNAT, INPUT loopback filter, INPUT
+    // introspection filter: each iptables -A/-I succeeded, so the rules were in place when
+    // the agent was started (they go again in ExecStopPost when it fails to exec).
+    checks.check(
+        "ecs.service's five ExecStartPre commands exited 0",
+        command.contains("pre_status=0,0,0,0,0"),
+        &command,
+    );
+    let failed = full(ECS_EXEC_FAILED);
+    checks.check(
+        "ecs.service fails to exec the missing binary: status 203/EXEC (expected with --allow-missing-artifacts)",
+        failed.contains("exec_main_status=203"),
+        &failed,
+    );
+
+    api.wait_ready(STEP_DEADLINE)?;
+    let out = api.run(&["raw", "-u", "/os"])?;
+    let os: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    let missing: Vec<&str> = os["missing_artifacts"]
+        .as_array()
+        .map(|a| a.iter().filter_map(|m| m["name"].as_str()).collect())
+        .unwrap_or_default();
+    checks.check(
+        "/os lists the missing artifact",
+        missing == ["amazon-ecs-agent"],
+        format!("{os}"),
+    );
+    checks.equal("/os variant_id", os["variant_id"].as_str(), VARIANT);
+
+    vm.power_off(Duration::from_secs(90))?;
+    checks
+        .finish()
+        .map_err(|e| anyhow::anyhow!("{e}\n{}", vm.tail(80)))
+}
