@@ -104,7 +104,9 @@ pub fn run(args: &BootArgs) -> Result<Outcome> {
     let settings_json = get_settings(&args.socket_path)?;
     let settings = settings_from(&settings_json)?;
     if settings.kubernetes.is_none() && settings.ecs.is_none() {
-        tracing::info!("neither settings.kubernetes nor settings.ecs; nothing to join, no unit started");
+        tracing::info!(
+            "neither settings.kubernetes nor settings.ecs; nothing to join, no unit started"
+        );
         return Ok(Outcome::default());
     }
     let platform = boot_config::platform::detect(&args.root);

@@ -248,7 +248,8 @@ mod tests {
         )
         .unwrap();
         std::fs::create_dir_all(root.join("run")).unwrap();
-        let listener = std::os::unix::net::UnixListener::bind(root.join("run/docker.sock")).unwrap();
+        let listener =
+            std::os::unix::net::UnixListener::bind(root.join("run/docker.sock")).unwrap();
         let server = std::thread::spawn(move || {
             for answer in [
                 "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nOK",
