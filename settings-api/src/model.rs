@@ -601,6 +601,10 @@ bounded_int!(
 bounded_int!(
     /// A non-negative count.
     Count, u32, 0, i64::from(u32::MAX));
+bounded_int!(
+    /// Kubelet's per-pod PID limit: -1 (the node's limit), 0 (unset) or up to the kernel's
+    /// `PID_MAX_LIMIT` (4194304).
+    PodPidsLimit, i64, -1, 4_194_304);
 
 // ---- the model --------------------------------------------------------------------------
 
@@ -771,6 +775,8 @@ pub struct Kubernetes {
     pub credential_providers: Option<BTreeMap<Identifier, CredentialProvider>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub seccomp_default: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pod_pids_limit: Option<PodPidsLimit>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub shutdown_grace_period: Option<NonEmpty>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -1226,6 +1232,13 @@ mod tests {
         assert_eq!(e.key, "settings.kubernetes.max-pods");
         let e = typed_patch(&k("kubernetes.standalone-mode"), "yes").unwrap_err();
         assert_eq!(e.key, "settings.kubernetes.standalone-mode");
+        assert_eq!(
+            typed_patch(&k("kubernetes.pod-pids-limit"), "-1").unwrap(),
+            json!({"kubernetes": {"pod-pids-limit": -1}})
+        );
+        let e = typed_patch(&k("kubernetes.pod-pids-limit"), "-2").unwrap_err();
+        assert_eq!(e.key, "settings.kubernetes.pod-pids-limit");
+        assert!(e.to_string().contains("out of range -1..=4194304"), "{e}");
     }
 
     proptest! {
