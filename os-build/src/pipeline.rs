@@ -399,7 +399,8 @@ fn configure(
         let program = programs::find(name).expect("variant::load checked program names");
         let data = read(&bin_dir.join(program.name))?;
         rootfs::write_file(root, program.install_path, &data, 0o755)?;
-        for unit in program.units {
+        let units = program.units.iter().map(|u| (u, 0o644));
+        for (unit, mode) in units.chain(program.private_units.iter().map(|u| (u, 0o600))) {
             let data = read(&workspace.join(unit))?;
             let file = Path::new(unit)
                 .file_name()
@@ -409,7 +410,7 @@ fn configure(
                 root,
                 &format!("/usr/lib/systemd/system/{file}"),
                 &data,
-                0o644,
+                mode,
             )?;
         }
         for (source, dest) in program.data {

@@ -9,8 +9,12 @@ pub struct Program {
     pub package: &'static str,
     /// Destination in the image.
     pub install_path: &'static str,
-    /// Unit files, relative to the workspace root, installed to /usr/lib/systemd/system.
+    /// Unit files, relative to the workspace root, installed to /usr/lib/systemd/system
+    /// (mode 0644).
     pub units: &'static [&'static str],
+    /// Unit files installed the same way but readable by root only (mode 0600): CIS
+    /// Kubernetes 4.1.1 asks this of kubelet.service.
+    pub private_units: &'static [&'static str],
     /// Data files: (source relative to the workspace root, destination in the image).
     pub data: &'static [(&'static str, &'static str)],
     /// Only for test images: refused in variants that do not set `test = true`.
@@ -24,6 +28,7 @@ pub const EARLY_INIT: Program = Program {
     install_path: "/init",
     units: &[],
     data: &[],
+    private_units: &[],
     test_only: false,
 };
 
@@ -34,6 +39,7 @@ const PROGRAMS: &[Program] = &[
         install_path: "/usr/bin/berth-probe",
         units: &["agents/probe/berth-probe.service"],
         data: &[],
+        private_units: &[],
         test_only: false,
     },
     Program {
@@ -45,6 +51,7 @@ const PROGRAMS: &[Program] = &[
             "settings-api/units/berth-api.sysusers",
             "/usr/lib/sysusers.d/berth-api.conf",
         )],
+        private_units: &[],
         test_only: false,
     },
     Program {
@@ -53,6 +60,7 @@ const PROGRAMS: &[Program] = &[
         install_path: "/usr/bin/apiclient",
         units: &[],
         data: &[],
+        private_units: &[],
         test_only: false,
     },
     Program {
@@ -112,6 +120,7 @@ const PROGRAMS: &[Program] = &[
                 "/usr/lib/systemd/system/containerd.service.d/berth-proxy.conf",
             ),
         ],
+        private_units: &[],
         test_only: false,
     },
     Program {
@@ -123,6 +132,7 @@ const PROGRAMS: &[Program] = &[
             "agents/updater/units/boot.mount",
         ],
         data: &[],
+        private_units: &[],
         test_only: false,
     },
     Program {
@@ -131,10 +141,10 @@ const PROGRAMS: &[Program] = &[
         install_path: "/usr/bin/berth-cluster-agent",
         units: &[
             "agents/cluster-agent/units/berth-cluster-agent.service",
-            "agents/cluster-agent/units/kubelet.service",
             "agents/cluster-agent/units/ecs.service",
             "agents/cluster-agent/units/ecs-block-imds.service",
         ],
+        private_units: &["agents/cluster-agent/units/kubelet.service"],
         data: &[
             (
                 "agents/cluster-agent/units/containerd-berth.conf",
@@ -157,6 +167,7 @@ const PROGRAMS: &[Program] = &[
         install_path: "/usr/bin/berth-api-bridge",
         units: &["agents/api-bridge/berth-api-bridge.service"],
         data: &[],
+        private_units: &[],
         test_only: true,
     },
 ];

@@ -187,6 +187,57 @@ fn k8s_label_key(s: &str) -> Result<(), String> {
     k8s_name_part(name, "label key name", false)
 }
 
+/// Labels in Kubernetes namespaces a kubelet may register with (kubelet's `kubeletLabels`).
+const KUBELET_LABELS: [&str; 11] = [
+    "kubernetes.io/hostname",
+    "topology.kubernetes.io/zone",
+    "topology.kubernetes.io/region",
+    "failure-domain.beta.kubernetes.io/zone",
+    "failure-domain.beta.kubernetes.io/region",
+    "beta.kubernetes.io/instance-type",
+    "node.kubernetes.io/instance-type",
+    "kubernetes.io/os",
+    "kubernetes.io/arch",
+    "beta.kubernetes.io/os",
+    "beta.kubernetes.io/arch",
+];
+
+/// Namespaces (and their subdomains) whose labels a kubelet may set freely.
+const KUBELET_NAMESPACES: [&str; 2] = ["kubelet.kubernetes.io", "node.kubernetes.io"];
+
+fn in_namespace(namespace: &str, domain: &str) -> bool {
+    namespace == domain || namespace.ends_with(&format!(".{domain}"))
+}
+
+/// Whether a kubelet may register with label `key`: the NodeRestriction admission plugin
+/// lets it set labels in the `kubernetes.io` / `k8s.io` namespaces only for the well-known
+/// ones, and kubelet refuses to start with any other (`--node-labels`).
+fn kubelet_may_set(key: &str) -> bool {
+    let Some((namespace, _)) = key.split_once('/') else {
+        return true;
+    };
+    let namespace = namespace.to_ascii_lowercase();
+    let reserved = in_namespace(&namespace, "kubernetes.io") || in_namespace(&namespace, "k8s.io");
+    !reserved
+        || KUBELET_LABELS.contains(&key)
+        || KUBELET_NAMESPACES
+            .iter()
+            .any(|ns| in_namespace(&namespace, ns))
+}
+
+fn k8s_node_label_key(s: &str) -> Result<(), String> {
+    k8s_label_key(s)?;
+    if kubelet_may_set(s) {
+        Ok(())
+    } else {
+        Err(format!(
+            "kubelet may not set label '{s}': the kubernetes.io / k8s.io namespaces are reserved \
+             except node.kubernetes.io/*, kubelet.kubernetes.io/* and the well-known topology, os \
+             and arch labels; set it with kubectl or use your own prefix"
+        ))
+    }
+}
+
 fn k8s_label_value(s: &str) -> Result<(), String> {
     k8s_name_part(s, "label value", true)
 }
@@ -502,6 +553,9 @@ validated_string!(
     /// Kubernetes label key (`[prefix/]name`).
     LabelKey, k8s_label_key);
 validated_string!(
+    /// A label kubelet registers its node with: a label key kubelet may set.
+    NodeLabelKey, k8s_node_label_key);
+validated_string!(
     /// Kubernetes label value.
     LabelValue, k8s_label_value);
 validated_string!(
@@ -601,6 +655,10 @@ bounded_int!(
 bounded_int!(
     /// A non-negative count.
     Count, u32, 0, i64::from(u32::MAX));
+bounded_int!(
+    /// Kubelet's per-pod PID limit: -1 (the node's limit), 0 (unset) or up to the kernel's
+    /// `PID_MAX_LIMIT` (4194304).
+    PodPidsLimit, i64, -1, 4_194_304);
 
 // ---- the model --------------------------------------------------------------------------
 
@@ -708,7 +766,7 @@ pub struct Kubernetes {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cluster_domain: Option<Hostname>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub node_labels: Option<BTreeMap<LabelKey, LabelValue>>,
+    pub node_labels: Option<BTreeMap<NodeLabelKey, LabelValue>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub node_taints: Option<BTreeMap<LabelKey, Vec<TaintValue>>>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -771,6 +829,8 @@ pub struct Kubernetes {
     pub credential_providers: Option<BTreeMap<Identifier, CredentialProvider>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub seccomp_default: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pod_pids_limit: Option<PodPidsLimit>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub shutdown_grace_period: Option<NonEmpty>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -1224,8 +1284,44 @@ mod tests {
         );
         let e = typed_patch(&k("kubernetes.max-pods"), "0").unwrap_err();
         assert_eq!(e.key, "settings.kubernetes.max-pods");
+        let e = typed_patch(&k("kubernetes.node-labels.\"kubernetes.io/role\""), "x").unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("kubelet may not set label 'kubernetes.io/role'"),
+            "{e}"
+        );
         let e = typed_patch(&k("kubernetes.standalone-mode"), "yes").unwrap_err();
         assert_eq!(e.key, "settings.kubernetes.standalone-mode");
+        assert_eq!(
+            typed_patch(&k("kubernetes.pod-pids-limit"), "-1").unwrap(),
+            json!({"kubernetes": {"pod-pids-limit": -1}})
+        );
+        let e = typed_patch(&k("kubernetes.pod-pids-limit"), "-2").unwrap_err();
+        assert_eq!(e.key, "settings.kubernetes.pod-pids-limit");
+        assert!(e.to_string().contains("out of range -1..=4194304"), "{e}");
+    }
+
+    #[test]
+    fn kubelet_label_rules() {
+        for ok in [
+            "team",
+            "example.com/pool",
+            "node.kubernetes.io/lifecycle",
+            "kubelet.kubernetes.io/x",
+            "topology.kubernetes.io/zone",
+            "kubernetes.io/arch",
+            "eks.amazonaws.com/nodegroup",
+        ] {
+            assert!(kubelet_may_set(ok), "{ok}");
+        }
+        for bad in [
+            "node-role.kubernetes.io/worker",
+            "kubernetes.io/role",
+            "k8s.io/x",
+            "foo.k8s.io/x",
+        ] {
+            assert!(!kubelet_may_set(bad), "{bad}");
+        }
     }
 
     proptest! {

@@ -5,8 +5,11 @@
 //! no shell): `restart UNIT`, `try-restart UNIT`, `reload-or-restart UNIT` (a leading
 //! `systemctl` is accepted and ignored), `daemon-reload`, `apply-sysctl`, which writes every
 //! `settings.kernel.sysctl` value to `/proc/sys`, `apply-hostname`, which sets the kernel
-//! host name from `settings.network.hostname`, or `apply-lockdown`, which writes
-//! `settings.kernel.lockdown` to `/sys/kernel/security/lockdown`.
+//! host name from `settings.network.hostname`, `apply-lockdown`, which writes
+//! `settings.kernel.lockdown` to `/sys/kernel/security/lockdown`, or `apply-kubernetes`,
+//! which on a live change runs `/usr/bin/berth-cluster-agent apply` (kubelet's files from
+//! the live settings, kubelet restarted when they changed; nothing where the agent is not
+//! installed, and nothing at boot, where the agent's own boot step renders them).
 //!
 //! When a rendered file is a unit file or drop-in (under `/etc/systemd/system` or
 //! `/run/systemd/system`), systemd reloads its units before any restart.
@@ -41,7 +44,7 @@ pub enum RenderError {
     },
     #[error("configuration file {file}: mode '{mode}' is not octal")]
     Mode { file: String, mode: String },
-    #[error("service '{service}': restart command '{command}' is not `[systemctl] restart|try-restart|reload-or-restart UNIT`, `daemon-reload`, `apply-sysctl`, `apply-hostname` or `apply-lockdown`")]
+    #[error("service '{service}': restart command '{command}' is not `[systemctl] restart|try-restart|reload-or-restart UNIT`, `daemon-reload`, `apply-sysctl`, `apply-hostname`, `apply-lockdown` or `apply-kubernetes`")]
     Command { service: String, command: String },
     #[error("failed to set sysctl {keys}")]
     Sysctl { keys: String },
@@ -66,6 +69,13 @@ pub enum RenderError {
     },
     #[error("settings.kernel.lockdown '{mode}' is below the kernel's current mode '{current}'; lockdown can only be raised, a reboot lowers it")]
     LockdownLower { mode: String, current: String },
+    #[error("{program} apply failed ({status}); its log says why")]
+    ClusterAgent { program: PathBuf, status: String },
+    #[error("cannot run {program} apply")]
+    ClusterAgentSpawn {
+        program: PathBuf,
+        source: std::io::Error,
+    },
     #[error("failed to restart {unit} for service '{service}'")]
     Restart {
         unit: String,
@@ -73,6 +83,9 @@ pub enum RenderError {
         source: anyhow::Error,
     },
 }
+
+/// The cluster agent `apply-kubernetes` runs, under the root.
+pub const CLUSTER_AGENT: &str = "/usr/bin/berth-cluster-agent";
 
 /// One action from a service's `restart-commands`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -82,6 +95,7 @@ pub enum Action {
     ApplySysctl,
     ApplyHostname,
     ApplyLockdown,
+    ApplyKubernetes,
 }
 
 /// When the renderer runs: at boot, units that read rendered files start afterwards, so only
@@ -106,6 +120,7 @@ pub fn parse_action(service: &str, command: &str) -> Result<Action, RenderError>
         ["apply-hostname"] => Ok(Action::ApplyHostname),
         ["daemon-reload"] => Ok(Action::DaemonReload),
         ["apply-lockdown"] => Ok(Action::ApplyLockdown),
+        ["apply-kubernetes"] => Ok(Action::ApplyKubernetes),
         [verb, unit] => match Verb::parse(verb) {
             Some(v) => Ok(Action::Unit(v, (*unit).to_string())),
             None => Err(RenderError::Command {
@@ -342,6 +357,45 @@ impl Renderer<'_> {
                 }
             }
         }
+        // After the unit restarts (containerd's registry configuration comes first).
+        let kubernetes = plan
+            .services
+            .iter()
+            .any(|(_, actions)| actions.contains(&Action::ApplyKubernetes));
+        if kubernetes && mode == Mode::Live {
+            self.apply_kubernetes()?;
+        }
+        Ok(())
+    }
+
+    /// Runs `berth-cluster-agent apply` (live changes only) when the image has the agent.
+    fn apply_kubernetes(&self) -> Result<(), RenderError> {
+        let program = self.under(CLUSTER_AGENT);
+        if !program.exists() {
+            tracing::info!(
+                program = CLUSTER_AGENT,
+                "not installed (not a Kubernetes variant); nothing to apply"
+            );
+            return Ok(());
+        }
+        let t = std::time::Instant::now();
+        let status = std::process::Command::new(&program)
+            .arg("apply")
+            .status()
+            .map_err(|source| RenderError::ClusterAgentSpawn {
+                program: program.clone(),
+                source,
+            })?;
+        if !status.success() {
+            return Err(RenderError::ClusterAgent {
+                program,
+                status: status.to_string(),
+            });
+        }
+        tracing::info!(
+            seconds = format!("{:.2}", t.elapsed().as_secs_f64()),
+            "kubernetes configuration applied"
+        );
         Ok(())
     }
 
@@ -884,6 +938,50 @@ mod tests {
         let plan = r.render(&settings(), &["chronyd".to_string()]).unwrap();
         r.finish(&settings(), &plan, &units, Mode::Live).unwrap();
         assert!(!units.0.lock().unwrap().iter().any(|(v, _)| v.is_none()));
+    }
+
+    #[test]
+    fn kubernetes_changes_run_the_cluster_agent_live_only_and_only_where_installed() {
+        let (root, md) = fixture_root();
+        let r = Renderer {
+            metadata: &md,
+            root: root.path(),
+        };
+        let services = md.affected_services(
+            &settings_api::key::Key::parse_setting("kubernetes.max-pods").unwrap(),
+        );
+        assert_eq!(services, ["kubernetes".to_string()].into());
+        let plan = r.render(&settings(), &["kubernetes".to_string()]).unwrap();
+        assert!(plan.written.is_empty(), "the agent writes kubelet's files");
+        // Not installed (a variant without Kubernetes): nothing to run, no error.
+        r.finish(&settings(), &plan, &RecordingUnits::default(), Mode::Live)
+            .unwrap();
+        // A stand-in agent that records its arguments, or fails when asked to.
+        let agent = root.path().join(CLUSTER_AGENT.trim_start_matches('/'));
+        std::fs::create_dir_all(agent.parent().unwrap()).unwrap();
+        let record = root.path().join("agent-args");
+        let script = |exit: u8| {
+            format!(
+                "#!/bin/sh\necho \"$@\" >> {}\nexit {exit}\n",
+                record.display()
+            )
+        };
+        std::fs::write(&agent, script(0)).unwrap();
+        std::fs::set_permissions(&agent, std::fs::Permissions::from_mode(0o755)).unwrap();
+        r.finish(&settings(), &plan, &RecordingUnits::default(), Mode::Boot)
+            .unwrap();
+        assert!(!record.exists(), "at boot the agent's boot step renders");
+        r.finish(&settings(), &plan, &RecordingUnits::default(), Mode::Live)
+            .unwrap();
+        assert_eq!(std::fs::read_to_string(&record).unwrap(), "apply\n");
+        std::fs::write(&agent, script(3)).unwrap();
+        let e = r
+            .finish(&settings(), &plan, &RecordingUnits::default(), Mode::Live)
+            .unwrap_err();
+        assert!(
+            e.to_string().contains("berth-cluster-agent apply failed"),
+            "{e}"
+        );
     }
 
     #[test]

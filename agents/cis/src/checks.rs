@@ -286,11 +286,11 @@ pub static CHECKS: &[Check] = &[
         |h| owner_if_present(h, paths::KUBE_PROXY_KUBECONFIG)),
     check!(Kubernetes, "4.1.5", 1, Automated,
         "Ensure that the --kubeconfig kubelet.conf file permissions are set to 600 or more restrictive",
-        "the kubelet's kubeconfig (/var/lib/kubelet/kubeconfig or /etc/kubernetes/kubelet/kubeconfig) has mode 600 or less",
+        "the kubelet's kubeconfig (/var/lib/kubelet/kubeconfig or /etc/kubernetes/kubelet/kubeconfig; before TLS bootstrap has written it, the bootstrap-kubeconfig next to it) has mode 600 or less",
         |h| with_kubelet(h, |h, _| with_kubeconfig(h, |h, path| file_mode(h, path, 0o600)))),
     check!(Kubernetes, "4.1.6", 1, Automated,
         "Ensure that the --kubeconfig kubelet.conf file ownership is set to root:root",
-        "the kubelet's kubeconfig (/var/lib/kubelet/kubeconfig or /etc/kubernetes/kubelet/kubeconfig) is owned by 0:0",
+        "the kubelet's kubeconfig (/var/lib/kubelet/kubeconfig or /etc/kubernetes/kubelet/kubeconfig; before TLS bootstrap has written it, the bootstrap-kubeconfig next to it) is owned by 0:0",
         |h| with_kubelet(h, |h, _| with_kubeconfig(h, owner))),
     check!(Kubernetes, "4.1.7", 1, Automated,
         "Ensure that the certificate authorities file permissions are set to 644 or more restrictive",
@@ -346,8 +346,8 @@ pub static CHECKS: &[Check] = &[
         |h| with_kubelet(h, tls_files)),
     check!(Kubernetes, "4.2.10", 1, Automated,
         "Ensure that the --rotate-certificates argument is not set to false",
-        "kubelet config rotateCertificates is true (its default is false)",
-        |h| with_kubelet(h, |_, k| bool_default(k, "rotateCertificates", false, true))),
+        "kubelet config rotateCertificates is true; or it is absent (kubelet's default, false), there is no bootstrap kubeconfig and every user of the kubelet's kubeconfig authenticates with an exec plugin or a token, so there is no client certificate to rotate (the benchmark: this applies only to kubelets that get their certificates from the API server; EKS's IAM exec plugin)",
+        |h| with_kubelet(h, rotate_certificates)),
     check!(Kubernetes, "4.2.11", 1, Automated,
         "Verify that the RotateKubeletServerCertificate argument is set to true",
         "kubelet config featureGates.RotateKubeletServerCertificate is absent (default true) or true",
@@ -1167,13 +1167,18 @@ fn with_kubelet(host: &HostRoot, f: impl Fn(&HostRoot, &Kubelet) -> CheckResult)
     ))
 }
 
-/// Runs `f` on the first kubelet kubeconfig that exists; fails naming them all when none does.
+/// Runs `f` on the first kubelet kubeconfig that exists, else on the first bootstrap
+/// kubeconfig (with TLS bootstrap, kubelet writes its kubeconfig only once the API server
+/// has signed its client certificate); fails naming them all when none exists.
 fn with_kubeconfig(host: &HostRoot, f: impl Fn(&HostRoot, &str) -> CheckResult) -> CheckResult {
-    match paths::KUBELET_KUBECONFIGS.iter().find(|p| host.exists(p)) {
+    let candidates = paths::KUBELET_KUBECONFIGS
+        .iter()
+        .chain(paths::KUBELET_BOOTSTRAP_KUBECONFIGS);
+    match candidates.clone().find(|p| host.exists(p)) {
         Some(path) => f(host, path),
         None => CheckResult::Fail(format!(
             "no kubelet kubeconfig ({})",
-            paths::KUBELET_KUBECONFIGS.join(", ")
+            candidates.copied().collect::<Vec<_>>().join(", ")
         )),
     }
 }
@@ -1274,6 +1279,58 @@ fn tls_files(host: &HostRoot, k: &Kubelet) -> CheckResult {
                 .into(),
         ),
     }
+}
+
+fn rotate_certificates(host: &HostRoot, k: &Kubelet) -> CheckResult {
+    match field(k, "/rotateCertificates") {
+        Some(Value::Bool(true)) => return CheckResult::Pass,
+        Some(v) => return CheckResult::Fail(format!("rotateCertificates is {v}")),
+        None => {}
+    }
+    if let Some(path) = paths::KUBELET_BOOTSTRAP_KUBECONFIGS
+        .iter()
+        .find(|p| host.exists(p))
+    {
+        return CheckResult::Fail(format!(
+            "rotateCertificates is not set (the default is false) and kubelet gets its client \
+             certificate through {path}"
+        ));
+    }
+    with_kubeconfig(host, |h, path| match client_credentials(h, path) {
+        Ok(()) => CheckResult::Pass,
+        Err(why) => CheckResult::Fail(format!(
+            "rotateCertificates is not set (the default is false) and {why}"
+        )),
+    })
+}
+
+/// Ok when every user of the kubeconfig authenticates with an exec plugin or a token and none
+/// with a client certificate; otherwise why not.
+fn client_credentials(host: &HostRoot, path: &str) -> Result<(), String> {
+    let text = host.read(path).map_err(|e| e.reason())?;
+    let config: Value =
+        serde_norway::from_str(&text).map_err(|e| format!("cannot parse {path}: {e}"))?;
+    let users = config
+        .get("users")
+        .and_then(Value::as_array)
+        .filter(|u| !u.is_empty())
+        .ok_or_else(|| format!("{path} has no users"))?;
+    for entry in users {
+        let name = entry.get("name").and_then(Value::as_str).unwrap_or("?");
+        let user = entry.get("user").unwrap_or(&Value::Null);
+        let has = |key: &str| user.get(key).is_some_and(|v| !v.is_null());
+        if has("client-certificate") || has("client-certificate-data") {
+            return Err(format!(
+                "user '{name}' of {path} authenticates with a client certificate"
+            ));
+        }
+        if !(has("exec") || has("token") || has("tokenFile")) {
+            return Err(format!(
+                "user '{name}' of {path} has neither an exec plugin nor a token"
+            ));
+        }
+    }
+    Ok(())
 }
 
 fn rotate_server_certificate(k: &Kubelet) -> CheckResult {

@@ -54,6 +54,12 @@ pub const KUBELET_KUBECONFIGS: &[&str] = &[
     "/var/lib/kubelet/kubeconfig",
     "/etc/kubernetes/kubelet/kubeconfig",
 ];
+/// Kubelet's bootstrap kubeconfig (TLS bootstrap: kubelet gets its client certificate from
+/// the API server), where Berth's cluster agent writes it, then Bottlerocket's path.
+pub const KUBELET_BOOTSTRAP_KUBECONFIGS: &[&str] = &[
+    "/var/lib/kubelet/bootstrap-kubeconfig",
+    "/etc/kubernetes/kubelet/bootstrap-kubeconfig",
+];
 /// Client CA used when the kubelet config names none.
 pub const KUBELET_DEFAULT_CA: &str = "/etc/kubernetes/pki/ca.crt";
 /// kube-proxy's kubeconfig.

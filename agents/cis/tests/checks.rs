@@ -601,6 +601,33 @@ fn kubelet_config_mutations() {
         assert_eq!(run(dir.path(), id), CheckResult::Pass, "{id}");
     }
 
+    // rotateCertificates unset: nothing to rotate when every kubeconfig user authenticates
+    // with an exec plugin (EKS) or a token; a client certificate or a bootstrap kubeconfig
+    // means kubelet's certificate comes from the API server and must be rotated.
+    let unset = base.replacen("rotateCertificates: true\n", "", 1);
+    let exec_user = "apiVersion: v1\nkind: Config\nusers:\n- name: kubelet\n  user:\n    exec:\n      apiVersion: client.authentication.k8s.io/v1beta1\n      command: aws-iam-authenticator\n";
+    let dir = hardened();
+    write(dir.path(), "etc/kubernetes/kubelet/config", &unset);
+    write(dir.path(), "etc/kubernetes/kubelet/kubeconfig", exec_user);
+    assert_eq!(run(dir.path(), "4.2.10"), CheckResult::Pass);
+    let token_user = "users:\n- name: k\n  user:\n    token: abc\n";
+    write(dir.path(), "etc/kubernetes/kubelet/kubeconfig", token_user);
+    assert_eq!(run(dir.path(), "4.2.10"), CheckResult::Pass);
+    let cert_user = format!("{exec_user}- name: certs\n  user:\n    client-certificate: /var/lib/kubelet/pki/kubelet-client-current.pem\n");
+    write(dir.path(), "etc/kubernetes/kubelet/kubeconfig", &cert_user);
+    assert_fails(
+        dir.path(),
+        "4.2.10",
+        "user 'certs' of /etc/kubernetes/kubelet/kubeconfig authenticates with a client certificate",
+    );
+    write(dir.path(), "etc/kubernetes/kubelet/kubeconfig", exec_user);
+    write(dir.path(), "var/lib/kubelet/bootstrap-kubeconfig", "");
+    assert_fails(
+        dir.path(),
+        "4.2.10",
+        "through /var/lib/kubelet/bootstrap-kubeconfig",
+    );
+
     // Permissions.
     let dir = hardened();
     chmod(dir.path(), "etc/kubernetes/kubelet/kubeconfig", 0o644);
@@ -618,6 +645,16 @@ fn kubelet_config_mutations() {
     std::fs::remove_file(dir.path().join("var/lib/kubelet/kubeconfig")).unwrap();
     std::fs::remove_file(dir.path().join("etc/kubernetes/kubelet/kubeconfig")).unwrap();
     assert_fails(dir.path(), "4.1.6", "no kubelet kubeconfig");
+    // Before TLS bootstrap, the bootstrap kubeconfig is what there is.
+    write(dir.path(), "var/lib/kubelet/bootstrap-kubeconfig", "");
+    chmod(dir.path(), "var/lib/kubelet/bootstrap-kubeconfig", 0o644);
+    assert_fails(
+        dir.path(),
+        "4.1.5",
+        "/var/lib/kubelet/bootstrap-kubeconfig has mode 644",
+    );
+    chmod(dir.path(), "var/lib/kubelet/bootstrap-kubeconfig", 0o600);
+    assert_eq!(run(dir.path(), "4.1.5"), CheckResult::Pass);
     let dir = hardened();
     chmod(dir.path(), "etc/kubernetes/pki/ca.crt", 0o664);
     assert_fails(dir.path(), "4.1.7", "has mode 664, more than 644");

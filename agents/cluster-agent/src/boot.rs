@@ -240,7 +240,7 @@ fn wait_for_exit(units: &dyn Units, unit: &str, wait: Duration) -> UnitState {
     }
 }
 
-fn get_settings(socket: &Path) -> Result<serde_json::Value> {
+pub(crate) fn get_settings(socket: &Path) -> Result<serde_json::Value> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -253,7 +253,7 @@ fn get_settings(socket: &Path) -> Result<serde_json::Value> {
 
 /// `GET /settings` answers with the settings object itself (Bottlerocket's shape), not the
 /// `{"settings": ...}` wrapper `apiclient get` prints.
-fn settings_from(value: &serde_json::Value) -> Result<Settings> {
+pub(crate) fn settings_from(value: &serde_json::Value) -> Result<Settings> {
     Settings::from_json(value).context("the live settings (GET /settings) do not fit the model")
 }
 

@@ -20,6 +20,10 @@ pub enum Command {
     /// files under /etc and /var/lib/kubelet, then start containerd and kubelet
     /// (settings.kubernetes) and/or docker and the ECS agent (settings.ecs).
     Boot(crate::boot::BootArgs),
+    /// After a live settings change (boot-config's `kubernetes` service): render again from
+    /// the API and the facts the boot step recorded, write the files that changed, and
+    /// restart kubelet if one of its files changed and it was started at this boot.
+    Apply(crate::live::ApplyArgs),
 }
 
 #[derive(Debug, clap::Args)]

@@ -11,6 +11,7 @@ pub(crate) mod duration;
 pub mod facts;
 pub mod hostfacts;
 pub(crate) mod input;
+pub mod live;
 pub(crate) mod output;
 pub mod paths;
 pub mod render;
@@ -40,5 +41,6 @@ pub fn run(cli: cli::Cli) -> anyhow::Result<()> {
             Ok(())
         }
         cli::Command::Boot(args) => boot::run(&args).map(|_| ()),
+        cli::Command::Apply(args) => live::run(&args).map(|_| ()),
     }
 }

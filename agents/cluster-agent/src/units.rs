@@ -55,6 +55,9 @@ pub trait Units {
     fn start(&self, unit: &str) -> Result<UnitState, UnitsError>;
     /// The unit's state now.
     fn state(&self, unit: &str) -> Result<UnitState, UnitsError>;
+    /// Restarts `unit` (stop, then start) and returns once systemd has run the job, with the
+    /// unit's state then.
+    fn restart(&self, unit: &str) -> Result<UnitState, UnitsError>;
 }
 
 /// systemd on the system bus.
@@ -93,10 +96,19 @@ impl DbusUnits {
     }
 
     fn queue_start(&self, unit: &str) -> Result<zbus::zvariant::OwnedObjectPath, UnitsError> {
+        self.queue("StartUnit", unit)
+    }
+
+    /// Queues a job (`StartUnit`, `RestartUnit`) for `unit`, replacing a queued one.
+    fn queue(
+        &self,
+        method: &'static str,
+        unit: &str,
+    ) -> Result<zbus::zvariant::OwnedObjectPath, UnitsError> {
         let manager = self.proxy(MANAGER_PATH, MANAGER, unit)?;
         manager
-            .call("StartUnit", &(unit, "replace"))
-            .map_err(Self::call_err("StartUnit", unit))
+            .call(method, &(unit, "replace"))
+            .map_err(Self::call_err(method, unit))
     }
 
     fn read_state(&self, unit: &str) -> Result<UnitState, UnitsError> {
@@ -187,12 +199,19 @@ impl Units for DbusUnits {
     fn state(&self, unit: &str) -> Result<UnitState, UnitsError> {
         self.read_state(unit)
     }
+
+    fn restart(&self, unit: &str) -> Result<UnitState, UnitsError> {
+        self.queue("RestartUnit", unit)?;
+        self.wait_no_job(unit, Duration::from_secs(30))?;
+        self.read_state(unit)
+    }
 }
 
-/// Records the units started, in order, and answers with a fixed state.
+/// Records the units started and restarted, in order, and answers with a fixed state.
 #[derive(Debug, Default)]
 pub struct RecordingUnits {
     pub started: std::sync::Mutex<Vec<String>>,
+    pub restarted: std::sync::Mutex<Vec<String>>,
     pub state: UnitState,
 }
 
@@ -210,6 +229,14 @@ impl Units for RecordingUnits {
     }
 
     fn state(&self, _unit: &str) -> Result<UnitState, UnitsError> {
+        Ok(self.state.clone())
+    }
+
+    fn restart(&self, unit: &str) -> Result<UnitState, UnitsError> {
+        self.restarted
+            .lock()
+            .expect("no test thread panics while holding the lock")
+            .push(unit.to_string());
         Ok(self.state.clone())
     }
 }

@@ -10,6 +10,8 @@ use std::time::Duration;
 
 use clap::Parser;
 use cluster_agent::boot::{self, BootArgs};
+use cluster_agent::live::{self, ApplyArgs};
+use cluster_agent::units::{RecordingUnits, UnitState};
 use qemu_tests::imds as emulator;
 use serde_json::json;
 
@@ -46,6 +48,29 @@ fn api(defaults: serde_json::Value) -> (PathBuf, tempfile::TempDir) {
 struct Wrap {
     #[command(flatten)]
     boot: BootArgs,
+}
+
+#[derive(Parser)]
+struct WrapApply {
+    #[command(flatten)]
+    apply: ApplyArgs,
+}
+
+/// Commits `patch` through the API, as `apiclient set` does.
+fn set(socket: &std::path::Path, patch: serde_json::Value) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let body = serde_json::to_vec(&patch).unwrap();
+        settings_api::client::call(socket, "PATCH", "/settings?tx=t", Some(body))
+            .await
+            .unwrap();
+        settings_api::client::call(socket, "POST", "/tx/commit?tx=t", None)
+            .await
+            .unwrap();
+    });
 }
 
 #[test]
@@ -114,6 +139,45 @@ fn boot_renders_from_the_api_and_imds() {
         .requests()
         .iter()
         .all(|r| r.method != "GET" || r.valid_token));
+
+    // A live change: `berth-cluster-agent apply` renders from the API and the recorded facts
+    // (no IMDS: the emulator is gone), rewrites config.json and restarts a started kubelet.
+    drop(imds);
+    set(&socket, json!({"kubernetes": {"max-pods": 42}}));
+    let apply_args = WrapApply::try_parse_from([
+        "x",
+        "--socket-path",
+        socket.to_str().unwrap(),
+        "--root",
+        root.path().to_str().unwrap(),
+    ])
+    .unwrap()
+    .apply;
+    let units = RecordingUnits {
+        state: UnitState {
+            active: "active".into(),
+            invocation_id: "0123456789abcdef0123456789abcdef".into(),
+            ..UnitState::default()
+        },
+        ..RecordingUnits::default()
+    };
+    let applied = live::from_api(&apply_args, &units).unwrap();
+    let config: serde_json::Value =
+        serde_json::from_str(&read("etc/kubernetes/kubelet/config.json")).unwrap();
+    assert_eq!(config["maxPods"], 42);
+    assert_eq!(
+        config["providerID"], "aws:///eu-central-1a/i-0123456789abcdef0",
+        "facts from the record"
+    );
+    assert_eq!(
+        applied.changed,
+        [root.path().join("etc/kubernetes/kubelet/config.json")]
+    );
+    assert_eq!(*units.restarted.lock().unwrap(), ["kubelet.service"]);
+    // The same settings again: nothing changes, nothing restarts.
+    let again = live::from_api(&apply_args, &units).unwrap();
+    assert_eq!(again, live::Applied::default());
+    assert_eq!(units.restarted.lock().unwrap().len(), 1);
 }
 
 #[test]

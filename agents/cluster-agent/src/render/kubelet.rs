@@ -14,17 +14,21 @@ use serde_json::{json, Map, Value};
 use settings_api::model::{CpuManagerPolicy, Kubernetes, TopologyManagerPolicy};
 use std::collections::BTreeMap;
 
-/// nodeadm's TLS cipher suites: the AEAD suites, ECDHE first.
-const TLS_CIPHER_SUITES: [&str; 8] = [
+/// nodeadm's TLS cipher suites without its two `TLS_RSA_WITH_AES_*_GCM` ones: only ECDHE
+/// (forward-secret) AEAD suites, which is what CIS Kubernetes 4.2.12 accepts (README,
+/// deliberate difference 10).
+const TLS_CIPHER_SUITES: [&str; 6] = [
     "TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256",
     "TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384",
     "TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305",
     "TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256",
     "TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384",
     "TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305",
-    "TLS_RSA_WITH_AES_128_GCM_SHA256",
-    "TLS_RSA_WITH_AES_256_GCM_SHA384",
 ];
+
+/// `podPidsLimit` when `settings.kubernetes.pod-pids-limit` is not set: nodeadm leaves it
+/// unlimited, CIS Kubernetes 4.2.13 asks for a limit (README, deliberate difference 11).
+pub const DEFAULT_POD_PIDS_LIMIT: i64 = 4096;
 
 /// Grace period given to each soft eviction threshold. Kubelet refuses a soft threshold
 /// without one and the settings model has no key for it (Bottlerocket's
@@ -81,8 +85,12 @@ pub fn config(
         "kubeReservedCgroup": "/runtime",
         "logging": { "verbosity": 2 },
         "maxPods": node.max_pods,
+        "podPidsLimit": k8s.pod_pids_limit.map_or(DEFAULT_POD_PIDS_LIMIT, i64::from),
         "protectKernelDefaults": true,
         "readOnlyPort": 0,
+        // CIS Kubernetes 4.2.14; nodeadm leaves kubelet's default (false). README,
+        // deliberate difference 12.
+        "seccompDefault": k8s.seccomp_default.unwrap_or(true),
         "serializeImagePulls": false,
         "serverTLSBootstrap": true,
         "systemReservedCgroup": "/system",
@@ -228,9 +236,6 @@ pub fn config(
     if let Some(b) = k8s.server_tls_bootstrap {
         obj.insert("serverTLSBootstrap".into(), b.into());
     }
-    if let Some(b) = k8s.seccomp_default {
-        obj.insert("seccompDefault".into(), b.into());
-    }
     if let Some(period) = &k8s.shutdown_grace_period {
         crate::duration::check(period.as_ref()).map_err(|r| invalid("shutdown-grace-period", r))?;
         obj.insert("shutdownGracePeriod".into(), period.as_ref().into());
@@ -247,7 +252,7 @@ pub fn config(
     Ok(c)
 }
 
-/// `config.json`.
+/// `config.json`, readable by root only (CIS Kubernetes 4.1.9; nodeadm writes it 0644).
 pub fn config_file(
     k8s: &Kubernetes,
     node: &Node,
@@ -256,7 +261,7 @@ pub fn config_file(
     let value = config(k8s, node, version)?;
     Ok(OutputFile::new(
         paths::KUBELET_CONFIG,
-        0o644,
+        0o600,
         to_json("kubelet config", &value)?,
     ))
 }

@@ -5,7 +5,6 @@ mod credential_provider;
 mod ecs;
 mod kubeconfig;
 mod kubelet;
-mod labels;
 mod resolve;
 
 use crate::facts::Facts;
@@ -70,7 +69,6 @@ pub fn render(
 ) -> Result<Vec<OutputFile>, RenderError> {
     let mut files = Vec::new();
     if let Some(k8s) = &settings.kubernetes {
-        labels::check(k8s)?;
         let node = resolve::resolve(settings, k8s, facts, version)?;
         files.push(kubelet::config_file(k8s, &node, version)?);
         if let Some(ca) = &node.ca_pem {

@@ -1,0 +1,313 @@
+//! `berth-cluster-agent apply`: a live settings change. boot-config's `kubernetes` service
+//! (`apply-kubernetes` in the metadata) runs it after `apiclient set kubernetes...` is
+//! committed. It renders the files again from the live settings and the facts the boot step
+//! recorded, writes them only when they differ from the files in place, and restarts
+//! kubelet when one of its files changed and kubelet was started at this boot. containerd's
+//! configuration is boot-config's (`containerd` service), so containerd is never restarted
+//! here.
+//!
+//! Before the boot step has run at this boot (no facts record in `/run`, for example while
+//! user data is applied at first boot) there is nothing to update: the boot step renders
+//! the settings then.
+
+use crate::boot::{self, KUBELET_UNIT};
+use crate::facts::Facts;
+use crate::units::{UnitState, Units};
+use crate::{input, output, paths, render, version::KubeletVersion};
+use anyhow::{Context, Result};
+use settings_api::model::Settings;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+/// Arguments of the live step.
+#[derive(Debug, clap::Args)]
+pub struct ApplyArgs {
+    /// The settings API socket.
+    #[arg(long, default_value = settings_api::paths::API_SOCKET)]
+    pub socket_path: PathBuf,
+    /// Host root: the facts record is read and files are written under it.
+    #[arg(long, default_value = "/")]
+    pub root: PathBuf,
+    /// The facts the boot step recorded (JSON), relative to the root.
+    #[arg(long, default_value = paths::FACTS_RECORD)]
+    pub facts_record: String,
+    /// Kubelet version the image ships (the variant's), as for `boot`.
+    #[arg(long, value_name = "1.MINOR", default_value = "1.33")]
+    pub kubelet_version: KubeletVersion,
+}
+
+/// What a live run did.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Applied {
+    /// Files whose contents or mode changed (host paths under the root).
+    pub changed: Vec<PathBuf>,
+    /// kubelet.service's state after its restart, when it was restarted.
+    pub restarted: Option<UnitState>,
+}
+
+/// Runs the live step with the real settings API and systemd.
+pub fn run(args: &ApplyArgs) -> Result<Applied> {
+    let units = crate::units::DbusUnits::connect()?;
+    from_api(args, &units)
+}
+
+/// Reads the live settings from the API socket, then [`apply`]s them.
+pub fn from_api(args: &ApplyArgs, units: &dyn Units) -> Result<Applied> {
+    let settings = boot::settings_from(&boot::get_settings(&args.socket_path)?)?;
+    if settings.kubernetes.is_none() && settings.ecs.is_none() {
+        tracing::info!("no settings.kubernetes or settings.ecs; nothing to apply");
+        return Ok(Applied::default());
+    }
+    apply(args, &settings, units)
+}
+
+/// Renders, writes what changed and restarts kubelet when needed: the part tests drive with
+/// fakes.
+pub fn apply(args: &ApplyArgs, settings: &Settings, units: &dyn Units) -> Result<Applied> {
+    let record = args.root.join(args.facts_record.trim_start_matches('/'));
+    if !record.exists() {
+        tracing::info!(
+            record = %record.display(),
+            "the boot step has not rendered at this boot yet; it will render these settings"
+        );
+        return Ok(Applied::default());
+    }
+    let facts: Facts = input::facts(&record)
+        .with_context(|| format!("cannot read the boot step's facts {}", record.display()))?;
+    let files = render::render(settings, &facts, args.kubelet_version)
+        .context("cannot render the cluster configuration from the live settings")?;
+    let changed: Vec<&render::OutputFile> =
+        files.iter().filter(|f| differs(&args.root, f)).collect();
+    if changed.is_empty() {
+        tracing::info!("cluster configuration unchanged; nothing restarted");
+        return Ok(Applied::default());
+    }
+    for file in &changed {
+        if file.path == paths::KUBELET_CONFIG {
+            let keys = changed_keys(&args.root.join(&file.path), &file.contents);
+            tracing::info!(path = %paths::host(&file.path), keys = %keys.join(","), "changed");
+        } else {
+            tracing::info!(path = %paths::host(&file.path), "changed");
+        }
+    }
+    let kubelet_changed = changed.iter().any(|f| f.path != paths::ECS_CONFIG);
+    let changed: Vec<PathBuf> = changed.iter().map(|f| args.root.join(&f.path)).collect();
+    // All files, all or nothing (unchanged ones are rewritten with the same bytes).
+    output::write_all(&args.root, &files)?;
+    let mut applied = Applied {
+        changed,
+        restarted: None,
+    };
+    if !kubelet_changed {
+        return Ok(applied);
+    }
+    let before = units
+        .state(KUBELET_UNIT)
+        .context("cannot read kubelet.service's state")?;
+    if before.invocation_id.is_empty() {
+        // Never started at this boot: the boot step starts it with the files now in place.
+        tracing::info!(
+            unit = KUBELET_UNIT,
+            "not started at this boot; it reads the new files when it starts"
+        );
+        return Ok(applied);
+    }
+    let after = units
+        .restart(KUBELET_UNIT)
+        .context("cannot restart kubelet")?;
+    tracing::info!(
+        unit = KUBELET_UNIT,
+        invocation = %after.invocation_id,
+        previous = %before.invocation_id,
+        state = %after.active,
+        "restarted"
+    );
+    applied.restarted = Some(after);
+    Ok(applied)
+}
+
+/// Whether the file in place differs from `file` in contents or mode (or is missing).
+fn differs(root: &Path, file: &render::OutputFile) -> bool {
+    let path = root.join(&file.path);
+    let same_mode = std::fs::metadata(&path)
+        .map(|m| m.permissions().mode() & 0o7777 == file.mode)
+        .unwrap_or(false);
+    !same_mode || std::fs::read(&path).ok().as_deref() != Some(&file.contents[..])
+}
+
+/// Top-level keys of the kubelet config that differ between the file in place and `new`
+/// (all of them when the old file is missing or not JSON), sorted.
+fn changed_keys(old_path: &Path, new: &[u8]) -> Vec<String> {
+    let parse = |bytes: &[u8]| {
+        serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(bytes)
+            .unwrap_or_default()
+    };
+    let old = parse(&std::fs::read(old_path).unwrap_or_default());
+    let new = parse(new);
+    let mut keys: Vec<String> = old
+        .keys()
+        .chain(new.keys())
+        .filter(|k| old.get(*k) != new.get(*k))
+        .cloned()
+        .collect();
+    keys.sort();
+    keys.dedup();
+    keys
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::units::RecordingUnits;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Wrap {
+        #[command(flatten)]
+        apply: ApplyArgs,
+    }
+
+    fn args(root: &Path) -> ApplyArgs {
+        Wrap::try_parse_from(["x", "--root", root.to_str().unwrap()])
+            .unwrap()
+            .apply
+    }
+
+    fn settings(max_pods: u32) -> Settings {
+        boot::settings_from(&serde_json::json!({
+            "kubernetes": {
+                "cluster-name": "berth-eks",
+                "api-server": "https://ABC.gr7.us-west-2.eks.amazonaws.com",
+                "cluster-certificate": "LS0tLS1CRUdJTiBDRVJUSUZJQ0FURS0tLS0tCk1JSUJkekNDQVIyZ0F3SUJBZ0lCQURBS0JnZ3Foa2pPUFFRREFqQWpNU0V3SHdZRFZRUUREQmhyTTNNdGMyVnkKLS0tLS1FTkQgQ0VSVElGSUNBVEUtLS0tLQo=",
+                "max-pods": max_pods,
+            },
+            "aws": {"region": "us-west-2"}
+        }))
+        .unwrap()
+    }
+
+    fn facts() -> Facts {
+        Facts {
+            instance_type: Some("m5.large".into()),
+            instance_id: Some("i-0123456789abcdef0".into()),
+            availability_zone: Some("us-west-2a".into()),
+            region: Some("us-west-2".into()),
+            private_dns_name: Some("ip-10-0-1-23.us-west-2.compute.internal".into()),
+            local_ipv4: Some("10.0.1.23".parse().unwrap()),
+            cpus: Some(2),
+            ..Facts::default()
+        }
+    }
+
+    /// A root as the boot step leaves it: facts recorded, files rendered for `max_pods`.
+    fn booted(max_pods: u32) -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        let record = dir.path().join(paths::FACTS_RECORD);
+        std::fs::create_dir_all(record.parent().unwrap()).unwrap();
+        std::fs::write(&record, serde_json::to_string(&facts()).unwrap()).unwrap();
+        let files = render::render(&settings(max_pods), &facts(), KubeletVersion::new(33)).unwrap();
+        output::write_all(dir.path(), &files).unwrap();
+        dir
+    }
+
+    fn started_kubelet() -> RecordingUnits {
+        RecordingUnits {
+            state: UnitState {
+                active: "active".into(),
+                invocation_id: "0123456789abcdef0123456789abcdef".into(),
+                ..UnitState::default()
+            },
+            ..RecordingUnits::default()
+        }
+    }
+
+    fn max_pods(root: &Path) -> serde_json::Value {
+        let text = std::fs::read_to_string(root.join(paths::KUBELET_CONFIG)).unwrap();
+        serde_json::from_str::<serde_json::Value>(&text).unwrap()["maxPods"].clone()
+    }
+
+    #[test]
+    fn a_changed_setting_rewrites_the_config_and_restarts_a_started_kubelet() {
+        let dir = booted(110);
+        let units = started_kubelet();
+        let applied = apply(&args(dir.path()), &settings(42), &units).unwrap();
+        assert_eq!(max_pods(dir.path()), 42);
+        // max-pods also sizes the memory reservation, so only config.json changes.
+        assert_eq!(applied.changed, [dir.path().join(paths::KUBELET_CONFIG)]);
+        assert_eq!(*units.restarted.lock().unwrap(), [KUBELET_UNIT]);
+        assert!(units.started.lock().unwrap().is_empty(), "nothing started");
+        assert!(applied.restarted.is_some());
+    }
+
+    #[test]
+    fn unchanged_settings_write_nothing_and_restart_nothing() {
+        let dir = booted(110);
+        let units = started_kubelet();
+        let applied = apply(&args(dir.path()), &settings(110), &units).unwrap();
+        assert_eq!(applied, Applied::default());
+        assert!(units.restarted.lock().unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_changed_mode_counts_as_a_change() {
+        let dir = booted(110);
+        let config = dir.path().join(paths::KUBELET_CONFIG);
+        std::fs::set_permissions(&config, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let units = started_kubelet();
+        let applied = apply(&args(dir.path()), &settings(110), &units).unwrap();
+        assert_eq!(applied.changed, std::slice::from_ref(&config));
+        let mode = std::fs::metadata(&config).unwrap().permissions().mode() & 0o7777;
+        assert_eq!(mode, 0o600);
+    }
+
+    #[test]
+    fn a_kubelet_never_started_is_left_alone() {
+        let dir = booted(110);
+        let units = RecordingUnits::default();
+        let applied = apply(&args(dir.path()), &settings(42), &units).unwrap();
+        assert_eq!(max_pods(dir.path()), 42, "the files are still updated");
+        assert!(units.restarted.lock().unwrap().is_empty());
+        assert_eq!(applied.restarted, None);
+    }
+
+    #[test]
+    fn before_the_boot_step_nothing_is_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let units = started_kubelet();
+        let applied = apply(&args(dir.path()), &settings(42), &units).unwrap();
+        assert_eq!(applied, Applied::default());
+        assert!(!dir.path().join(paths::KUBELET_CONFIG).exists());
+        assert!(units.restarted.lock().unwrap().is_empty());
+    }
+
+    #[test]
+    fn bad_settings_leave_the_files_and_kubelet_alone() {
+        let dir = booted(110);
+        let before = std::fs::read(dir.path().join(paths::KUBELET_CONFIG)).unwrap();
+        let units = started_kubelet();
+        // The model takes it; rendering needs an API server for an EKS node.
+        let bad =
+            boot::settings_from(&serde_json::json!({"kubernetes": {"cluster-name": "c"}})).unwrap();
+        let err = apply(&args(dir.path()), &bad, &units).unwrap_err();
+        assert!(
+            format!("{err:#}").contains("settings.kubernetes."),
+            "{err:#}"
+        );
+        assert_eq!(
+            std::fs::read(dir.path().join(paths::KUBELET_CONFIG)).unwrap(),
+            before
+        );
+        assert!(units.restarted.lock().unwrap().is_empty());
+    }
+
+    #[test]
+    fn changed_keys_names_the_top_level_fields() {
+        let dir = tempfile::tempdir().unwrap();
+        let old = dir.path().join("c.json");
+        std::fs::write(&old, r#"{"a": 1, "b": {"x": 1}, "c": 3}"#).unwrap();
+        assert_eq!(
+            changed_keys(&old, br#"{"a": 1, "b": {"x": 2}, "d": 4}"#),
+            ["b", "c", "d"]
+        );
+    }
+}
