@@ -123,12 +123,38 @@ mod tests {
         crate::hosttools::find(tool)
     }
 
-    /// The policy every variant ships (variants/shared/selinux.toml).
+    /// The policy of variants/shared/selinux.toml (qemu-selinux-dev includes it).
     fn shipped() -> Selinux {
-        crate::variant::load(&workspace().join("variants"), "qemu", Arch::X86_64)
-            .unwrap()
-            .selinux
-            .expect("the qemu variant has an SELinux policy")
+        crate::variant::load(
+            &workspace().join("variants"),
+            "qemu-selinux-dev",
+            Arch::X86_64,
+        )
+        .unwrap()
+        .selinux
+        .expect("qemu-selinux-dev has an SELinux policy")
+    }
+
+    /// The fragment also starts the SELinux LSM: Debian's kernel starts AppArmor otherwise,
+    /// and the two exclude each other.
+    #[test]
+    fn fragment_enables_the_selinux_lsm() {
+        let variant = crate::variant::load(
+            &workspace().join("variants"),
+            "qemu-selinux-dev",
+            Arch::X86_64,
+        )
+        .unwrap();
+        let lsm: Vec<&str> = variant
+            .cmdline
+            .iter()
+            .filter_map(|a| a.strip_prefix("lsm="))
+            .flat_map(|l| l.split(','))
+            .collect();
+        assert!(lsm.contains(&"selinux"), "{:?}", variant.cmdline);
+        assert!(!lsm.contains(&"apparmor"), "{:?}", variant.cmdline);
+        // CIS 1.5.2 (lockdown) needs its LSM too.
+        assert!(lsm.contains(&"lockdown"), "{:?}", variant.cmdline);
     }
 
     #[test]
