@@ -658,7 +658,7 @@ fn selinux(host: &HostRoot) -> CheckResult {
     let mode = config
         .lines()
         .filter_map(|l| l.trim().strip_prefix("SELINUX="))
-        .last()
+        .next_back()
         .map(str::trim);
     match mode {
         Some("enforcing") => CheckResult::Pass,
