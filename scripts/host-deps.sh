@@ -2,7 +2,8 @@
 # Installs the host tools os-build and the QEMU tests need on a Debian 12 machine:
 # QEMU 10 + firmware from bookworm-backports, the arm64 cross toolchain (Debian's
 # rustc-web, since rustup cannot add targets here), mmdebstrap, erofs-utils,
-# cryptsetup (veritysetup for tests), and qemu-user binfmt for arm64 roots.
+# cryptsetup (veritysetup for tests), secilc (the SELinux policy) and setools (its unit
+# tests), and qemu-user binfmt for arm64 roots.
 # Idempotent: a second run only checks.
 set -euo pipefail
 
@@ -40,6 +41,11 @@ if [ ! -f "$stamp" ]; then
     rustc-web cargo-web libstd-rust-web-dev:arm64 binfmt-support zstd xz-utils \
     debian-archive-keyring ca-certificates >/dev/null
   touch "$stamp"
+fi
+
+# Added after v3: the SELinux policy compiler, and sesearch for the policy's unit tests.
+if ! command -v secilc >/dev/null || ! command -v sesearch >/dev/null; then
+  apt-get install -y -qq --no-install-recommends secilc setools >/dev/null
 fi
 
 # arm64 roots run their maintainer scripts under qemu-user.

@@ -20,9 +20,21 @@ pub enum ErofsError {
     },
 }
 
-pub fn build(root: &Path, out: &Path, uuid: Uuid, epoch: u64) -> Result<u64, ErofsError> {
+/// Builds the image of `root` at `out`. With `file_contexts` (an SELinux file contexts
+/// file), every file gets its `security.selinux` label from it.
+pub fn build(
+    root: &Path,
+    out: &Path,
+    uuid: Uuid,
+    epoch: u64,
+    file_contexts: Option<&Path>,
+) -> Result<u64, ErofsError> {
     let _ = std::fs::remove_file(out);
-    let output = Command::new("mkfs.erofs")
+    let mut cmd = Command::new("mkfs.erofs");
+    if let Some(contexts) = file_contexts {
+        cmd.arg(format!("--file-contexts={}", contexts.display()));
+    }
+    let output = cmd
         .arg("-zlz4hc")
         .arg(format!("-T{epoch}"))
         .arg(format!("-U{uuid}"))

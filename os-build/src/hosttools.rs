@@ -18,6 +18,9 @@ pub const BUILD_TOOLS: &[(&str, &str)] = &[
     ("depmod", "kmod"),
 ];
 
+/// Extra tools for variants with an SELinux policy.
+pub const SELINUX_TOOLS: &[(&str, &str)] = &[("secilc", "secilc")];
+
 /// Extra tools for aarch64 builds on an x86_64 host.
 pub const CROSS_TOOLS: &[(&str, &str)] = &[
     ("aarch64-linux-gnu-gcc", "gcc-aarch64-linux-gnu"),

@@ -1,6 +1,7 @@
 //! os-build: turns a variant (data under `variants/`) into a bootable, verity-protected
 //! A/B disk image. The stages, in order, each in its own module:
-//! variant -> external artifacts -> programs (cargo) -> rootfs (mmdebstrap, lock, prune) -> erofs -> verity ->
+//! variant -> external artifacts -> programs (cargo) -> rootfs (mmdebstrap, lock, prune,
+//! SELinux policy) -> erofs -> verity ->
 //! initramfs -> uki -> esp -> disk -> manifest. `pipeline` runs them.
 
 pub mod arch;
@@ -23,6 +24,7 @@ pub mod programs;
 pub mod progress;
 pub mod repo;
 pub mod rootfs;
+pub mod selinux;
 pub mod uki;
 pub mod variant;
 pub mod verity;

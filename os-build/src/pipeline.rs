@@ -16,8 +16,8 @@ use crate::manifest::{self, Manifest};
 use crate::progress::Progress;
 use crate::variant::{ImageFormat, Variant};
 use crate::{
-    artifacts, binaries, disk, erofs, esp, hosttools, initramfs, lockfile, programs, rootfs, uki,
-    variant, verity,
+    artifacts, binaries, disk, erofs, esp, hosttools, initramfs, lockfile, programs, rootfs,
+    selinux, uki, variant, verity,
 };
 
 /// Timestamps inside the image (files, EROFS, cpio) unless SOURCE_DATE_EPOCH says otherwise.
@@ -64,6 +64,9 @@ pub fn build(args: &BuildArgs) -> Result<Built> {
         bail!("os-build build must run as root (mmdebstrap --mode=root, device nodes in the root)");
     }
     let variant = variant::load(&workspace.join("variants"), &args.variant, arch)?;
+    if variant.selinux.is_some() {
+        hosttools::check(hosttools::SELINUX_TOOLS)?;
+    }
     validate_version(&args.version)?;
     let identity = format!("{}/{}/{}", variant.name, arch, args.version);
     let epoch = std::env::var("SOURCE_DATE_EPOCH")
@@ -159,6 +162,13 @@ pub fn build(args: &BuildArgs) -> Result<Built> {
     if variant.production {
         rootfs::check_production(&root)?;
     }
+    let file_contexts = match &variant.selinux {
+        Some(policy) => {
+            selinux::install(&root, policy)?;
+            Some(selinux::file_contexts_path(&root))
+        }
+        None => None,
+    };
 
     progress.step("initramfs");
     let initrd_path = out.join("initramfs.cpio");
@@ -183,7 +193,13 @@ pub fn build(args: &BuildArgs) -> Result<Built> {
             format!("berth:{identity}:{what}").as_bytes(),
         )
     };
-    erofs::build(&root, &root_img, uuid("erofs"), epoch)?;
+    erofs::build(
+        &root,
+        &root_img,
+        uuid("erofs"),
+        epoch,
+        file_contexts.as_deref(),
+    )?;
 
     progress.step("dm-verity hash tree");
     let verity_img = out.join("verity.img");

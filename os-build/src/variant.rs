@@ -76,6 +76,40 @@ struct Fragment {
     /// External artifacts: binaries Debian does not ship (see `artifacts.rs`).
     #[serde(default)]
     artifacts: Vec<ArtifactFragment>,
+    /// The SELinux policy (see `selinux.rs`); absent: the image has none.
+    selinux: Option<SelinuxFragment>,
+}
+
+/// `[selinux]`: the CIL sources of the policy and its contexts files, relative to the
+/// fragment that names them, and the mode the image boots in.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct SelinuxFragment {
+    mode: Option<SelinuxMode>,
+    #[serde(default)]
+    policy: Vec<PathBuf>,
+    file_contexts: Option<PathBuf>,
+    lxc_contexts: Option<PathBuf>,
+}
+
+/// The mode `/etc/selinux/config` sets (`SELINUX=`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SelinuxMode {
+    Enforcing,
+    Permissive,
+}
+
+/// The image's SELinux policy, after merging.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Selinux {
+    pub mode: SelinuxMode,
+    /// CIL files, compiled together by secilc.
+    pub policy: Vec<PathBuf>,
+    /// Labels of the image's files (mkfs.erofs) and of the paths systemd labels at boot.
+    pub file_contexts: PathBuf,
+    /// The contexts containerd gives containers (`contexts/lxc_contexts`).
+    pub lxc_contexts: Option<PathBuf>,
 }
 
 /// `[[artifacts]]`: a binary from outside Debian, pinned by URL and sha256 per architecture.
@@ -181,6 +215,8 @@ pub struct Variant {
     pub files: BTreeMap<String, String>,
     /// External artifacts for this architecture, in listing order.
     pub artifacts: Vec<Artifact>,
+    /// The SELinux policy, if the variant has one.
+    pub selinux: Option<Selinux>,
     /// Every file merged, in order; the variant file last.
     pub sources: Vec<PathBuf>,
 }
@@ -237,6 +273,11 @@ fn collect(
     let dir = path.parent().unwrap_or(Path::new("."));
     fragment.settings = fragment.settings.iter().map(|p| dir.join(p)).collect();
     fragment.metadata = fragment.metadata.as_ref().map(|p| dir.join(p));
+    if let Some(se) = &mut fragment.selinux {
+        se.policy = se.policy.iter().map(|p| dir.join(p)).collect();
+        se.file_contexts = se.file_contexts.as_ref().map(|p| dir.join(p));
+        se.lxc_contexts = se.lxc_contexts.as_ref().map(|p| dir.join(p));
+    }
     let canonical = path.canonicalize().unwrap_or_else(|_| path.to_owned());
     stack.push(canonical);
     for include in std::mem::take(&mut fragment.include) {
@@ -329,6 +370,19 @@ fn merge(into: &mut Fragment, from: Fragment) {
         p.verity_mib = parts.verity_mib.or(p.verity_mib);
         p.private_mib = parts.private_mib.or(p.private_mib);
         p.data_mib = parts.data_mib.or(p.data_mib);
+    }
+    if let Some(se) = from.selinux {
+        let s = into.selinux.get_or_insert_with(SelinuxFragment::default);
+        if se.mode.is_some() {
+            s.mode = se.mode;
+        }
+        append(&mut s.policy, &se.policy);
+        if se.file_contexts.is_some() {
+            s.file_contexts = se.file_contexts;
+        }
+        if se.lxc_contexts.is_some() {
+            s.lxc_contexts = se.lxc_contexts;
+        }
     }
     if let Some(systemd) = from.systemd {
         let s = into.systemd.get_or_insert_with(SystemdFragment::default);
@@ -449,6 +503,22 @@ fn resolve(
         }
     }
     let artifacts = resolve_artifacts(&merged.artifacts, arch, &invalid)?;
+    let selinux = match merged.selinux {
+        None => None,
+        Some(se) => {
+            if se.policy.is_empty() {
+                return Err(missing("selinux.policy"));
+            }
+            Some(Selinux {
+                mode: se.mode.ok_or_else(|| missing("selinux.mode"))?,
+                policy: se.policy,
+                file_contexts: se
+                    .file_contexts
+                    .ok_or_else(|| missing("selinux.file-contexts"))?,
+                lxc_contexts: se.lxc_contexts,
+            })
+        }
+    };
     let systemd = merged.systemd.unwrap_or_default();
     Ok(Variant {
         name: name.to_owned(),
@@ -472,6 +542,7 @@ fn resolve(
         metadata: merged.metadata,
         files: merged.files,
         artifacts,
+        selinux,
         sources,
     })
 }

@@ -119,7 +119,7 @@ pub static CHECKS: &[Check] = &[
         |h| sysctls(h, &[("user.max_user_namespaces", "0")])),
     check!(Bottlerocket, "1.5.1", 1, Automated,
         "Ensure SELinux is configured",
-        "/sys/fs/selinux/enforce is 1 (Berth has no SELinux policy yet: this fails)",
+        "/sys/fs/selinux/enforce is 1, and /etc/selinux/config boots in enforcing mode (SELINUX=enforcing)",
         selinux),
     check!(Bottlerocket, "1.5.2", 2, Automated,
         "Ensure Lockdown is configured",
@@ -627,17 +627,46 @@ fn dm_verity(host: &HostRoot) -> CheckResult {
 
 fn selinux(host: &HostRoot) -> CheckResult {
     match host.read(paths::SELINUX_ENFORCE) {
-        Ok(v) if v.trim() == "1" => CheckResult::Pass,
-        Ok(v) => CheckResult::Fail(format!(
-            "SELinux is not enforcing ({} is {})",
-            paths::SELINUX_ENFORCE,
-            v.trim()
+        Ok(v) if v.trim() == "1" => {}
+        Ok(v) => {
+            return CheckResult::Fail(format!(
+                "SELinux is not enforcing ({} is {})",
+                paths::SELINUX_ENFORCE,
+                v.trim()
+            ))
+        }
+        Err(e) if e.is_not_found() => {
+            return CheckResult::Fail(format!(
+                "SELinux is not enabled ({} does not exist): no policy is loaded, or the kernel \
+                 command line does not enable the SELinux LSM",
+                paths::SELINUX_ENFORCE
+            ))
+        }
+        Err(e) => return CheckResult::Skip(e.reason()),
+    }
+    // Enforcing now, and also after the next boot.
+    let config = match host.read(paths::SELINUX_CONFIG) {
+        Ok(text) => text,
+        Err(e) if e.is_not_found() => {
+            return CheckResult::Fail(format!(
+                "{} does not exist: the next boot loads no policy",
+                paths::SELINUX_CONFIG
+            ))
+        }
+        Err(e) => return CheckResult::Skip(e.reason()),
+    };
+    let mode = config
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("SELINUX="))
+        .next_back()
+        .map(str::trim);
+    match mode {
+        Some("enforcing") => CheckResult::Pass,
+        Some(other) => CheckResult::Fail(format!(
+            "{} boots SELinux in mode `{other}` (want enforcing)",
+            paths::SELINUX_CONFIG
         )),
-        Err(e) if e.is_not_found() => CheckResult::Fail(format!(
-            "SELinux is not enabled ({} does not exist); Berth has no SELinux policy yet",
-            paths::SELINUX_ENFORCE
-        )),
-        Err(e) => CheckResult::Skip(e.reason()),
+        None => CheckResult::Fail(format!("{} sets no SELINUX= mode", paths::SELINUX_CONFIG)),
     }
 }
 

@@ -10,6 +10,8 @@ pub const PROC_CMDLINE: &str = "/proc/cmdline";
 pub const LOCKDOWN: &str = "/sys/kernel/security/lockdown";
 /// SELinux enforcing flag.
 pub const SELINUX_ENFORCE: &str = "/sys/fs/selinux/enforce";
+/// The SELinux mode and policy the next boot loads.
+pub const SELINUX_CONFIG: &str = "/etc/selinux/config";
 /// modprobe configuration directories, in precedence order (modprobe.d(5)).
 pub const MODPROBE_DIRS: &[&str] = &[
     "/etc/modprobe.d",

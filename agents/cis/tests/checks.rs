@@ -338,10 +338,20 @@ fn boot_integrity_and_lsm_mutations() {
     std::fs::remove_file(root.join("sys/kernel/security/lockdown")).unwrap();
     assert_fails(root, "1.5.2", "not available");
 
+    write(
+        root,
+        "etc/selinux/config",
+        "SELINUX=permissive\nSELINUXTYPE=berth\n",
+    );
+    assert_fails(root, "1.5.1", "mode `permissive`");
+    write(root, "etc/selinux/config", "SELINUXTYPE=berth\n");
+    assert_fails(root, "1.5.1", "no SELINUX= mode");
+    std::fs::remove_file(root.join("etc/selinux/config")).unwrap();
+    assert_fails(root, "1.5.1", "next boot loads no policy");
     write(root, "sys/fs/selinux/enforce", "0\n");
     assert_fails(root, "1.5.1", "not enforcing");
     std::fs::remove_dir_all(root.join("sys/fs/selinux")).unwrap();
-    assert_fails(root, "1.5.1", "Berth has no SELinux policy yet");
+    assert_fails(root, "1.5.1", "no policy is loaded");
 }
 
 #[test]
