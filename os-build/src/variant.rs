@@ -154,8 +154,15 @@ struct SystemdFragment {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Deserialize, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum ImageFormat {
+    /// `disk.raw` (always written: the other formats are made from it).
     Raw,
+    /// `disk.qcow2`.
     Qcow2,
+    /// `disk.ova`: OVF descriptor + manifest + streamOptimized VMDK, for vSphere.
+    Ova,
+    /// `disk.raw.gz`: the raw disk, gzip-compressed, for bare metal.
+    #[serde(rename = "raw.gz")]
+    RawGz,
 }
 
 /// A variant after merging: everything os-build needs, all present.
