@@ -791,12 +791,20 @@ mod tests {
         }
     }
 
-    /// boot-config mounts config drives (vfat, iso9660; docs/boot-config.md): the kernel loads
-    /// these on demand, so no variant that runs boot-config may prune them.
+    /// boot-config mounts config drives (vfat, iso9660) and the OVF environment CD-ROM
+    /// (docs/boot-config.md): the kernel loads these and the CD-ROM drivers on demand, so no
+    /// variant that runs boot-config may prune them.
     #[test]
     fn config_drive_modules_are_kept() {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../variants");
-        let needed = ["fs/fat", "fs/isofs", "fs/nls"];
+        let needed = [
+            "fs/fat",
+            "fs/isofs",
+            "fs/nls",
+            "drivers/cdrom",
+            "drivers/scsi",
+            "drivers/ata",
+        ];
         for name in list(&dir) {
             for arch in Arch::ALL {
                 let v = load(&dir, &name, arch).unwrap();

@@ -20,9 +20,9 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-/// File names of the OVF environment on the ISO (Linux shows plain iso9660 names in lower
-/// case; Joliet/Rock Ridge keep them as written).
-pub const FILE_NAMES: [&str; 2] = ["ovf-env.xml", "OVF-ENV.XML"];
+/// File names of the OVF environment on the ISO: as written (Rock Ridge, Joliet), and as
+/// Linux shows a plain iso9660 name (`OVF_ENV.XML;1`: lower case, `-` is not allowed).
+pub const FILE_NAMES: [&str; 3] = ["ovf-env.xml", "OVF-ENV.XML", "ovf_env.xml"];
 /// vSphere's volume label of the ISO transport.
 pub const VOLUME_LABEL: &str = "OVF ENV";
 /// The property carrying the user data.
