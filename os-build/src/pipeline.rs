@@ -64,6 +64,13 @@ pub fn build(args: &BuildArgs) -> Result<Built> {
         bail!("os-build build must run as root (mmdebstrap --mode=root, device nodes in the root)");
     }
     let variant = variant::load(&workspace.join("variants"), &args.variant, arch)?;
+    progress.add_steps(
+        variant
+            .formats
+            .iter()
+            .filter(|f| matches!(f, ImageFormat::Ova | ImageFormat::RawGz))
+            .count(),
+    );
     validate_version(&args.version)?;
     let identity = format!("{}/{}/{}", variant.name, arch, args.version);
     let epoch = std::env::var("SOURCE_DATE_EPOCH")
