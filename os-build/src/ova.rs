@@ -4,8 +4,9 @@
 //!   its manifest (`SHA256(file)= hex` per file) and the disk as a streamOptimized VMDK
 //!   (`qemu-img convert -O vmdk -o subformat=streamOptimized`): the order DSP0243 asks for and
 //!   ovftool writes, so vSphere can read the descriptor without scanning the archive. The
-//!   descriptor asks for EFI firmware, a paravirtual SCSI controller holding the disk, a
-//!   vmxnet3 NIC and a CD-ROM, and declares the vApp property `user-data` with the ISO
+//!   descriptor asks for EFI firmware, a SATA (AHCI) controller holding the disk and a CD-ROM
+//!   (AHCI works on both architectures; Debian's arm64 kernel has no vmw_pvscsi), a vmxnet3
+//!   NIC, and declares the vApp property `user-data` with the ISO
 //!   transport, which is how boot-config reads user data on vSphere (ovf-env.xml on the
 //!   CD-ROM).
 //! - `disk.raw.gz` for bare metal (Tinkerbell's image2disk streams it onto the disk).
@@ -182,30 +183,22 @@ pub fn descriptor(a: &Appliance<'_>, vmdk: &str, vmdk_size: u64, capacity: u64) 
       </Item>
       <Item>
         <rasd:Address>0</rasd:Address>
-        <rasd:Description>SCSI Controller</rasd:Description>
-        <rasd:ElementName>SCSI Controller 0</rasd:ElementName>
-        <rasd:InstanceID>3</rasd:InstanceID>
-        <rasd:ResourceSubType>VirtualSCSI</rasd:ResourceSubType>
-        <rasd:ResourceType>6</rasd:ResourceType>
-      </Item>
-      <Item>
-        <rasd:AddressOnParent>0</rasd:AddressOnParent>
-        <rasd:ElementName>Hard Disk 1</rasd:ElementName>
-        <rasd:HostResource>ovf:/disk/vmdisk1</rasd:HostResource>
-        <rasd:InstanceID>4</rasd:InstanceID>
-        <rasd:Parent>3</rasd:Parent>
-        <rasd:ResourceType>17</rasd:ResourceType>
-      </Item>
-      <Item>
-        <rasd:Address>0</rasd:Address>
         <rasd:Description>SATA Controller</rasd:Description>
         <rasd:ElementName>SATA Controller 0</rasd:ElementName>
         <rasd:InstanceID>5</rasd:InstanceID>
         <rasd:ResourceSubType>vmware.sata.ahci</rasd:ResourceSubType>
         <rasd:ResourceType>20</rasd:ResourceType>
       </Item>
-      <Item ovf:required="false">
+      <Item>
         <rasd:AddressOnParent>0</rasd:AddressOnParent>
+        <rasd:ElementName>Hard Disk 1</rasd:ElementName>
+        <rasd:HostResource>ovf:/disk/vmdisk1</rasd:HostResource>
+        <rasd:InstanceID>4</rasd:InstanceID>
+        <rasd:Parent>5</rasd:Parent>
+        <rasd:ResourceType>17</rasd:ResourceType>
+      </Item>
+      <Item ovf:required="false">
+        <rasd:AddressOnParent>1</rasd:AddressOnParent>
         <rasd:AutomaticAllocation>false</rasd:AutomaticAllocation>
         <rasd:Description>CD-ROM for the OVF environment (ISO transport)</rasd:Description>
         <rasd:ElementName>CD/DVD drive 1</rasd:ElementName>
