@@ -3,7 +3,8 @@
 # QEMU 10 + firmware from bookworm-backports, the arm64 cross toolchain (Debian's
 # rustc-web, since rustup cannot add targets here), mmdebstrap, erofs-utils,
 # cryptsetup (veritysetup for tests), secilc (the SELinux policy) and setools (its unit
-# tests), and qemu-user binfmt for arm64 roots.
+# tests), xorriso (the OVF environment ISO of the vmware scenario), and qemu-user binfmt for
+# arm64 roots.
 # Idempotent: a second run only checks.
 set -euo pipefail
 
@@ -13,7 +14,7 @@ if [ "$(id -u)" != 0 ]; then
 fi
 
 export DEBIAN_FRONTEND=noninteractive
-stamp=/var/lib/berth-host-deps.v3
+stamp=/var/lib/berth-host-deps.v4
 
 src=/etc/apt/sources.list.d/berth-backports.sources
 if [ ! -f "$src" ]; then
@@ -39,7 +40,7 @@ if [ ! -f "$stamp" ]; then
     ovmf qemu-efi-aarch64 mmdebstrap erofs-utils cryptsetup-bin dosfstools mtools \
     e2fsprogs fdisk kmod cpio arch-test gcc-aarch64-linux-gnu libc6-dev-arm64-cross \
     rustc-web cargo-web libstd-rust-web-dev:arm64 binfmt-support zstd xz-utils \
-    debian-archive-keyring ca-certificates >/dev/null
+    debian-archive-keyring ca-certificates xorriso >/dev/null
   touch "$stamp"
 fi
 

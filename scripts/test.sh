@@ -35,7 +35,7 @@ done
   --timestamp-key "$keys/timestamp.pk8"
 trusted_root="$repo/metadata/1.root.json"
 
-stage "images: qemu x86_64 and aarch64, qemu-test x86_64 (v1 and the v2 update), aws-k8s-1.33-test and aws-ecs-test x86_64"
+stage "images: qemu x86_64 and aarch64, qemu-test x86_64 (v1 and the v2 update), aws-k8s-1.33-test, aws-ecs-test, vmware-k8s-1.33-test and metal-k8s-1.33-test x86_64"
 for arch in x86_64 aarch64; do
   "$os_build" build --variant qemu --arch "$arch" --plain --update-root "$trusted_root"
 done
@@ -54,6 +54,13 @@ IFS=. read -r major minor patch < <(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.to
 # The ECS container instance (qemu-tests/tests/ecs.rs), likewise without the ECS agent binary.
 "$os_build" build --variant aws-ecs-test --arch x86_64 --plain --allow-missing-artifacts \
   --update-root "$trusted_root"
+# The EKS Anywhere nodes, kubelet missing as above: vSphere (qemu-tests/tests/vmware.rs, user
+# data from an OVF environment ISO; also makes the OVA) and bare metal (qemu-tests/tests/metal.rs,
+# user data from a config drive; also makes disk.raw.gz).
+for variant in vmware-k8s-1.33-test metal-k8s-1.33-test; do
+  "$os_build" build --variant "$variant" --arch x86_64 --plain --allow-missing-artifacts \
+    --update-root "$trusted_root"
+done
 
 stage "tests (unit, host integration, QEMU scenarios)"
 export BERTH_QEMU_TESTS=1

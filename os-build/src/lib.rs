@@ -19,6 +19,7 @@ pub mod initramfs;
 pub mod lockfile;
 pub mod logging;
 pub mod manifest;
+pub mod ova;
 pub mod pipeline;
 pub mod programs;
 pub mod progress;

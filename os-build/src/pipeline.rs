@@ -16,7 +16,7 @@ use crate::manifest::{self, Manifest};
 use crate::progress::Progress;
 use crate::variant::{ImageFormat, Variant};
 use crate::{
-    artifacts, binaries, disk, erofs, esp, hosttools, initramfs, lockfile, programs, rootfs,
+    artifacts, binaries, disk, erofs, esp, hosttools, initramfs, lockfile, ova, programs, rootfs,
     selinux, uki, variant, verity,
 };
 
@@ -67,6 +67,13 @@ pub fn build(args: &BuildArgs) -> Result<Built> {
     if variant.selinux.is_some() {
         hosttools::check(hosttools::SELINUX_TOOLS)?;
     }
+    progress.add_steps(
+        variant
+            .formats
+            .iter()
+            .filter(|f| matches!(f, ImageFormat::Ova | ImageFormat::RawGz))
+            .count(),
+    );
     validate_version(&args.version)?;
     let identity = format!("{}/{}/{}", variant.name, arch, args.version);
     let epoch = std::env::var("SOURCE_DATE_EPOCH")
@@ -277,6 +284,31 @@ pub fn build(args: &BuildArgs) -> Result<Built> {
         rename(&qcow2_tmp, &out.join("disk.qcow2"))?;
     }
     rename(&raw_tmp, &raw)?;
+    if variant.formats.contains(&ImageFormat::RawGz) {
+        progress.step("gzip-compressed raw disk");
+        let tmp = out.join("disk.raw.gz.tmp");
+        ova::write_raw_gz(&raw, &tmp)?;
+        rename(&tmp, &out.join("disk.raw.gz"))?;
+    }
+    if variant.formats.contains(&ImageFormat::Ova) {
+        progress.step("OVA (OVF descriptor, manifest, streamOptimized VMDK)");
+        let name = format!("berth-{}-{}-{}", variant.name, arch, args.version);
+        let tmp = out.join("disk.ova.tmp");
+        ova::write_ova(
+            &raw,
+            &ova::Appliance {
+                name: &name,
+                description: &variant.description,
+                version: &args.version,
+                arch,
+                cpus: 2,
+                memory_mib: 4096,
+            },
+            &work,
+            &tmp,
+        )?;
+        rename(&tmp, &out.join("disk.ova"))?;
+    }
 
     progress.step("manifest");
     let mut artifacts = BTreeMap::new();
@@ -291,6 +323,12 @@ pub fn build(args: &BuildArgs) -> Result<Built> {
     ];
     if variant.formats.contains(&ImageFormat::Qcow2) {
         files.push("disk.qcow2");
+    }
+    if variant.formats.contains(&ImageFormat::RawGz) {
+        files.push("disk.raw.gz");
+    }
+    if variant.formats.contains(&ImageFormat::Ova) {
+        files.push("disk.ova");
     }
     for name in files {
         let path = out.join(name);

@@ -37,6 +37,14 @@ impl Progress {
         }
     }
 
+    /// Adds `n` steps to the total (the variant's extra disk formats, known once it is loaded).
+    pub fn add_steps(&mut self, n: usize) {
+        self.total += n;
+        if let Some(bar) = &self.bar {
+            bar.set_length(self.total as u64);
+        }
+    }
+
     /// Starts the next step; the previous one is reported done with its duration.
     pub fn step(&mut self, message: &str) {
         self.finish_step();

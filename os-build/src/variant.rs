@@ -188,8 +188,15 @@ struct SystemdFragment {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Deserialize, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum ImageFormat {
+    /// `disk.raw` (always written: the other formats are made from it).
     Raw,
+    /// `disk.qcow2`.
     Qcow2,
+    /// `disk.ova`: OVF descriptor + manifest + streamOptimized VMDK, for vSphere.
+    Ova,
+    /// `disk.raw.gz`: the raw disk, gzip-compressed, for bare metal.
+    #[serde(rename = "raw.gz")]
+    RawGz,
 }
 
 /// A variant after merging: everything os-build needs, all present.
@@ -855,12 +862,20 @@ mod tests {
         }
     }
 
-    /// boot-config mounts config drives (vfat, iso9660; docs/boot-config.md): the kernel loads
-    /// these on demand, so no variant that runs boot-config may prune them.
+    /// boot-config mounts config drives (vfat, iso9660) and the OVF environment CD-ROM
+    /// (docs/boot-config.md): the kernel loads these and the CD-ROM drivers on demand, so no
+    /// variant that runs boot-config may prune them.
     #[test]
     fn config_drive_modules_are_kept() {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../variants");
-        let needed = ["fs/fat", "fs/isofs", "fs/nls"];
+        let needed = [
+            "fs/fat",
+            "fs/isofs",
+            "fs/nls",
+            "drivers/cdrom",
+            "drivers/scsi",
+            "drivers/ata",
+        ];
         for name in list(&dir) {
             for arch in Arch::ALL {
                 let v = load(&dir, &name, arch).unwrap();

@@ -11,6 +11,7 @@
 pub mod configdrive;
 pub mod generate;
 pub mod imds;
+pub mod ovfenv;
 pub mod paths;
 pub mod platform;
 pub mod render;
@@ -75,7 +76,8 @@ pub enum Command {
     /// Apply user data once (first boot) in one transaction; later boots do nothing.
     ///
     /// Sources, merged key by key in this order (later wins): the local file, the platform's
-    /// source (aws: IMDSv2 /latest/user-data; vmware: guestinfo.userdata; qemu: fw_cfg
+    /// source (aws: IMDSv2 /latest/user-data; vmware: the user-data property of ovf-env.xml
+    /// on a CD-ROM (vApp ISO transport), else guestinfo.userdata; qemu: fw_cfg
     /// opt/org.berth/user-data, else a config drive; metal: a config drive labelled
     /// CIDATA/cidata or config-2), the overrides file. The outcome, with the sources that
     /// contributed, is written to the status file and served at /boot/user-data.
@@ -143,6 +145,8 @@ pub fn run(args: Args) -> Result<()> {
                 imds_endpoint: platform.imds_endpoint.clone(),
                 imds_retry: platform.retry(),
                 config_drive_mount: PathBuf::from(configdrive::MOUNT_POINT),
+                ovf_env_mount: PathBuf::from(ovfenv::MOUNT_POINT),
+                ovf_env_wait: ovfenv::DEFAULT_WAIT,
             };
             userdata::run(&args.socket_path, &sources, &status_file)
         }

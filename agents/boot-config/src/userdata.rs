@@ -5,7 +5,7 @@
 //! Sources, in order:
 //! 1. a local file on `private` (`/private/user-data.toml`);
 //! 2. the platform's source ([`crate::platform`]): EC2 IMDSv2 `/latest/user-data` (aws),
-//!    guestinfo `guestinfo.userdata` (vmware), fw_cfg `opt/org.berth/user-data` or else a
+//!    the OVF environment on a CD-ROM, else guestinfo `guestinfo.userdata` (vmware), fw_cfg `opt/org.berth/user-data` or else a
 //!    config drive (qemu), a config drive (metal);
 //! 3. local overrides on `private` (`/private/user-data-overrides.toml`).
 //!
@@ -16,7 +16,7 @@
 
 use crate::imds::{Imds, Retry};
 use crate::platform::{Detected, Platform};
-use crate::{configdrive, paths, vmware};
+use crate::{configdrive, ovfenv, paths, vmware};
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 use settings_api::client::ClientError;
@@ -56,6 +56,10 @@ pub struct Sources {
     pub imds_endpoint: String,
     pub imds_retry: Retry,
     pub config_drive_mount: PathBuf,
+    /// Where the OVF environment CD-ROM is mounted while it is read (vmware).
+    pub ovf_env_mount: PathBuf,
+    /// How long to wait for a CD-ROM drive to appear (vmware).
+    pub ovf_env_wait: std::time::Duration,
 }
 
 /// User data read from one source.
@@ -90,12 +94,41 @@ impl Sources {
                 Ok(bytes.map(|bytes| Found { source, bytes }))
             }
             Platform::Vmware => {
-                let bytes = vmware::read_user_data(&self.root)
-                    .context("cannot read user data from VMware guestinfo")?;
-                Ok(bytes.map(|bytes| Found {
-                    source: format!("guestinfo {}", vmware::USER_DATA_KEY),
-                    bytes,
-                }))
+                // The OVF environment (vApp ISO transport) first: it needs no backdoor.
+                let env = ovfenv::find_and_read(
+                    &self.root,
+                    &configdrive::SysMounter,
+                    &self.ovf_env_mount,
+                    self.ovf_env_wait,
+                )
+                .context("cannot read user data from the OVF environment CD-ROM")?;
+                if let Some(env) = env {
+                    let source = format!(
+                        "ovf-env {} {} property {}",
+                        env.device.display(),
+                        env.file,
+                        ovfenv::USER_DATA_PROPERTY
+                    );
+                    if env.user_data.is_some() {
+                        return Ok(env.user_data.map(|bytes| Found { source, bytes }));
+                    }
+                    tracing::info!("{source}: not set; trying guestinfo");
+                }
+                match vmware::read_user_data(&self.root) {
+                    Err(vmware::VmwareError::NotVmware) => {
+                        tracing::info!(
+                            "no OVF environment CD-ROM, and not on VMware's hypervisor (guestinfo is not read): no user data"
+                        );
+                        Ok(None)
+                    }
+                    other => {
+                        let bytes = other.context("cannot read user data from VMware guestinfo")?;
+                        Ok(bytes.map(|bytes| Found {
+                            source: format!("guestinfo {}", vmware::USER_DATA_KEY),
+                            bytes,
+                        }))
+                    }
+                }
             }
             Platform::Qemu => match read_file("fw_cfg", &self.fw_cfg)? {
                 Some(found) => Ok(Some(found)),
@@ -299,6 +332,8 @@ mod tests {
             imds_endpoint: "127.0.0.1:1".into(),
             imds_retry: Retry::default(),
             config_drive_mount: dir.join("mnt"),
+            ovf_env_mount: dir.join("ovf-env"),
+            ovf_env_wait: std::time::Duration::ZERO,
         }
     }
 
@@ -379,6 +414,17 @@ mod tests {
         );
         std::fs::write(&src.overrides, " \n").unwrap();
         assert_eq!(src.read_all().unwrap().len(), 2);
+    }
+
+    #[test]
+    fn vmware_without_an_ovf_cdrom_or_the_hypervisor_reads_only_local_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let src = sources(dir.path(), Platform::Vmware);
+        std::fs::write(&src.local, "[settings]\nmotd = \"local\"\n").unwrap();
+        // No CD-ROM, DMI vendor not VMware: the backdoor is not touched, no error.
+        let found = src.read_all().unwrap();
+        assert_eq!(found.len(), 1);
+        assert!(found[0].source.starts_with("local-file "), "{found:?}");
     }
 
     #[test]

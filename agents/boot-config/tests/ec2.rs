@@ -195,6 +195,8 @@ fn ec2_user_data_and_generators_end_to_end() {
         imds_endpoint: imds.endpoint(),
         imds_retry: retry(10_000),
         config_drive_mount: dir.path().join("mnt"),
+        ovf_env_mount: dir.path().join("ovf-env"),
+        ovf_env_wait: std::time::Duration::ZERO,
     };
     // Local file first, IMDS over it, overrides last.
     std::fs::write(

@@ -114,6 +114,7 @@ pub fn facts(root: &Path) -> Vec<(&'static str, Option<String>)> {
     let field = |key: &str| config.as_deref().and_then(|c| json_scalar(c, key));
     let env = read(root, "etc/kubernetes/kubelet/environment");
     let kubeconfig = read(root, "var/lib/kubelet/kubeconfig");
+    let bootstrap = read(root, "var/lib/kubelet/bootstrap-kubeconfig");
     let socket = root.join("run/containerd/containerd.sock");
     let containerd = if socket.exists() {
         Some(match http2_answers(&socket) {
@@ -156,6 +157,27 @@ pub fn facts(root: &Path) -> Vec<(&'static str, Option<String>)> {
                 .map(|s| s.trim().trim_matches('"').to_string()),
         ),
         ("kubeconfig-mode", mode(root, "var/lib/kubelet/kubeconfig")),
+        // EKS Anywhere (authentication-mode tls): the bootstrap kubeconfig kubelet starts
+        // from. Only the token id (the part before the dot) is printed, never the secret.
+        (
+            "bootstrap-kubeconfig-server",
+            bootstrap
+                .as_deref()
+                .and_then(|k| k.lines().find_map(|l| l.trim().strip_prefix("server:")))
+                .map(|s| s.trim().trim_matches('"').to_string()),
+        ),
+        (
+            "bootstrap-kubeconfig-token-id",
+            bootstrap
+                .as_deref()
+                .and_then(|k| k.lines().find_map(|l| l.trim().strip_prefix("token:")))
+                .and_then(|t| t.trim().trim_matches('"').split_once('.'))
+                .map(|(id, _)| id.to_string()),
+        ),
+        (
+            "bootstrap-kubeconfig-mode",
+            mode(root, "var/lib/kubelet/bootstrap-kubeconfig"),
+        ),
         (
             "kubernetes-ca-mode",
             mode(root, "etc/kubernetes/pki/ca.crt"),
@@ -235,6 +257,20 @@ mod tests {
         );
         assert_eq!(facts["missing-artifacts"].as_deref(), Some("kubelet,ecr"));
         assert_eq!(facts["containerd-socket"], None);
+        assert_eq!(facts["bootstrap-kubeconfig-token-id"], None);
+        write(
+            "var/lib/kubelet/bootstrap-kubeconfig",
+            "clusters:\n  - cluster:\n      server: \"https://10.20.0.5:6443\"\nusers:\n  - user:\n      token: \"abcdef.0123456789abcdef\"\n",
+        );
+        let facts: std::collections::BTreeMap<_, _> = super::facts(root).into_iter().collect();
+        assert_eq!(
+            facts["bootstrap-kubeconfig-server"].as_deref(),
+            Some("https://10.20.0.5:6443")
+        );
+        assert_eq!(
+            facts["bootstrap-kubeconfig-token-id"].as_deref(),
+            Some("abcdef")
+        );
     }
 
     #[test]
