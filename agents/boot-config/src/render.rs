@@ -6,10 +6,11 @@
 //! `systemctl` is accepted and ignored), `daemon-reload`, `apply-sysctl`, which writes every
 //! `settings.kernel.sysctl` value to `/proc/sys`, `apply-hostname`, which sets the kernel
 //! host name from `settings.network.hostname`, `apply-lockdown`, which writes
-//! `settings.kernel.lockdown` to `/sys/kernel/security/lockdown`, or `apply-kubernetes`,
-//! which on a live change runs `/usr/bin/berth-cluster-agent apply` (kubelet's files from
-//! the live settings, kubelet restarted when they changed; nothing where the agent is not
-//! installed, and nothing at boot, where the agent's own boot step renders them).
+//! `settings.kernel.lockdown` to `/sys/kernel/security/lockdown`, or `apply-cluster`,
+//! which on a live change runs `/usr/bin/berth-cluster-agent apply` (kubelet's files and the
+//! ECS agent's config from the live settings, kubelet or the ECS agent restarted when theirs
+//! changed; nothing where the agent is not installed, and nothing at boot, where the agent's
+//! own boot step renders them).
 //!
 //! When a rendered file is a unit file or drop-in (under `/etc/systemd/system` or
 //! `/run/systemd/system`), systemd reloads its units before any restart.
@@ -44,7 +45,7 @@ pub enum RenderError {
     },
     #[error("configuration file {file}: mode '{mode}' is not octal")]
     Mode { file: String, mode: String },
-    #[error("service '{service}': restart command '{command}' is not `[systemctl] restart|try-restart|reload-or-restart UNIT`, `daemon-reload`, `apply-sysctl`, `apply-hostname`, `apply-lockdown` or `apply-kubernetes`")]
+    #[error("service '{service}': restart command '{command}' is not `[systemctl] restart|try-restart|reload-or-restart UNIT`, `daemon-reload`, `apply-sysctl`, `apply-hostname`, `apply-lockdown` or `apply-cluster`")]
     Command { service: String, command: String },
     #[error("failed to set sysctl {keys}")]
     Sysctl { keys: String },
@@ -84,7 +85,7 @@ pub enum RenderError {
     },
 }
 
-/// The cluster agent `apply-kubernetes` runs, under the root.
+/// The cluster agent `apply-cluster` runs, under the root.
 pub const CLUSTER_AGENT: &str = "/usr/bin/berth-cluster-agent";
 
 /// One action from a service's `restart-commands`.
@@ -95,7 +96,7 @@ pub enum Action {
     ApplySysctl,
     ApplyHostname,
     ApplyLockdown,
-    ApplyKubernetes,
+    ApplyCluster,
 }
 
 /// When the renderer runs: at boot, units that read rendered files start afterwards, so only
@@ -120,7 +121,7 @@ pub fn parse_action(service: &str, command: &str) -> Result<Action, RenderError>
         ["apply-hostname"] => Ok(Action::ApplyHostname),
         ["daemon-reload"] => Ok(Action::DaemonReload),
         ["apply-lockdown"] => Ok(Action::ApplyLockdown),
-        ["apply-kubernetes"] => Ok(Action::ApplyKubernetes),
+        ["apply-cluster"] => Ok(Action::ApplyCluster),
         [verb, unit] => match Verb::parse(verb) {
             Some(v) => Ok(Action::Unit(v, (*unit).to_string())),
             None => Err(RenderError::Command {
@@ -361,15 +362,15 @@ impl Renderer<'_> {
         let kubernetes = plan
             .services
             .iter()
-            .any(|(_, actions)| actions.contains(&Action::ApplyKubernetes));
+            .any(|(_, actions)| actions.contains(&Action::ApplyCluster));
         if kubernetes && mode == Mode::Live {
-            self.apply_kubernetes()?;
+            self.apply_cluster()?;
         }
         Ok(())
     }
 
     /// Runs `berth-cluster-agent apply` (live changes only) when the image has the agent.
-    fn apply_kubernetes(&self) -> Result<(), RenderError> {
+    fn apply_cluster(&self) -> Result<(), RenderError> {
         let program = self.under(CLUSTER_AGENT);
         if !program.exists() {
             tracing::info!(
@@ -394,7 +395,7 @@ impl Renderer<'_> {
         }
         tracing::info!(
             seconds = format!("{:.2}", t.elapsed().as_secs_f64()),
-            "kubernetes configuration applied"
+            "cluster configuration applied"
         );
         Ok(())
     }
@@ -951,6 +952,10 @@ mod tests {
             &settings_api::key::Key::parse_setting("kubernetes.max-pods").unwrap(),
         );
         assert_eq!(services, ["kubernetes".to_string()].into());
+        let ecs =
+            md.affected_services(&settings_api::key::Key::parse_setting("ecs.cluster").unwrap());
+        assert_eq!(ecs, ["ecs".to_string()].into());
+        assert_eq!(md.services["ecs"].restart_commands, ["apply-cluster"]);
         let plan = r.render(&settings(), &["kubernetes".to_string()]).unwrap();
         assert!(plan.written.is_empty(), "the agent writes kubelet's files");
         // Not installed (a variant without Kubernetes): nothing to run, no error.

@@ -1,16 +1,17 @@
-//! `berth-cluster-agent apply`: a live settings change. boot-config's `kubernetes` service
-//! (`apply-kubernetes` in the metadata) runs it after `apiclient set kubernetes...` is
-//! committed. It renders the files again from the live settings and the facts the boot step
-//! recorded, writes them only when they differ from the files in place, and restarts
-//! kubelet when one of its files changed and kubelet was started at this boot. containerd's
-//! configuration is boot-config's (`containerd` service), so containerd is never restarted
-//! here.
+//! `berth-cluster-agent apply`: a live settings change. boot-config's `kubernetes` and `ecs`
+//! services (`apply-cluster` in the metadata) run it after `apiclient set kubernetes...` or
+//! `apiclient set ecs...` is committed. It renders the files again from the live settings
+//! and the facts the boot step recorded, writes them only when they differ from the files in
+//! place, and restarts the agent that reads them (kubelet for kubelet's files, the ECS agent
+//! for `/etc/ecs/ecs.config`) when it was started at this boot. containerd's configuration
+//! is boot-config's (`containerd` service) and docker's is static, so neither runtime is
+//! restarted here.
 //!
 //! Before the boot step has run at this boot (no facts record in `/run`, for example while
 //! user data is applied at first boot) there is nothing to update: the boot step renders
 //! the settings then.
 
-use crate::boot::{self, KUBELET_UNIT};
+use crate::boot::{self, ECS_UNIT, KUBELET_UNIT};
 use crate::facts::Facts;
 use crate::units::{UnitState, Units};
 use crate::{input, output, paths, render, version::KubeletVersion};
@@ -41,8 +42,8 @@ pub struct ApplyArgs {
 pub struct Applied {
     /// Files whose contents or mode changed (host paths under the root).
     pub changed: Vec<PathBuf>,
-    /// kubelet.service's state after its restart, when it was restarted.
-    pub restarted: Option<UnitState>,
+    /// The units restarted (kubelet.service, ecs.service), with their state after it.
+    pub restarted: Vec<(&'static str, UnitState)>,
 }
 
 /// Runs the live step with the real settings API and systemd.
@@ -61,8 +62,8 @@ pub fn from_api(args: &ApplyArgs, units: &dyn Units) -> Result<Applied> {
     apply(args, &settings, units)
 }
 
-/// Renders, writes what changed and restarts kubelet when needed: the part tests drive with
-/// fakes.
+/// Renders, writes what changed and restarts the agents that read it: the part tests drive
+/// with fakes.
 pub fn apply(args: &ApplyArgs, settings: &Settings, units: &dyn Units) -> Result<Applied> {
     let record = args.root.join(args.facts_record.trim_start_matches('/'));
     if !record.exists() {
@@ -90,40 +91,49 @@ pub fn apply(args: &ApplyArgs, settings: &Settings, units: &dyn Units) -> Result
             tracing::info!(path = %paths::host(&file.path), "changed");
         }
     }
+    let ecs_changed = changed.iter().any(|f| f.path == paths::ECS_CONFIG);
     let kubelet_changed = changed.iter().any(|f| f.path != paths::ECS_CONFIG);
     let changed: Vec<PathBuf> = changed.iter().map(|f| args.root.join(&f.path)).collect();
     // All files, all or nothing (unchanged ones are rewritten with the same bytes).
     output::write_all(&args.root, &files)?;
     let mut applied = Applied {
         changed,
-        restarted: None,
+        restarted: Vec::new(),
     };
-    if !kubelet_changed {
-        return Ok(applied);
+    for (unit, needed) in [(KUBELET_UNIT, kubelet_changed), (ECS_UNIT, ecs_changed)] {
+        if needed {
+            if let Some(state) = restart_if_started(units, unit)? {
+                applied.restarted.push((unit, state));
+            }
+        }
     }
+    Ok(applied)
+}
+
+/// Restarts `unit` when it was started at this boot (it has an invocation id); a unit never
+/// started is left alone: the boot step starts it with the files now in place.
+fn restart_if_started(units: &dyn Units, unit: &'static str) -> Result<Option<UnitState>> {
     let before = units
-        .state(KUBELET_UNIT)
-        .context("cannot read kubelet.service's state")?;
+        .state(unit)
+        .with_context(|| format!("cannot read {unit}'s state"))?;
     if before.invocation_id.is_empty() {
-        // Never started at this boot: the boot step starts it with the files now in place.
         tracing::info!(
-            unit = KUBELET_UNIT,
+            unit,
             "not started at this boot; it reads the new files when it starts"
         );
-        return Ok(applied);
+        return Ok(None);
     }
     let after = units
-        .restart(KUBELET_UNIT)
-        .context("cannot restart kubelet")?;
+        .restart(unit)
+        .with_context(|| format!("cannot restart {unit}"))?;
     tracing::info!(
-        unit = KUBELET_UNIT,
+        unit,
         invocation = %after.invocation_id,
         previous = %before.invocation_id,
         state = %after.active,
         "restarted"
     );
-    applied.restarted = Some(after);
-    Ok(applied)
+    Ok(Some(after))
 }
 
 /// Whether the file in place differs from `file` in contents or mode (or is missing).
@@ -236,7 +246,7 @@ mod tests {
         assert_eq!(applied.changed, [dir.path().join(paths::KUBELET_CONFIG)]);
         assert_eq!(*units.restarted.lock().unwrap(), [KUBELET_UNIT]);
         assert!(units.started.lock().unwrap().is_empty(), "nothing started");
-        assert!(applied.restarted.is_some());
+        assert_eq!(applied.restarted.len(), 1);
     }
 
     #[test]
@@ -267,7 +277,7 @@ mod tests {
         let applied = apply(&args(dir.path()), &settings(42), &units).unwrap();
         assert_eq!(max_pods(dir.path()), 42, "the files are still updated");
         assert!(units.restarted.lock().unwrap().is_empty());
-        assert_eq!(applied.restarted, None);
+        assert!(applied.restarted.is_empty());
     }
 
     #[test]
@@ -298,6 +308,32 @@ mod tests {
             before
         );
         assert!(units.restarted.lock().unwrap().is_empty());
+    }
+
+    fn ecs_settings(cluster: &str) -> Settings {
+        boot::settings_from(&serde_json::json!({"ecs": {"cluster": cluster}})).unwrap()
+    }
+
+    #[test]
+    fn a_changed_ecs_setting_rewrites_ecs_config_and_restarts_only_the_ecs_agent() {
+        let dir = tempfile::tempdir().unwrap();
+        let record = dir.path().join(paths::FACTS_RECORD);
+        std::fs::create_dir_all(record.parent().unwrap()).unwrap();
+        std::fs::write(&record, serde_json::to_string(&facts()).unwrap()).unwrap();
+        let files =
+            render::render(&ecs_settings("old"), &facts(), KubeletVersion::new(33)).unwrap();
+        output::write_all(dir.path(), &files).unwrap();
+        let units = started_kubelet();
+        let applied = apply(&args(dir.path()), &ecs_settings("new"), &units).unwrap();
+        let config = dir.path().join(paths::ECS_CONFIG);
+        assert_eq!(applied.changed, std::slice::from_ref(&config));
+        assert!(std::fs::read_to_string(&config)
+            .unwrap()
+            .lines()
+            .any(|l| l == "ECS_CLUSTER=new"));
+        assert_eq!(*units.restarted.lock().unwrap(), [ECS_UNIT]);
+        assert_eq!(applied.restarted.len(), 1);
+        assert_eq!(applied.restarted[0].0, ECS_UNIT);
     }
 
     #[test]
