@@ -4,7 +4,8 @@
 //! ECS user data. berth-cluster-agent renders `/etc/ecs/ecs.config` from the settings, starts
 //! docker (which must answer on its socket), the IMDS DROP rule (awsvpc-block-imds) and then
 //! ecs.service, whose ExecStartPre commands (route_localnet, the metadata-endpoint iptables
-//! rules) run and whose missing binary fails to exec; `/os` lists the missing artifact.
+//! rules) run and whose missing binary fails to exec; `/os` lists the missing artifact. A live
+//! `apiclient set ecs.cluster` then rewrites ecs.config and restarts the agent unit.
 //!
 //! Gated by BERTH_QEMU_TESTS=1; needs the aws-ecs-test image (scripts/test.sh builds it).
 
@@ -25,6 +26,9 @@ const BLOCK_IMDS_ACTIVE: &str =
 const ECS_STARTED: &str = r#"cluster_agent::boot: started unit="?ecs\.service"#;
 const ECS_COMMAND: &str = r#"cluster_agent::boot: command unit="?ecs\.service"#;
 const ECS_EXEC_FAILED: &str = r#"cluster_agent::boot: .*the ECS agent cannot run"#;
+// berth-cluster-agent apply (boot-config's `ecs` service) after a live `apiclient set ecs...`.
+const LIVE_CHANGED: &str = r#"cluster_agent::live: changed path="?/etc/ecs/ecs\.config"#;
+const LIVE_RESTARTED: &str = r#"cluster_agent::live: restarted unit="?ecs\.service"#;
 /// Generous under TCG on a loaded 2-core machine.
 const CONFIGURED_DEADLINE: Duration = Duration::from_secs(360);
 const STEP_DEADLINE: Duration = Duration::from_secs(240);
@@ -54,6 +58,7 @@ fn ecs_instance_renders_and_starts_docker_and_the_agent_x86_64() -> Result<()> {
             "ecs.service started with ExecStart /usr/bin/amazon-ecs-agent and EnvironmentFile /etc/ecs/ecs.config",
             "its ExecStartPre commands (route_localnet, nat PREROUTING/OUTPUT DNAT, INPUT filters) exit 0; route_localnet is 1",
             "/os lists the missing external artifact (amazon-ecs-agent)",
+            "apiclient set ecs.cluster=... live: ecs.config rewritten, ecs.service restarted",
         ],
     )?
     else {
@@ -215,6 +220,33 @@ fn ecs_instance_renders_and_starts_docker_and_the_agent_x86_64() -> Result<()> {
         format!("{os}"),
     );
     checks.equal("/os variant_id", os["variant_id"].as_str(), VARIANT);
+
+    // A live change: boot-config's `ecs` service runs `berth-cluster-agent apply`, which
+    // rewrites ecs.config and restarts the (started) agent unit.
+    let t0 = vm.elapsed();
+    let out = api.run(&["set", "ecs.cluster=berth-ecs-2"])?;
+    checks.check(
+        "apiclient set ecs.cluster=berth-ecs-2",
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).trim().to_string(),
+    );
+    let changed = vm
+        .wait_for_line(LIVE_CHANGED, STEP_DEADLINE)
+        .context("berth-cluster-agent apply did not rewrite /etc/ecs/ecs.config")?;
+    let restarted = vm
+        .wait_for_line(LIVE_RESTARTED, STEP_DEADLINE)
+        .context("berth-cluster-agent apply did not report ecs.service restarted")?;
+    println!(
+        "  apiclient set ecs.cluster -> ecs.config rewritten {:.2}s, ecs.service restarted {:.2}s (host clock)",
+        changed.elapsed.saturating_sub(t0).as_secs_f64(),
+        restarted.elapsed.saturating_sub(t0).as_secs_f64()
+    );
+    let live = api.run(&["get", "settings.ecs.cluster"])?;
+    checks.check(
+        "the live setting is berth-ecs-2",
+        String::from_utf8_lossy(&live.stdout).contains("berth-ecs-2"),
+        String::from_utf8_lossy(&live.stdout).trim().to_string(),
+    );
 
     vm.power_off(Duration::from_secs(90))?;
     checks
