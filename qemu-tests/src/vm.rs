@@ -866,6 +866,21 @@ impl RunningVm {
             .count())
     }
 
+    /// The text of the first complete line so far that matches `pattern`, or an empty string.
+    /// A `wait_for_line` match may come before the line's end arrived; this takes the line
+    /// again once the console has it whole.
+    pub fn first_complete_line<P: Pattern + ?Sized>(&self, pattern: &P) -> Result<String, VmError> {
+        let re = pattern.to_regex()?;
+        Ok(self
+            .console
+            .lock()
+            .lines
+            .iter()
+            .find(|l| re.is_match(&l.text))
+            .map(|l| l.text.clone())
+            .unwrap_or_default())
+    }
+
     /// Runs a QMP command and returns its result.
     pub fn qmp(&self, command: &str, arguments: Option<Value>) -> Result<Value, VmError> {
         let to_err = |source| VmError::Qmp {

@@ -167,16 +167,8 @@ fn ecs_instance_renders_and_starts_docker_and_the_agent_x86_64() -> Result<()> {
     );
     // The agent's own account of the start. Lines are taken again once complete: a match may
     // come before the line's end arrived.
-    let full = |pattern: &str| -> String {
-        let re = regex::Regex::new(pattern).expect("the patterns above are valid");
-        vm.lines()
-            .into_iter()
-            .find(|l| re.is_match(&l.text))
-            .map(|l| l.text)
-            .unwrap_or_default()
-    };
     let _ = vm.wait_for_line(ECS_EXEC_FAILED, STEP_DEADLINE);
-    let started = full(ECS_STARTED);
+    let started = vm.first_complete_line(ECS_STARTED)?;
     checks.check(
         "ecs.service was started (systemd gave it an invocation id)",
         started.split_whitespace().any(|w| {
@@ -185,7 +177,7 @@ fn ecs_instance_renders_and_starts_docker_and_the_agent_x86_64() -> Result<()> {
         }),
         &started,
     );
-    let command = full(ECS_COMMAND);
+    let command = vm.first_complete_line(ECS_COMMAND)?;
     checks.check(
         "ecs.service runs /usr/bin/amazon-ecs-agent with /etc/ecs/ecs.config",
         command.contains("exec_start=/usr/bin/amazon-ecs-agent")
@@ -200,7 +192,7 @@ fn ecs_instance_renders_and_starts_docker_and_the_agent_x86_64() -> Result<()> {
         command.contains("pre_status=0,0,0,0,0"),
         &command,
     );
-    let failed = full(ECS_EXEC_FAILED);
+    let failed = vm.first_complete_line(ECS_EXEC_FAILED)?;
     checks.check(
         "ecs.service fails to exec the missing binary: status 203/EXEC (expected with --allow-missing-artifacts)",
         failed.contains("exec_main_status=203"),

@@ -192,16 +192,8 @@ fn eks_node_renders_and_starts_containerd_and_kubelet_x86_64() -> Result<()> {
     );
     // The agent's own account of the start (systemd's exec error is in the journal only).
     // Lines are taken again once complete: a match may come before the line's end arrived.
-    let full = |pattern: &str| -> String {
-        let re = regex::Regex::new(pattern).expect("the patterns above are valid");
-        vm.lines()
-            .into_iter()
-            .find(|l| re.is_match(&l.text))
-            .map(|l| l.text)
-            .unwrap_or_default()
-    };
     let _ = vm.wait_for_line(KUBELET_EXEC_FAILED, STEP_DEADLINE);
-    let started = full(KUBELET_STARTED);
+    let started = vm.first_complete_line(KUBELET_STARTED)?;
     checks.check(
         "kubelet.service was started (systemd gave it an invocation id)",
         started.split_whitespace().any(|w| {
@@ -210,14 +202,14 @@ fn eks_node_renders_and_starts_containerd_and_kubelet_x86_64() -> Result<()> {
         }),
         &started,
     );
-    let command = full(KUBELET_COMMAND);
+    let command = vm.first_complete_line(KUBELET_COMMAND)?;
     checks.check(
         "kubelet.service runs $KUBELET_ARGS from /etc/kubernetes/kubelet/environment",
         command.contains("exec_start=/usr/bin/kubelet $KUBELET_ARGS")
             && command.contains("environment_files=/etc/kubernetes/kubelet/environment"),
         &command,
     );
-    let failed = full(KUBELET_EXEC_FAILED);
+    let failed = vm.first_complete_line(KUBELET_EXEC_FAILED)?;
     checks.check(
         "kubelet.service fails to exec the missing binary: status 203/EXEC (expected with --allow-missing-artifacts)",
         failed.contains("exec_main_status=203"),
@@ -391,15 +383,7 @@ fn cis_and_live_apply(
         "  apiclient set -> kubelet.service restarted: {:.2}s (host clock)",
         took.as_secs_f64()
     );
-    let full = |pattern: &str| -> String {
-        let re = regex::Regex::new(pattern).expect("the patterns above are valid");
-        vm.lines()
-            .into_iter()
-            .find(|l| re.is_match(&l.text))
-            .map(|l| l.text)
-            .unwrap_or_default()
-    };
-    let changed = full(LIVE_CHANGED);
+    let changed = vm.first_complete_line(LIVE_CHANGED)?;
     let keys = changed
         .split_whitespace()
         .find_map(|w| w.strip_prefix("keys="))
@@ -411,7 +395,7 @@ fn cis_and_live_apply(
         keys.split(',').any(|k| k == "maxPods") && keys.split(',').any(|k| k == "podPidsLimit"),
         &changed,
     );
-    let line = full(LIVE_RESTARTED);
+    let line = vm.first_complete_line(LIVE_RESTARTED)?;
     let word = |name: &str| -> String {
         line.split_whitespace()
             .find_map(|w| w.strip_prefix(name))

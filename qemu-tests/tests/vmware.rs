@@ -234,16 +234,8 @@ fn eksa_vmware_node_takes_user_data_from_the_ovf_environment_x86_64() -> Result<
         "kubelet",
     );
 
-    let full = |pattern: &str| -> String {
-        let re = regex::Regex::new(pattern).expect("the patterns above are valid");
-        vm.lines()
-            .into_iter()
-            .find(|l| re.is_match(&l.text))
-            .map(|l| l.text)
-            .unwrap_or_default()
-    };
     let _ = vm.wait_for_line(KUBELET_EXEC_FAILED, STEP_DEADLINE);
-    let started = full(KUBELET_STARTED);
+    let started = vm.first_complete_line(KUBELET_STARTED)?;
     checks.check(
         "kubelet.service was started (systemd gave it an invocation id)",
         started.split_whitespace().any(|w| {
@@ -252,7 +244,7 @@ fn eksa_vmware_node_takes_user_data_from_the_ovf_environment_x86_64() -> Result<
         }),
         &started,
     );
-    let command = full(KUBELET_COMMAND);
+    let command = vm.first_complete_line(KUBELET_COMMAND)?;
     checks.check(
         "kubelet.service runs $KUBELET_ARGS from /etc/kubernetes/kubelet/environment",
         command.contains("exec_start=/usr/bin/kubelet $KUBELET_ARGS")
