@@ -123,38 +123,41 @@ mod tests {
         crate::hosttools::find(tool)
     }
 
-    /// The policy of variants/shared/selinux.toml (qemu-selinux-dev includes it).
+    /// The policy of variants/shared/selinux.toml (base.toml includes it).
     fn shipped() -> Selinux {
-        crate::variant::load(
-            &workspace().join("variants"),
-            "qemu-selinux-dev",
-            Arch::X86_64,
-        )
-        .unwrap()
-        .selinux
-        .expect("qemu-selinux-dev has an SELinux policy")
+        crate::variant::load(&workspace().join("variants"), "qemu", Arch::X86_64)
+            .unwrap()
+            .selinux
+            .expect("qemu has an SELinux policy")
     }
 
-    /// The fragment also starts the SELinux LSM: Debian's kernel starts AppArmor otherwise,
-    /// and the two exclude each other.
+    /// Every variant, on both arches, is enforcing and starts the SELinux LSM (CIS 1.5.1):
+    /// Debian's kernel starts AppArmor otherwise, and the two exclude each other.
     #[test]
-    fn fragment_enables_the_selinux_lsm() {
-        let variant = crate::variant::load(
-            &workspace().join("variants"),
-            "qemu-selinux-dev",
-            Arch::X86_64,
-        )
-        .unwrap();
-        let lsm: Vec<&str> = variant
-            .cmdline
-            .iter()
-            .filter_map(|a| a.strip_prefix("lsm="))
-            .flat_map(|l| l.split(','))
-            .collect();
-        assert!(lsm.contains(&"selinux"), "{:?}", variant.cmdline);
-        assert!(!lsm.contains(&"apparmor"), "{:?}", variant.cmdline);
-        // CIS 1.5.2 (lockdown) needs its LSM too.
-        assert!(lsm.contains(&"lockdown"), "{:?}", variant.cmdline);
+    fn every_variant_enforces_and_enables_the_selinux_lsm() {
+        let variants = workspace().join("variants");
+        let names = crate::variant::list(&variants);
+        assert!(names.len() > 1, "{names:?}");
+        for name in &names {
+            for arch in [Arch::X86_64, Arch::Aarch64] {
+                let variant = crate::variant::load(&variants, name, arch).unwrap();
+                let selinux = variant
+                    .selinux
+                    .as_ref()
+                    .unwrap_or_else(|| panic!("{name} {arch:?} has no [selinux] table"));
+                assert_eq!(selinux.mode, SelinuxMode::Enforcing, "{name}");
+                let lsm: Vec<&str> = variant
+                    .cmdline
+                    .iter()
+                    .filter_map(|a| a.strip_prefix("lsm="))
+                    .flat_map(|l| l.split(','))
+                    .collect();
+                assert!(lsm.contains(&"selinux"), "{name}: {:?}", variant.cmdline);
+                assert!(!lsm.contains(&"apparmor"), "{name}: {:?}", variant.cmdline);
+                // CIS 1.5.2 (lockdown) needs its LSM too.
+                assert!(lsm.contains(&"lockdown"), "{name}: {:?}", variant.cmdline);
+            }
+        }
     }
 
     #[test]

@@ -21,6 +21,9 @@ pub const MULTI_USER: &str = r"Reached target.*[Mm]ulti-[Uu]ser";
 pub const FIRMWARE_BOOT: &str = r"BdsDxe: (loading|starting) Boot";
 /// The kernel reporting a block that does not match the dm-verity hash tree.
 pub const VERITY_CORRUPTION: &str = r"device-mapper: verity: .*(corrupted|corruption)";
+/// An SELinux denial (docs/selinux.md): the kernel prints AVC records on the console when no
+/// audit daemon takes them, in enforcing and permissive mode alike.
+pub const SELINUX_DENIAL: &str = r"avc:\s+denied";
 /// The kernel restarting the machine (for instance after dm-verity corruption).
 pub const KERNEL_RESTART: &str = r"reboot: Restarting system";
 /// A line of the guest probe: `berth-probe: key=value`, as printed, or with journald's

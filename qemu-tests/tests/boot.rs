@@ -109,7 +109,15 @@ fn boot(arch: Arch) -> Result<()> {
         once(markers::VERITY_CORRUPTION)? == 0,
         format!("{} lines", once(markers::VERITY_CORRUPTION)?),
     );
+    let denials = vm.count_matches(markers::SELINUX_DENIAL)?;
+    checks.check(
+        "no SELinux denial on the console",
+        denials == 0,
+        format!("{denials} lines"),
+    );
     for (key, expected) in [
+        ("selinux-enforce", "1"),
+        ("selinux-context", "system_u:system_r:system_t:s0"),
         ("root-dm-target", "verity"),
         ("root-dm-status", "V"),
         ("root-ro", "true"),

@@ -19,9 +19,8 @@ const CONFIGURED: &str = r"Reached target configured\.target";
 const CONFIGURED_DEADLINE: Duration = Duration::from_secs(300);
 const STEP_DEADLINE: Duration = Duration::from_secs(120);
 
-/// The automated Level 1 checks that fail on a Berth image, by id: SELinux (the policy of
-/// docs/selinux.md is not turned on in qemu-test yet).
-const LEVEL1_GAPS: &[&str] = &["1.5.1"];
+/// The automated Level 1 checks that fail on a Berth image, by id: none (docs/cis.md).
+const LEVEL1_GAPS: &[&str] = &[];
 /// The automated Level 2 checks that fail on the defaults: user namespaces stay enabled
 /// (containers and systemd sandboxing use them), no firewall ruleset, no auditd.
 const LEVEL2_GAPS: &[&str] = &["1.4.4", "3.4.1.1", "3.4.1.2", "3.4.2.1", "3.4.2.2", "B.4.1"];
@@ -189,12 +188,11 @@ fn run(vm: &qemu_tests::RunningVm, api: &Api) -> Result<()> {
         not_passed(&rows1) == ids(LEVEL1_GAPS),
         format!("{:?}", not_passed(&rows1)),
     );
-    checks.check(
-        "1.5.1 fails for want of SELinux, and says so",
-        rows1
-            .iter()
-            .any(|r| r.id == "1.5.1" && r.status == "FAIL" && r.error.contains("SELinux")),
-        status_of(&rows1, "1.5.1"),
+    // SELinux enforcing under Berth's policy (docs/selinux.md).
+    checks.equal(
+        "1.5.1 SELinux PASS",
+        Some(status_of(&rows1, "1.5.1").as_str()),
+        "PASS",
     );
     checks.check(
         "manual Level 1 checks are SKIP",
@@ -236,8 +234,8 @@ fn run(vm: &qemu_tests::RunningVm, api: &Api) -> Result<()> {
         );
     }
     checks.check(
-        "report status FAIL at both levels (the documented gaps)",
-        report1["status"] == "FAIL" && report2["status"] == "FAIL",
+        "report status PASS at Level 1, FAIL at Level 2 (the documented gaps)",
+        report1["status"] == "PASS" && report2["status"] == "FAIL",
         format!("{} / {}", report1["status"], report2["status"]),
     );
 

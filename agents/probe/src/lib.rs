@@ -206,6 +206,17 @@ pub fn facts(root: &Path, dm: &dyn DeviceMapper) -> Vec<(String, String)> {
     push("stub-image", efi_string(root, "StubImageIdentifier"));
     push("kernel", read_trim(root.join("proc/sys/kernel/osrelease")));
     push("machine-id", read_trim(root.join("etc/machine-id")));
+    // SELinux (docs/selinux.md): 1 when enforcing, and the probe's own domain, which a
+    // program systemd starts from the image should be in (system_t).
+    push(
+        "selinux-enforce",
+        read_trim(root.join("sys/fs/selinux/enforce")),
+    );
+    push(
+        "selinux-context",
+        read_trim(root.join("proc/self/attr/current"))
+            .map(|c| c.trim_end_matches('\0').to_string()),
+    );
     // Boot-time configuration (docs/boot-config.md): rendered files, live sysctl, user data.
     push("motd", read_trim(root.join("etc/motd")));
     push(
