@@ -70,6 +70,8 @@ fn facts_of_a_booted_berth_host() {
             "stub-image",
             "kernel",
             "machine-id",
+            "selinux-enforce",
+            "selinux-context",
             "motd",
             "chrony-servers",
             "sysctl-vm.max_map_count",
@@ -133,6 +135,9 @@ fn facts_of_a_booted_berth_host() {
     assert_eq!(f["stub-image"], "\\EFI\\Linux\\berth-1.2.0+3.efi");
     assert_eq!(f["kernel"], "6.12.107+deb13-amd64");
     assert_eq!(f["machine-id"], "0f1e2d3c4b5a69788796a5b4c3d2e1f0");
+    assert_eq!(f["selinux-enforce"], "1");
+    // The kernel ends the context with a NUL.
+    assert_eq!(f["selinux-context"], "system_u:system_r:system_t:s0");
     assert_eq!(f["motd"], "Welcome to Berth!");
     assert_eq!(f["chrony-servers"], "10.0.2.2,ntp.example.com");
     assert_eq!(f["sysctl-vm.max_map_count"], "262144");
