@@ -247,16 +247,17 @@ fn eks_node_renders_and_starts_containerd_and_kubelet_x86_64() -> Result<()> {
         .map_err(|e| anyhow::anyhow!("{e}\n{}", vm.tail(80)))
 }
 
-/// One result of a JSON CIS report: id, automated, status, reason.
-fn cis_rows(api: &Api, level: &str) -> Result<Vec<(String, bool, String, String)>> {
-    let out = api.run_printing(&["report", "cis-k8s", "-l", level, "-f", "json"], 160)?;
+/// One result of a JSON CIS report (`kind` is `cis` or `cis-k8s`): id, automated, status,
+/// reason.
+fn report_rows(api: &Api, kind: &str, level: &str) -> Result<Vec<(String, bool, String, String)>> {
+    let out = api.run_printing(&["report", kind, "-l", level, "-f", "json"], 160)?;
     anyhow::ensure!(
         out.status.success(),
-        "apiclient report cis-k8s -l {level} -f json failed: {}",
+        "apiclient report {kind} -l {level} -f json failed: {}",
         String::from_utf8_lossy(&out.stderr).trim()
     );
     let report: serde_json::Value =
-        serde_json::from_slice(&out.stdout).context("report cis-k8s: not JSON")?;
+        serde_json::from_slice(&out.stdout).with_context(|| format!("report {kind}: not JSON"))?;
     let results = report["results"]
         .as_array()
         .context("the JSON report has no results list")?;
@@ -271,6 +272,11 @@ fn cis_rows(api: &Api, level: &str) -> Result<Vec<(String, bool, String, String)
             )
         })
         .collect())
+}
+
+/// One result of the JSON CIS Kubernetes report.
+fn cis_rows(api: &Api, level: &str) -> Result<Vec<(String, bool, String, String)>> {
+    report_rows(api, "cis-k8s", level)
 }
 
 /// Status and reason of check `id` in the Level 1 report.
@@ -300,6 +306,31 @@ fn cis_and_live_apply(
     boot_started: &str,
     checks: &mut Checks,
 ) -> Result<()> {
+    // ---- CIS Bottlerocket Benchmark on the node image: every automated Level 1 check
+    // passes (docs/cis.md), SELinux enforcing included, with containerd running.
+    let rows = report_rows(api, "cis", "1")?;
+    let not_passed: Vec<String> = rows
+        .iter()
+        .filter(|r| r.1 && r.2 != "PASS")
+        .map(|r| format!("{} {} {}", r.0, r.2, r.3))
+        .collect();
+    println!(
+        "  cis Level 1: {} checks, {} PASS",
+        rows.len(),
+        rows.iter().filter(|r| r.2 == "PASS").count()
+    );
+    checks.check(
+        "cis Level 1: every automated check PASS (1.5.1 SELinux included)",
+        not_passed.is_empty() && rows.iter().any(|r| r.0 == "1.5.1"),
+        format!("{not_passed:?}"),
+    );
+    let denials = vm.count_matches(markers::SELINUX_DENIAL)?;
+    checks.check(
+        "no SELinux denial on the console (containerd, kubelet's unit, the agent)",
+        denials == 0,
+        format!("{denials} lines"),
+    );
+
     // ---- CIS Kubernetes worker checks on the booted node.
     for level in ["1", "2"] {
         let rows = cis_rows(api, level)?;
