@@ -115,9 +115,29 @@ fn boot(arch: Arch) -> Result<()> {
         denials == 0,
         format!("{denials} lines"),
     );
+    // Every long-running host service in the domain docs/selinux.md gives it: systemd in
+    // init_t, apiserver in api_t, everything else systemd starts in system_t.
+    let domains = report.get("selinux-domains").unwrap_or("none");
+    let wrong: Vec<&str> = domains
+        .split(',')
+        .filter(|pair| {
+            let (comm, domain) = pair.split_once(':').unwrap_or((pair, ""));
+            let want = match comm {
+                "systemd" => "init_t",
+                "apiserver" => "api_t",
+                _ => "system_t",
+            };
+            domain != want
+        })
+        .collect();
+    checks.check(
+        "services in their SELinux domains (journald in system_t, apiserver in api_t)",
+        wrong.is_empty() && domains.contains("systemd-journal:") && domains.contains("apiserver:"),
+        format!("{domains}; wrong: {wrong:?}"),
+    );
     for (key, expected) in [
         ("selinux-enforce", "1"),
-        ("selinux-context", "system_u:system_r:system_t:s0"),
+        ("selinux-context", "system_u:system_r:system_t:s0-s0:c0.c1023"),
         ("root-dm-target", "verity"),
         ("root-dm-status", "V"),
         ("root-ro", "true"),

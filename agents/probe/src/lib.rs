@@ -116,6 +116,23 @@ fn rss_kib(root: &Path, comm: &str) -> Option<u64> {
     total
 }
 
+/// The SELinux type (domain) of the first process whose `comm` is `comm`.
+fn selinux_domain(root: &Path, comm: &str) -> Option<String> {
+    std::fs::read_dir(root.join("proc"))
+        .ok()?
+        .flatten()
+        .filter(|e| read_trim(e.path().join("comm")).as_deref() == Some(comm))
+        .find_map(|e| {
+            let context = read_trim(e.path().join("attr/current"))?;
+            // user:role:type:level
+            context
+                .trim_end_matches('\0')
+                .split(':')
+                .nth(2)
+                .map(str::to_string)
+        })
+}
+
 fn read_trim(p: PathBuf) -> Option<String> {
     std::fs::read_to_string(p)
         .ok()
@@ -216,6 +233,25 @@ pub fn facts(root: &Path, dm: &dyn DeviceMapper) -> Vec<(String, String)> {
         "selinux-context",
         read_trim(root.join("proc/self/attr/current"))
             .map(|c| c.trim_end_matches('\0').to_string()),
+    );
+    // The domains of the host's long-running services, `comm:type` for those running
+    // (comm is cut to 15 characters by the kernel).
+    let domains: Vec<String> = [
+        "systemd",
+        "systemd-journal",
+        "systemd-logind",
+        "systemd-network",
+        "systemd-resolve",
+        "dbus-broker",
+        "chronyd",
+        "apiserver",
+    ]
+    .iter()
+    .filter_map(|comm| Some(format!("{comm}:{}", selinux_domain(root, comm)?)))
+    .collect();
+    push(
+        "selinux-domains",
+        (!domains.is_empty()).then(|| domains.join(",")),
     );
     // Boot-time configuration (docs/boot-config.md): rendered files, live sysctl, user data.
     push("motd", read_trim(root.join("etc/motd")));

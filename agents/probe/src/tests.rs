@@ -72,6 +72,7 @@ fn facts_of_a_booted_berth_host() {
             "machine-id",
             "selinux-enforce",
             "selinux-context",
+            "selinux-domains",
             "motd",
             "chrony-servers",
             "sysctl-vm.max_map_count",
@@ -138,6 +139,7 @@ fn facts_of_a_booted_berth_host() {
     assert_eq!(f["selinux-enforce"], "1");
     // The kernel ends the context with a NUL.
     assert_eq!(f["selinux-context"], "system_u:system_r:system_t:s0");
+    assert_eq!(f["selinux-domains"], "apiserver:api_t");
     assert_eq!(f["motd"], "Welcome to Berth!");
     assert_eq!(f["chrony-servers"], "10.0.2.2,ntp.example.com");
     assert_eq!(f["sysctl-vm.max_map_count"], "262144");
