@@ -7,6 +7,13 @@
 //! rules) run and whose missing binary fails to exec; `/os` lists the missing artifact. A live
 //! `apiclient set ecs.cluster` then rewrites ecs.config and restarts the agent unit.
 //!
+//! SELinux (docs/selinux.md): docker runs with `selinux-enabled`, and the image's test-only
+//! `berth-container-check.service` (variants/aws-ecs-test) runs the host's berth-probe and
+//! `apiclient get settings.motd` in containers of an empty image with the host's /usr
+//! bind-mounted. The container must run as `container_t` with two MCS categories, its API
+//! call must be refused (SELinux denies `write` on the socket, `api_socket_t`) while the
+//! same call from the host works, and that denial must be the only one on the console.
+//!
 //! Gated by BERTH_QEMU_TESTS=1; needs the aws-ecs-test image (scripts/test.sh builds it).
 
 use std::time::Duration;
@@ -33,6 +40,23 @@ const LIVE_RESTARTED: &str = r#"cluster_agent::live: restarted unit="?ecs\.servi
 const CONFIGURED_DEADLINE: Duration = Duration::from_secs(360);
 const STEP_DEADLINE: Duration = Duration::from_secs(240);
 const REGION: &str = "eu-central-1";
+// berth-container-check.service's console lines (SyslogIdentifier=berth-container-check).
+const CONTAINER_LINE: &str = "berth-container-check[";
+const CONTAINER_DONE: &str = r"berth-container-check\[\d+\]: container check done";
+// systemd shortens the unit name in its status line.
+const CONTAINER_FAILED: &str = r"Failed to start berth-container-ch";
+const CONTAINER_API: &str = r"berth-container-check\[\d+\]: apiclient: ";
+/// A container's domain: container_t with two distinct categories of c0-c1023, lower first
+/// (go-selinux's MCS pick from lxc_contexts).
+const CONTAINER_CONTEXT: &str = r"^system_u:system_r:container_t:s0:c(\d+),c(\d+)$";
+/// The one denial the scenario expects: the container's apiclient connecting to the API
+/// socket (sock_file write on api_socket_t). Any other `avc:  denied` line fails the test.
+fn expected_denial(line: &str) -> bool {
+    line.contains("denied  { write }")
+        && line.contains("scontext=system_u:system_r:container_t:s0:c")
+        && line.contains("tcontext=system_u:object_r:api_socket_t:s0 ")
+        && line.contains("tclass=sock_file")
+}
 
 const USER_DATA: &str = r#"[settings.ecs]
 cluster = "berth-ecs"
@@ -59,6 +83,9 @@ fn ecs_instance_renders_and_starts_docker_and_the_agent_x86_64() -> Result<()> {
             "its ExecStartPre commands (route_localnet, nat PREROUTING/OUTPUT DNAT, INPUT filters) exit 0; route_localnet is 1",
             "/os lists the missing external artifact (amazon-ecs-agent)",
             "apiclient set ecs.cluster=... live: ecs.config rewritten, ecs.service restarted",
+            "SELinux: a docker container runs as container_t:s0:cN,cM (berth-probe inside it)",
+            "SELinux: apiclient in the container is refused (Permission denied), from the host it works",
+            "SELinux: the only AVC denial is the container's write on api.sock (api_socket_t)",
         ],
     )?
     else {
@@ -123,8 +150,15 @@ fn ecs_instance_renders_and_starts_docker_and_the_agent_x86_64() -> Result<()> {
 
     vm.wait_for_line(markers::PROBE_END, STEP_DEADLINE)
         .context("berth-probe did not finish its report")?;
+    // The host's report; the container's probe (below) prints the same kind of lines.
     let report = vm.wait_until("a complete berth-probe report", STEP_DEADLINE, |lines| {
-        ProbeReport::parse(lines.iter().map(|l| l.text.as_str())).ok()
+        ProbeReport::parse(
+            lines
+                .iter()
+                .map(|l| l.text.as_str())
+                .filter(|t| !t.contains(CONTAINER_LINE)),
+        )
+        .ok()
     })?;
     checks.equal("user data state", report.get("user-data-state"), "applied");
     checks.equal("ECS_CLUSTER", report.get("ecs-cluster"), "berth-ecs");
@@ -199,7 +233,50 @@ fn ecs_instance_renders_and_starts_docker_and_the_agent_x86_64() -> Result<()> {
         &failed,
     );
 
+    // SELinux: the containers of berth-container-check.service (started with docker).
+    let done = vm
+        .wait_for_line_or_fail(CONTAINER_DONE, CONTAINER_FAILED, STEP_DEADLINE)
+        .context("berth-container-check.service did not finish")?;
+    println!(
+        "  berth-container-check done {:.1}s after docker active (host clock: docker import, two docker runs)",
+        done.elapsed.saturating_sub(docker.elapsed).as_secs_f64()
+    );
+    let lines = vm.lines();
+    let container = ProbeReport::parse(
+        lines
+            .iter()
+            .map(|l| l.text.as_str())
+            .filter(|t| t.contains(CONTAINER_LINE)),
+    )
+    .context("the container's berth-probe report")?;
+    let context = container.get("selinux-context").unwrap_or_default();
+    let levels = regex::Regex::new(CONTAINER_CONTEXT)?
+        .captures(context)
+        .and_then(|c| Some((c[1].parse::<u32>().ok()?, c[2].parse::<u32>().ok()?)));
+    checks.check(
+        "the container runs as system_u:system_r:container_t:s0:cN,cM (N < M < 1024)",
+        levels.is_some_and(|(n, m)| n < m && m < 1024),
+        context,
+    );
+    let in_container = vm.first_complete_line(CONTAINER_API)?;
+    checks.check(
+        "apiclient get settings.motd in the container: refused by SELinux (Permission denied on /run/api.sock)",
+        in_container.contains("failed to connect to the API socket /run/api.sock")
+            && in_container.contains("Permission denied"),
+        &in_container,
+    );
+
     api.wait_ready(STEP_DEADLINE)?;
+    let motd = api.run(&["get", "settings.motd"])?;
+    checks.check(
+        "apiclient get settings.motd from the host works",
+        motd.status.success() && String::from_utf8_lossy(&motd.stdout).contains("\"motd\""),
+        format!(
+            "{} {}",
+            String::from_utf8_lossy(&motd.stdout).trim(),
+            String::from_utf8_lossy(&motd.stderr).trim()
+        ),
+    );
     let out = api.run(&["raw", "-u", "/os"])?;
     let os: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
     let missing: Vec<&str> = os["missing_artifacts"]
@@ -238,6 +315,25 @@ fn ecs_instance_renders_and_starts_docker_and_the_agent_x86_64() -> Result<()> {
         "the live setting is berth-ecs-2",
         String::from_utf8_lossy(&live.stdout).contains("berth-ecs-2"),
         String::from_utf8_lossy(&live.stdout).trim().to_string(),
+    );
+
+    let denial = regex::Regex::new(markers::SELINUX_DENIAL)?;
+    let denials: Vec<String> = vm
+        .lines()
+        .into_iter()
+        .filter(|l| denial.is_match(&l.text))
+        .map(|l| l.text)
+        .collect();
+    checks.check(
+        "the container's write on api.sock was denied and logged",
+        denials.iter().any(|d| expected_denial(d)),
+        denials.join("\n"),
+    );
+    let unexpected: Vec<&String> = denials.iter().filter(|d| !expected_denial(d)).collect();
+    checks.check(
+        "no other SELinux denial on the console",
+        unexpected.is_empty(),
+        format!("{unexpected:?}"),
     );
 
     vm.power_off(Duration::from_secs(90))?;
