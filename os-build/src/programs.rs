@@ -73,6 +73,7 @@ const PROGRAMS: &[Program] = &[
             "agents/boot-config/units/boot-config-userdata.service",
             "agents/boot-config/units/boot-config-generate.service",
             "agents/boot-config/units/boot-config-render.service",
+            "agents/boot-config/units/berth-firewall.service",
         ],
         data: &[
             (
@@ -118,6 +119,14 @@ const PROGRAMS: &[Program] = &[
             (
                 "agents/boot-config/units/proxy-env.conf",
                 "/usr/lib/systemd/system/containerd.service.d/berth-proxy.conf",
+            ),
+            (
+                "agents/boot-config/templates/nftables-conf",
+                "/usr/share/berth/templates/nftables-conf",
+            ),
+            (
+                "agents/boot-config/templates/firewall-nft",
+                "/usr/share/berth/templates/firewall-nft",
             ),
         ],
         private_units: &[],

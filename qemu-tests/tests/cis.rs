@@ -1,6 +1,8 @@
 //! CIS report of the booted production image (docs/cis.md): `apiclient report cis` at Level 1
 //! and 2, text and JSON, through the real apiclient; a setting that breaks a check makes it
-//! FAIL, and setting it back makes it PASS again.
+//! FAIL, and setting it back makes it PASS again. Then the opt-in host firewall
+//! (`settings.network.firewall`): enabled with the bridge's port open, the four firewall checks
+//! pass and the API still answers; with no port open, the API port is dropped.
 //!
 //! Gated by BERTH_QEMU_TESTS=1; boots the `qemu-test` variant (the `qemu` image plus
 //! `berth-api-bridge`) on its defaults, without user data.
@@ -22,8 +24,18 @@ const STEP_DEADLINE: Duration = Duration::from_secs(120);
 /// The automated Level 1 checks that fail on a Berth image, by id: none (docs/cis.md).
 const LEVEL1_GAPS: &[&str] = &[];
 /// The automated Level 2 checks that fail on the defaults: user namespaces stay enabled
-/// (containers and systemd sandboxing use them), no firewall ruleset, no auditd.
+/// (containers and systemd sandboxing use them), the firewall is off unless
+/// `settings.network.firewall.enabled` (opt-in: [`FIREWALL_CHECKS`]), no auditd.
 const LEVEL2_GAPS: &[&str] = &["1.4.4", "3.4.1.1", "3.4.1.2", "3.4.2.1", "3.4.2.2", "B.4.1"];
+/// The Level 2 gaps that `settings.network.firewall.enabled = true` closes.
+const FIREWALL_CHECKS: &[&str] = &["3.4.1.1", "3.4.1.2", "3.4.2.1", "3.4.2.2"];
+/// How long an API call may take before the port counts as closed: a dropped SYN leaves
+/// QEMU's user network retrying for minutes.
+const CLOSED_TIMEOUT: Duration = Duration::from_secs(5);
+/// berth-firewall.service loaded its file at boot (the firewall off: the table removed).
+const FIREWALL_STARTED: &str = r"Finished berth-firewall\.service";
+const FIREWALL_FAILED: &str = r"Failed to start berth-firewall\.service";
+const FIREWALL_RESTARTED: &str = r#"restarted and active unit="?berth-firewall\.service"#;
 
 fn serial_log(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
@@ -125,6 +137,9 @@ fn cis_report_of_the_booted_image_x86_64() -> Result<()> {
             "Level 2: every check fails only in the documented set (user namespaces, firewall, audit)",
             "apiclient set of a sysctl breaks 3.2.7 (Level 1) and 3.2.2 (Level 2); setting it back passes again",
             "apiclient report cis-k8s without a kubelet: every check skips with its reason",
+            "settings.network.firewall enabled with the bridge port: 3.4.x PASS, the API answers",
+            "inbound-tcp-ports = []: the API port is dropped; the ACPI power-off still works",
+            "no SELinux denial on the console",
         ],
     )?
     else {
@@ -317,5 +332,133 @@ fn run(vm: &qemu_tests::RunningVm, api: &Api) -> Result<()> {
         ),
     );
 
+    firewall(vm, api, &mut checks, &expected2)?;
+
+    let denials = vm.count_matches(markers::SELINUX_DENIAL)?;
+    checks.check(
+        "no SELinux denial on the console",
+        denials == 0,
+        format!("{denials} `avc:  denied` lines"),
+    );
     checks.finish().map_err(|e| anyhow::anyhow!("{e}"))
+}
+
+/// Runs apiclient with a deadline: `None` when it had not finished by then (killed).
+fn run_with_timeout(api: &Api, args: &[&str], timeout: Duration) -> Result<Option<bool>> {
+    let mut child = std::process::Command::new(&api.apiclient)
+        .arg("--socket-path")
+        .arg(&api.socket)
+        .args(args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .context("cannot run apiclient")?;
+    let start = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait()? {
+            return Ok(Some(status.success()));
+        }
+        if start.elapsed() > timeout {
+            child.kill()?;
+            child.wait()?;
+            return Ok(None);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The opt-in firewall: on with the bridge's port open, the firewall checks pass and the API
+/// answers; then with no port open the API port is dropped.
+fn firewall(
+    vm: &qemu_tests::RunningVm,
+    api: &Api,
+    checks: &mut Checks,
+    defaults: &BTreeSet<String>,
+) -> Result<()> {
+    let started = vm.count_matches(FIREWALL_STARTED)?;
+    let failed = vm.count_matches(FIREWALL_FAILED)?;
+    checks.check(
+        "berth-firewall.service ran at boot (firewall off: the table removed)",
+        started >= 1 && failed == 0,
+        format!("{started} Finished, {failed} Failed lines"),
+    );
+    let port = format!(
+        "network.firewall.inbound-tcp-ports=[{}]",
+        qemu_tests::api::GUEST_API_PORT
+    );
+    let set_at = Instant::now();
+    let out = api.run(&["set", "network.firewall.enabled=true", &port])?;
+    checks.check(
+        "apiclient set network.firewall.enabled=true with the bridge port",
+        out.status.success(),
+        "exit status",
+    );
+    // The API answered at once; the apply runs in the background.
+    for id in FIREWALL_CHECKS {
+        wait_status(api, id, "PASS")?;
+    }
+    let to_pass = set_at.elapsed();
+    println!(
+        "  apiclient set firewall on -> 3.4.1.1, 3.4.1.2, 3.4.2.1, 3.4.2.2 PASS: {:.1}s",
+        to_pass.as_secs_f64()
+    );
+    vm.wait_for_line(FIREWALL_RESTARTED, STEP_DEADLINE)
+        .context("berth-firewall.service restarted with the ruleset")?;
+    let on = rows(&report_json(api, "cis", "2")?)?;
+    let expected: BTreeSet<String> = defaults
+        .difference(&ids(FIREWALL_CHECKS))
+        .cloned()
+        .collect();
+    checks.check(
+        "firewall on: the four firewall checks PASS, the other gaps stay",
+        not_passed(&on) == expected,
+        format!("{:?}", not_passed(&on)),
+    );
+    let text = api.stdout(&["report", "cis", "-l", "2"])?;
+    println!("---- apiclient report cis -l 2, firewall on ----\n{text}");
+    // New connections to the bridge still get through (the allowed port, after the reload).
+    checks.equal(
+        "the API still answers through the allowed port",
+        run_with_timeout(api, &["get", "motd"], CLOSED_TIMEOUT)?.map(|ok| {
+            if ok {
+                "answered"
+            } else {
+                "failed"
+            }
+        }),
+        "answered",
+    );
+
+    // Close the port: the next API call gets no answer.
+    let set_at = Instant::now();
+    let out = api.run(&["set", "network.firewall.inbound-tcp-ports=[]"])?;
+    checks.check(
+        "apiclient set network.firewall.inbound-tcp-ports=[]",
+        out.status.success(),
+        "exit status",
+    );
+    let closed = loop {
+        match run_with_timeout(api, &["get", "motd"], CLOSED_TIMEOUT)? {
+            Some(true) if set_at.elapsed() < STEP_DEADLINE => {
+                std::thread::sleep(Duration::from_millis(500))
+            }
+            Some(true) => break None,
+            Some(false) => break Some((set_at.elapsed(), "failed")),
+            None => break Some((set_at.elapsed(), "no answer, killed")),
+        }
+    };
+    match closed {
+        Some((took, how)) => println!(
+            "  apiclient set inbound-tcp-ports=[] -> API port closed: {:.1}s (the call {how}; the {}s timeout of a call with no answer included)",
+            took.as_secs_f64(),
+            CLOSED_TIMEOUT.as_secs()
+        ),
+        None => println!("  API port still open {STEP_DEADLINE:?} after apiclient set"),
+    }
+    checks.check(
+        "inbound-tcp-ports = []: the API port is dropped",
+        closed.is_some(),
+        "apiclient get motd",
+    );
+    Ok(())
 }

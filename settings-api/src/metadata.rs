@@ -14,6 +14,10 @@
 //! template-path = "/usr/share/templates/chrony-conf"
 //! mode = "0644"
 //! ```
+//!
+//! Berth adds one key to a configuration file: `remove-when-empty = true` makes the file exist
+//! only when its template renders something other than whitespace; otherwise the renderer
+//! removes it (the firewall ruleset `/etc/nftables.conf`, absent while the firewall is off).
 
 use crate::key::{Key, KeyError};
 use serde::{Deserialize, Serialize};
@@ -63,6 +67,9 @@ pub struct ConfigurationFile {
     pub template_path: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mode: Option<String>,
+    /// Berth's: a template that renders only whitespace removes the file instead.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub remove_when_empty: bool,
 }
 
 /// The whole metadata file.

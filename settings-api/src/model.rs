@@ -521,6 +521,29 @@ fn rlimit_name(s: &str) -> Result<(), String> {
     }
 }
 
+/// A network interface name (at most 15 bytes, the kernel's IFNAMSIZ less the NUL) or an
+/// nftables wildcard: such a name prefix followed by `*` (`veth*`, `eni*`).
+fn interface_pattern(s: &str) -> Result<(), String> {
+    let name = s.strip_suffix('*').unwrap_or(s);
+    if name.is_empty() || name.len() > 15 {
+        return Err(format!(
+            "interface '{s}' must be a name of 1 to 15 characters, optionally followed by '*' (e.g. eth0, veth*)"
+        ));
+    }
+    if name == "." || name == ".." {
+        return Err(format!("interface '{s}' is not a valid interface name"));
+    }
+    if !name
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+    {
+        return Err(format!(
+            "interface '{s}' may only hold letters, digits, '-', '_' and '.', and '*' at the end"
+        ));
+    }
+    Ok(())
+}
+
 fn non_empty(s: &str) -> Result<(), String> {
     if s.is_empty() {
         Err("value must not be empty".to_string())
@@ -612,6 +635,9 @@ validated_string!(
 validated_string!(
     /// A non-empty string.
     NonEmpty, non_empty);
+validated_string!(
+    /// A network interface name, or a prefix and `*` (nftables' wildcard).
+    InterfacePattern, interface_pattern);
 
 /// A bounded integer newtype.
 macro_rules! bounded_int {
@@ -643,6 +669,9 @@ macro_rules! bounded_int {
 bounded_int!(
     /// Pods per node, at least 1.
     MaxPods, u32, 1, 10_000);
+bounded_int!(
+    /// A TCP or UDP port, 1..=65535.
+    Port, u16, 1, 65535);
 bounded_int!(
     /// Update wave seed, 0..=2047.
     Seed, u32, 0, 2047);
@@ -916,6 +945,28 @@ pub struct Network {
     pub https_proxy: Option<Proxy>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub no_proxy: Option<Vec<NoProxyEntry>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub firewall: Option<Firewall>,
+}
+
+/// `settings.network.firewall` (Berth's own; Bottlerocket leaves the host firewall to
+/// bootstrap containers): an nftables table `inet berth` with default-deny input, forward and
+/// output chains, off unless `enabled` (docs/boot-config.md, Firewall).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct Firewall {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub enabled: Option<bool>,
+    /// TCP ports new inbound connections may reach.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub inbound_tcp_ports: Option<Vec<Port>>,
+    /// UDP ports inbound datagrams may reach.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub inbound_udp_ports: Option<Vec<Port>>,
+    /// Interfaces (or `prefix*` wildcards) whose forwarded traffic, in or out, is accepted:
+    /// the pods' or containers' (`veth*`, `eni*`, `docker0`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub forward_interfaces: Option<Vec<InterfacePattern>>,
 }
 
 /// `settings.ntp`.
@@ -1179,7 +1230,9 @@ mod tests {
             "ecs": {"cluster": "c", "allow-privileged-containers": true, "logging-drivers": ["json-file"]},
             "updates": {"seed": 2047, "version-lock": "v1.2.3", "ignore-waves": false,
                         "metadata-base-url": "https://updates.example.com/meta/"},
-            "network": {"hostname": "node-1.example.com", "https-proxy": "proxy:3128", "no-proxy": [".local", "10.0.0.0/8"]},
+            "network": {"hostname": "node-1.example.com", "https-proxy": "proxy:3128", "no-proxy": [".local", "10.0.0.0/8"],
+                        "firewall": {"enabled": true, "inbound-tcp-ports": [22, 10250], "inbound-udp-ports": [4789],
+                                     "forward-interfaces": ["veth*", "eni*", "docker0", "cni0"]}},
             "ntp": {"time-servers": ["time.aws.com", "ntp://pool.ntp.org"]},
             "dns": {"name-servers": ["1.1.1.1"], "search-list": ["example.com"]},
             "kernel": {"lockdown": "integrity", "sysctl": {"vm.max_map_count": "262144"},
@@ -1257,6 +1310,42 @@ mod tests {
             json!({"container-registry": {"mirrors": [{"registry": "docker.io", "endpoint": ["ftp://m"]}]}}),
         );
         assert_eq!(e.key, "settings.container-registry.mirrors.0.endpoint.0");
+
+        // Firewall ports are 1..=65535, interface names what the kernel and nft accept.
+        for (ports, why) in [
+            (json!([0]), "out of range 1..=65535"),
+            (json!([22, 65536]), "out of range 1..=65535"),
+            (json!(["ssh"]), "expected i64"),
+            (json!(22), "expected a sequence"),
+        ] {
+            let e = err(json!({"network": {"firewall": {"inbound-tcp-ports": ports}}}));
+            assert!(
+                e.key
+                    .starts_with("settings.network.firewall.inbound-tcp-ports"),
+                "{}",
+                e.key
+            );
+            assert!(e.reason.contains(why), "{ports}: {}", e.reason);
+        }
+        let e = err(json!({"network": {"firewall": {"inbound-udp-ports": [53, -1]}}}));
+        assert_eq!(e.key, "settings.network.firewall.inbound-udp-ports.1");
+        for (name, why) in [
+            ("*", "1 to 15 characters"),
+            ("", "1 to 15 characters"),
+            ("averyverylongname0", "1 to 15 characters"),
+            ("veth*x", "'*' at the end"),
+            ("eth 0", "'*' at the end"),
+            ("eth\"0", "'*' at the end"),
+            ("..", "not a valid interface name"),
+        ] {
+            let e = err(json!({"network": {"firewall": {"forward-interfaces": ["veth*", name]}}}));
+            assert_eq!(e.key, "settings.network.firewall.forward-interfaces.1");
+            assert!(e.reason.contains(why), "{name:?}: {}", e.reason);
+        }
+        let e = err(json!({"network": {"firewall": {"enabled": "yes"}}}));
+        assert_eq!(e.key, "settings.network.firewall.enabled");
+        let e = err(json!({"network": {"firewall": {"inbound-ports": [22]}}}));
+        assert_eq!(e.key, "settings.network.firewall.inbound-ports");
     }
 
     #[test]
@@ -1296,6 +1385,20 @@ mod tests {
             typed_patch(&k("kubernetes.pod-pids-limit"), "-1").unwrap(),
             json!({"kubernetes": {"pod-pids-limit": -1}})
         );
+        assert_eq!(
+            typed_patch(&k("network.firewall.enabled"), "true").unwrap(),
+            json!({"network": {"firewall": {"enabled": true}}})
+        );
+        assert_eq!(
+            typed_patch(&k("network.firewall.inbound-tcp-ports"), "[8080]").unwrap(),
+            json!({"network": {"firewall": {"inbound-tcp-ports": [8080]}}})
+        );
+        assert_eq!(
+            typed_patch(&k("network.firewall.inbound-tcp-ports"), "[]").unwrap(),
+            json!({"network": {"firewall": {"inbound-tcp-ports": []}}})
+        );
+        let e = typed_patch(&k("network.firewall.inbound-tcp-ports"), "[70000]").unwrap_err();
+        assert_eq!(e.key, "settings.network.firewall.inbound-tcp-ports.0");
         let e = typed_patch(&k("kubernetes.pod-pids-limit"), "-2").unwrap_err();
         assert_eq!(e.key, "settings.kubernetes.pod-pids-limit");
         assert!(e.to_string().contains("out of range -1..=4194304"), "{e}");

@@ -65,6 +65,22 @@ fn bad_input_names_the_key_exits_non_zero_and_stores_nothing() {
         err.contains("settings.network.hostname") && err.contains("RFC 1123"),
         "{err}"
     );
+    // The firewall's ports and interfaces (settings.network.firewall).
+    let err = s.fails(&["set", "network.firewall.inbound-tcp-ports=[22,70000]"]);
+    assert!(
+        err.contains("settings.network.firewall.inbound-tcp-ports.1")
+            && err.contains("out of range 1..=65535"),
+        "{err}"
+    );
+    let err = s.fails(&[
+        "set",
+        "network.firewall.enabled=true",
+        r#"network.firewall.forward-interfaces=["veth*","bad name"]"#,
+    ]);
+    assert!(
+        err.contains("settings.network.firewall.forward-interfaces.1"),
+        "{err}"
+    );
     let err = s.fails(&["set", "kubernetes.no-such-thing=1"]);
     assert!(
         err.contains("settings.kubernetes.no-such-thing") && err.contains("unknown field"),

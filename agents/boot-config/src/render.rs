@@ -43,6 +43,11 @@ pub enum RenderError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error("failed to remove {path}")]
+    Remove {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("configuration file {file}: mode '{mode}' is not octal")]
     Mode { file: String, mode: String },
     #[error("service '{service}': restart command '{command}' is not `[systemctl] restart|try-restart|reload-or-restart UNIT`, `daemon-reload`, `apply-sysctl`, `apply-hostname`, `apply-lockdown` or `apply-cluster`")]
@@ -141,6 +146,8 @@ pub fn parse_action(service: &str, command: &str) -> Result<Action, RenderError>
 pub struct Plan {
     pub services: Vec<(String, Vec<Action>)>,
     pub written: Vec<PathBuf>,
+    /// Files of `remove-when-empty` templates that rendered empty, removed (or already absent).
+    pub removed: Vec<PathBuf>,
 }
 
 #[derive(Debug)]
@@ -191,6 +198,13 @@ impl Renderer<'_> {
                             file: file_name.clone(),
                             source,
                         })?;
+                let dest = self.under(&file.path);
+                if file.remove_when_empty && text.trim().is_empty() {
+                    remove_file(&dest)?;
+                    tracing::info!(file = %file.path, service = %name, "removed (rendered empty)");
+                    plan.removed.push(dest);
+                    continue;
+                }
                 if !text.ends_with('\n') {
                     text.push('\n');
                 }
@@ -201,7 +215,6 @@ impl Renderer<'_> {
                     })?,
                     None => 0o644,
                 };
-                let dest = self.under(&file.path);
                 write_atomic(&dest, text.as_bytes(), mode)?;
                 tracing::info!(file = %file.path, service = %name, "rendered");
                 plan.written.push(dest);
@@ -321,6 +334,7 @@ impl Renderer<'_> {
         let unit_files: Vec<String> = plan
             .written
             .iter()
+            .chain(&plan.removed)
             .filter(|p| self.is_unit_file(p))
             .map(|p| p.display().to_string())
             .collect();
@@ -576,6 +590,17 @@ impl Renderer<'_> {
                 Ok(())
             }
         }
+    }
+}
+
+/// Removes a rendered file; one that is already absent is fine.
+fn remove_file(path: &Path) -> Result<(), RenderError> {
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(RenderError::Remove {
+            path: path.to_path_buf(),
+            source: e,
+        }),
+        _ => Ok(()),
     }
 }
 
@@ -858,6 +883,67 @@ mod tests {
                 .all(|(verb, _)| *verb == Some(Verb::TryRestart)),
             "boot mode only try-restarts: {recorded:?}"
         );
+    }
+
+    #[test]
+    fn firewall_ruleset_exists_only_while_enabled() {
+        let (root, md) = fixture_root();
+        let r = Renderer {
+            metadata: &md,
+            root: root.path(),
+        };
+        let firewall = ["firewall".to_string()];
+        let services = md.affected_services(
+            &settings_api::key::Key::parse_setting("network.firewall.inbound-tcp-ports").unwrap(),
+        );
+        assert_eq!(services, ["firewall".to_string()].into());
+        let mut s = settings();
+        s["network"] = json!({"firewall": {
+            "enabled": true,
+            "inbound-tcp-ports": [10250, 22, 10250],
+            "inbound-udp-ports": [4789],
+            "forward-interfaces": ["veth*", "eni*", "docker0"],
+        }});
+        let plan = r.render(&s, &firewall).unwrap();
+        golden("nftables.conf", &read(&root, "etc/nftables.conf"));
+        golden(
+            "firewall-enabled.nft",
+            &read(&root, "etc/berth/firewall.nft"),
+        );
+        let mode = std::fs::metadata(root.path().join("etc/nftables.conf"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+        let units = RecordingUnits::default();
+        r.finish(&s, &plan, &units, Mode::Live).unwrap();
+        assert_eq!(
+            *units.0.lock().unwrap(),
+            vec![(Some(Verb::Restart), "berth-firewall.service".to_string())]
+        );
+
+        // No port listed: no port rule at all (not an empty set, which nft refuses).
+        s["network"]["firewall"]["inbound-tcp-ports"] = json!([]);
+        s["network"]["firewall"]
+            .as_object_mut()
+            .unwrap()
+            .remove("inbound-udp-ports");
+        r.render(&s, &firewall).unwrap();
+        let rules = read(&root, "etc/nftables.conf");
+        assert!(!rules.contains("tcp dport"), "{rules}");
+        assert!(!rules.contains("udp dport {"), "{rules}");
+
+        // Disabled (or never set): the ruleset is removed, the loader deletes the table.
+        for off in [json!({"firewall": {"enabled": false}}), json!({})] {
+            s["network"] = off;
+            let plan = r.render(&s, &firewall).unwrap();
+            assert!(!root.path().join("etc/nftables.conf").exists());
+            assert_eq!(plan.removed, vec![root.path().join("etc/nftables.conf")]);
+            golden(
+                "firewall-disabled.nft",
+                &read(&root, "etc/berth/firewall.nft"),
+            );
+        }
     }
 
     #[test]

@@ -881,3 +881,38 @@ fn kube_proxy_metrics_bind_address() {
         "cannot parse /etc/kubernetes/kube-proxy/config",
     );
 }
+
+#[test]
+fn the_rendered_berth_firewall_passes_the_firewall_checks() {
+    // The golden file of boot-config's nftables-conf template (settings.network.firewall
+    // enabled): what /etc/nftables.conf holds on a host with the firewall on.
+    let rendered = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../boot-config/tests/fixtures/nftables.conf"
+    ))
+    .unwrap();
+    let dir = hardened();
+    let root = dir.path();
+    write(root, "etc/nftables.conf", &rendered);
+    for id in ["3.4.1.1", "3.4.1.2", "3.4.2.1", "3.4.2.2"] {
+        assert_eq!(run(root, id), CheckResult::Pass, "{id}");
+    }
+    // The same file with the loopback accept gone, or a chain left open, fails.
+    write(
+        root,
+        "etc/nftables.conf",
+        &rendered.replace("\t\tiif \"lo\" accept\n", ""),
+    );
+    assert_fails(root, "3.4.1.2", "iif lo accept");
+    assert_fails(root, "3.4.2.2", "iif lo accept");
+    write(
+        root,
+        "etc/nftables.conf",
+        &rendered.replace(
+            "hook output priority filter; policy drop;",
+            "hook output priority filter; policy accept;",
+        ),
+    );
+    assert_fails(root, "3.4.1.1", "hook output");
+    assert_fails(root, "3.4.2.1", "hook output");
+}
