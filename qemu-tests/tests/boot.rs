@@ -137,7 +137,10 @@ fn boot(arch: Arch) -> Result<()> {
     );
     for (key, expected) in [
         ("selinux-enforce", "1"),
-        ("selinux-context", "system_u:system_r:system_t:s0-s0:c0.c1023"),
+        (
+            "selinux-context",
+            "system_u:system_r:system_t:s0-s0:c0.c1023",
+        ),
         ("root-dm-target", "verity"),
         ("root-dm-status", "V"),
         ("root-ro", "true"),

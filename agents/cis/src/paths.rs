@@ -40,8 +40,11 @@ pub const JOURNALD_DROPIN_DIRS: &[&str] = &[
 pub const JOURNAL_DIR: &str = "/var/log/journal";
 /// Directories that must hold no shell or interpreter.
 pub const BIN_DIRS: &[&str] = &["/usr/bin", "/usr/sbin", "/usr/local/bin", "/bin", "/sbin"];
-/// The nftables ruleset the firewall checks read (Debian's `nftables.service` loads it).
-pub const NFT_RULESET: &str = "/etc/nftables.conf";
+/// The kernel's nftables ruleset, as `nft list ruleset` printed it right after
+/// berth-firewall.service loaded Berth's table (its ExecStartPost, docs/boot-config.md): what
+/// the kernel holds, not the rendered file, so a ruleset `nft` refused is not taken as loaded.
+/// Production images have no `nft` for the checks to run themselves.
+pub const NFT_RULESET: &str = "/run/berth-firewall.ruleset";
 /// systemd unit directories searched for kubelet.service and its drop-ins.
 pub const UNIT_DIRS: &[&str] = &["/etc/systemd/system", "/usr/lib/systemd/system"];
 /// Kubelet configuration file, in the names Berth accepts (first found wins).

@@ -459,10 +459,10 @@ fn shells_and_interpreters_fail_the_image_check() {
 fn firewall_mutations() {
     let dir = hardened();
     let root = dir.path();
-    let rules = std::fs::read_to_string(root.join("etc/nftables.conf")).unwrap();
+    let rules = std::fs::read_to_string(root.join("run/berth-firewall.ruleset")).unwrap();
     write(
         root,
-        "etc/nftables.conf",
+        "run/berth-firewall.ruleset",
         &rules.replace(
             "hook forward priority filter; policy drop;",
             "hook forward priority filter; policy accept;",
@@ -473,7 +473,7 @@ fn firewall_mutations() {
     // An ip (IPv4-only) table does not cover IPv6.
     write(
         root,
-        "etc/nftables.conf",
+        "run/berth-firewall.ruleset",
         &rules.replace("table inet filter", "table ip filter"),
     );
     assert_eq!(run(root, "3.4.1.1"), CheckResult::Pass);
@@ -483,16 +483,16 @@ fn firewall_mutations() {
         "ip6 saddr ::1 drop\n",
         "ip6 saddr ::1 drop\n\t\tiif \"lo\" accept\n",
     );
-    write(root, "etc/nftables.conf", &swapped);
+    write(root, "run/berth-firewall.ruleset", &swapped);
     assert_fails(root, "3.4.1.2", "iif lo accept");
     write(
         root,
-        "etc/nftables.conf",
+        "run/berth-firewall.ruleset",
         &rules.replace("\t\toif \"lo\" accept\n", ""),
     );
     assert_fails(root, "3.4.2.2", "oif lo accept");
-    std::fs::remove_file(root.join("etc/nftables.conf")).unwrap();
-    assert_fails(root, "3.4.1.1", "no nftables ruleset");
+    std::fs::remove_file(root.join("run/berth-firewall.ruleset")).unwrap();
+    assert_fails(root, "3.4.1.1", "no firewall is loaded");
 }
 
 #[test]
@@ -885,7 +885,8 @@ fn kube_proxy_metrics_bind_address() {
 #[test]
 fn the_rendered_berth_firewall_passes_the_firewall_checks() {
     // The golden file of boot-config's nftables-conf template (settings.network.firewall
-    // enabled): what /etc/nftables.conf holds on a host with the firewall on.
+    // enabled): on a host with the firewall on, `nft list ruleset` prints Berth's table the same way
+    // (the file is written in nft's listing format, tabs and quotes included).
     let rendered = std::fs::read_to_string(concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/../boot-config/tests/fixtures/nftables.conf"
@@ -893,21 +894,21 @@ fn the_rendered_berth_firewall_passes_the_firewall_checks() {
     .unwrap();
     let dir = hardened();
     let root = dir.path();
-    write(root, "etc/nftables.conf", &rendered);
+    write(root, "run/berth-firewall.ruleset", &rendered);
     for id in ["3.4.1.1", "3.4.1.2", "3.4.2.1", "3.4.2.2"] {
         assert_eq!(run(root, id), CheckResult::Pass, "{id}");
     }
     // The same file with the loopback accept gone, or a chain left open, fails.
     write(
         root,
-        "etc/nftables.conf",
+        "run/berth-firewall.ruleset",
         &rendered.replace("\t\tiif \"lo\" accept\n", ""),
     );
     assert_fails(root, "3.4.1.2", "iif lo accept");
     assert_fails(root, "3.4.2.2", "iif lo accept");
     write(
         root,
-        "etc/nftables.conf",
+        "run/berth-firewall.ruleset",
         &rendered.replace(
             "hook output priority filter; policy drop;",
             "hook output priority filter; policy accept;",
