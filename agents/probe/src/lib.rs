@@ -5,6 +5,7 @@
 pub mod cluster;
 pub mod dm;
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use dm::DeviceMapper;
@@ -116,21 +117,36 @@ fn rss_kib(root: &Path, comm: &str) -> Option<u64> {
     total
 }
 
-/// The SELinux type (domain) of the first process whose `comm` is `comm`.
-fn selinux_domain(root: &Path, comm: &str) -> Option<String> {
-    std::fs::read_dir(root.join("proc"))
-        .ok()?
+/// The SELinux type (domain) of the first process of each of `comms`, in one pass over
+/// /proc, as `comm:type` in the order of `comms`; processes not running are left out.
+fn selinux_domains(root: &Path, comms: &[&str]) -> Vec<String> {
+    let mut found: BTreeMap<String, String> = BTreeMap::new();
+    for entry in std::fs::read_dir(root.join("proc"))
+        .into_iter()
         .flatten()
-        .filter(|e| read_trim(e.path().join("comm")).as_deref() == Some(comm))
-        .find_map(|e| {
-            let context = read_trim(e.path().join("attr/current"))?;
-            // user:role:type:level
-            context
-                .trim_end_matches('\0')
+        .flatten()
+    {
+        let Some(comm) = read_trim(entry.path().join("comm")) else {
+            continue;
+        };
+        if !comms.contains(&comm.as_str()) || found.contains_key(&comm) {
+            continue;
+        }
+        // user:role:type:level
+        let domain = read_trim(entry.path().join("attr/current")).and_then(|c| {
+            c.trim_end_matches('\0')
                 .split(':')
                 .nth(2)
                 .map(str::to_string)
-        })
+        });
+        if let Some(domain) = domain {
+            found.insert(comm, domain);
+        }
+    }
+    comms
+        .iter()
+        .filter_map(|comm| Some(format!("{comm}:{}", found.get(*comm)?)))
+        .collect()
 }
 
 fn read_trim(p: PathBuf) -> Option<String> {
@@ -236,19 +252,19 @@ pub fn facts(root: &Path, dm: &dyn DeviceMapper) -> Vec<(String, String)> {
     );
     // The domains of the host's long-running services, `comm:type` for those running
     // (comm is cut to 15 characters by the kernel).
-    let domains: Vec<String> = [
-        "systemd",
-        "systemd-journal",
-        "systemd-logind",
-        "systemd-network",
-        "systemd-resolve",
-        "dbus-broker",
-        "chronyd",
-        "apiserver",
-    ]
-    .iter()
-    .filter_map(|comm| Some(format!("{comm}:{}", selinux_domain(root, comm)?)))
-    .collect();
+    let domains = selinux_domains(
+        root,
+        &[
+            "systemd",
+            "systemd-journal",
+            "systemd-logind",
+            "systemd-network",
+            "systemd-resolve",
+            "dbus-broker",
+            "chronyd",
+            "apiserver",
+        ],
+    );
     push(
         "selinux-domains",
         (!domains.is_empty()).then(|| domains.join(",")),
