@@ -49,6 +49,12 @@ if ! command -v secilc >/dev/null || ! command -v sesearch >/dev/null; then
   apt-get install -y -qq --no-install-recommends secilc setools >/dev/null
 fi
 
+# Added after v4: libfaketime, for the updater test that runs a check under a clock far ahead
+# (os-build/tests/update_repo.rs).
+if [ ! -e /usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1 ]; then
+  apt-get install -y -qq --no-install-recommends faketime >/dev/null
+fi
+
 # arm64 roots run their maintainer scripts under qemu-user.
 if [ -d /proc/sys/fs/binfmt_misc ] && [ ! -e /proc/sys/fs/binfmt_misc/register ]; then
   mount -t binfmt_misc binfmt_misc /proc/sys/fs/binfmt_misc

@@ -122,6 +122,11 @@ pub struct AddArgs {
     /// arch (default: each added build's own version).
     #[arg(long)]
     pub max_version: Option<semver::Version>,
+    /// Raise the anti-rollback floor with the added builds: once a host runs one of them
+    /// healthy, it never installs, boots or rolls back to a version below VERSION (at most
+    /// each build's own version; docs/updates.md#rollback-floor).
+    #[arg(long, value_name = "VERSION")]
+    pub rollback_floor: Option<semver::Version>,
     /// Datastore migrations between two versions: FROM:TO:NAME[,NAME...]; repeatable.
     #[arg(long, value_parser = crate::repo::parse_migration)]
     pub migration: Vec<updater::manifest::Migration>,

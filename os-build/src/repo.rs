@@ -439,6 +439,7 @@ fn stage_build(build: &Path, work: &Path, args: &AddArgs, existing: &Manifest) -
         variant: bm.variant,
         arch: bm.arch,
         max_version: args.max_version.clone().unwrap_or_else(|| version.clone()),
+        rollback_floor: args.rollback_floor.clone(),
         version,
         waves,
         verity: VerityInfo {

@@ -47,6 +47,8 @@ pub struct Policy {
     /// The host's seed, `0..MAX_SEED`.
     pub seed: u32,
     pub now: jiff::Timestamp,
+    /// The host's anti-rollback floor: no version below it is chosen, downgrade or not.
+    pub floor: Option<Version>,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -59,6 +61,8 @@ pub enum ChooseError {
     NotOffered(Version),
     #[error("seed {0} is out of range (0..{MAX_SEED})")]
     Seed(u32),
+    #[error("version-lock {wanted} is below this host's rollback floor {floor}, set when an update that raised it booted healthy: lock a version at or above {floor} (the floor is never lowered; docs/updates.md#rollback-floor)")]
+    BelowFloor { wanted: Version, floor: Version },
 }
 
 /// The versions offered to this host's variant and arch (newest first), wave or not.
@@ -87,6 +91,12 @@ pub fn choose<'m>(
             if wanted == &policy.current {
                 return Ok(None);
             }
+            if let Some(floor) = policy.floor.as_ref().filter(|f| wanted < *f) {
+                return Err(ChooseError::BelowFloor {
+                    wanted: wanted.clone(),
+                    floor: floor.clone(),
+                });
+            }
             if wanted < &policy.current && !policy.allow_downgrade {
                 return Err(ChooseError::Downgrade {
                     wanted: wanted.clone(),
@@ -105,6 +115,7 @@ pub fn choose<'m>(
         }
         VersionLock::Latest => Ok(offered.into_iter().find(|u| {
             u.version > policy.current
+                && policy.floor.as_ref().is_none_or(|f| &u.version >= f)
                 && (policy.ignore_waves || wave_ready(u, policy.seed, policy.now))
         })),
     }
@@ -160,6 +171,7 @@ mod tests {
             ignore_waves: false,
             seed: 100,
             now: t("2026-06-01T00:00:00Z"),
+            floor: None,
         }
     }
 
@@ -212,6 +224,22 @@ mod tests {
             ChooseError::NotOffered(v("5.0.0"))
         );
         p.version_lock = "1.2.0".parse().unwrap();
+        assert!(choose(&m, &p).unwrap().is_none());
+        // Below the floor even an allowed downgrade is refused.
+        p.version_lock = VersionLock::Exact(v("1.0.0"));
+        p.floor = Some(v("1.1.0"));
+        assert_eq!(
+            choose(&m, &p).unwrap_err(),
+            ChooseError::BelowFloor {
+                wanted: v("1.0.0"),
+                floor: v("1.1.0")
+            }
+        );
+        p.version_lock = VersionLock::Exact(v("1.1.0"));
+        assert_eq!(choose(&m, &p).unwrap().unwrap().version, v("1.1.0"));
+        // A host running below its floor (an old UKI booted) takes nothing below it.
+        let mut p = policy("1.0.0");
+        p.floor = Some(v("1.3.0"));
         assert!(choose(&m, &p).unwrap().is_none());
     }
 

@@ -55,6 +55,17 @@ pub enum Command {
         #[arg(long, env = "BERTH_UPDATES_ESP", default_value = "/boot")]
         esp: PathBuf,
     },
+    /// Forget the latest time a verified check saw, when a clock that ran ahead recorded it
+    /// and now blocks every check ("the system clock ... is behind"); docs/updates.md#clock.
+    ResetClock {
+        /// Folder holding state.json and the TUF datastore (on `private`).
+        #[arg(
+            long,
+            env = "BERTH_UPDATES_STATE_DIR",
+            default_value = "/private/updates"
+        )]
+        state_dir: PathBuf,
+    },
     /// Print the stored state as JSON.
     Status {
         /// Folder holding state.json (on `private`).
@@ -160,10 +171,12 @@ pub struct UpdaterArgs {
     /// /proc/cmdline).
     #[arg(long, value_enum, env = "BERTH_UPDATES_SLOT")]
     pub slot: Option<Slot>,
-    /// The inactive slot's root partition (default /dev/disk/by-partlabel/root-SLOT).
+    /// The inactive slot's root partition (default: the partition named root-SLOT on the disk
+    /// that holds the running root).
     #[arg(long)]
     pub root_partition: Option<PathBuf>,
-    /// The inactive slot's verity partition (default /dev/disk/by-partlabel/verity-SLOT).
+    /// The inactive slot's verity partition (default: the partition named verity-SLOT on the
+    /// disk that holds the running root).
     #[arg(long)]
     pub verity_partition: Option<PathBuf>,
     /// Where the ESP is mounted.
@@ -187,13 +200,13 @@ impl UpdaterArgs {
             Some(v) => v.clone(),
             None => host::version(host_root)?,
         };
-        let part = |label: &str| PathBuf::from(format!("/dev/disk/by-partlabel/{label}-{slot}"));
         Ok(Config {
             source: RepoSource {
                 metadata_url: self.metadata_url.clone(),
                 targets_url: self.targets_url.clone(),
                 trusted_root: self.trusted_root.clone(),
-                datastore: self.state_dir.join("tuf"),
+                datastore: crate::repo::datastore_dir(&self.state_dir),
+                patience: crate::download::Patience::default(),
             },
             state_dir: self.state_dir.clone(),
             staging_dir: self.staging_dir.clone(),
@@ -205,11 +218,11 @@ impl UpdaterArgs {
             ignore_waves: self.ignore_waves,
             seed: self.seed,
             slot,
-            root_partition: self.root_partition.clone().unwrap_or_else(|| part("root")),
-            verity_partition: self
-                .verity_partition
-                .clone()
-                .unwrap_or_else(|| part("verity")),
+            partitions: crate::SlotPartitions {
+                root: self.root_partition.clone(),
+                verity: self.verity_partition.clone(),
+                host_root: host_root.to_path_buf(),
+            },
             esp: self.esp.clone(),
         })
     }
@@ -235,19 +248,21 @@ mod tests {
     ];
 
     #[test]
-    fn defaults_name_the_slot_partitions() {
+    fn default_partitions_are_on_the_disk_of_the_running_root() {
         let cli = Cli::try_parse_from(BASE).unwrap();
         let Command::Check(args) = cli.command else {
             panic!("not check")
         };
+        // Found when needed: a check works on a host whose disks cannot be read.
         let cfg = args.config(Path::new("/nonexistent")).unwrap();
+        assert!(cfg.partitions.resolve(Slot::B).is_err());
+        // vdb is a clone of the boot disk, with the same partition names.
+        let host = tempfile::tempdir().unwrap();
+        crate::host::tests::fake_disks(host.path(), None, Path::new("/boot"));
+        let cfg = args.config(host.path()).unwrap();
         assert_eq!(
-            cfg.root_partition,
-            PathBuf::from("/dev/disk/by-partlabel/root-b")
-        );
-        assert_eq!(
-            cfg.verity_partition,
-            PathBuf::from("/dev/disk/by-partlabel/verity-b")
+            cfg.partitions.resolve(Slot::B).unwrap(),
+            (PathBuf::from("/dev/vda4"), PathBuf::from("/dev/vda5"))
         );
         assert_eq!(cfg.version_lock, VersionLock::Latest);
         assert_eq!(cfg.source.datastore, PathBuf::from("/private/updates/tuf"));
@@ -272,10 +287,6 @@ mod tests {
         assert_eq!(cfg.slot, Slot::A);
         assert_eq!(cfg.variant, "qemu");
         assert_eq!(cfg.running, Version::new(0, 3, 0));
-        assert_eq!(
-            cfg.root_partition,
-            PathBuf::from("/dev/disk/by-partlabel/root-a")
-        );
         // Without a host to read, the missing flag is named.
         let err = args
             .config(&dir.path().join("none"))

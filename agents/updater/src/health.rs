@@ -9,9 +9,15 @@
 //!
 //! - It waits for the gate units (by default `configured.target` and `apiserver.service`;
 //!   variants add theirs) to be active.
+//! - It needs the ESP mounted (vfat, on the disk that holds the running root): without it a
+//!   trial boot cannot be marked good, and a gate that passed anyway would leave the UKI
+//!   counting down to a silent fallback.
+//! - It refuses a version below the host's rollback floor.
 //! - Passed: a counted UKI is renamed to its good name (`berth-<version>.efi`), and an update
-//!   that was waiting for this boot is done (state `idle`).
-//! - Failed on a trial boot: the host reboots, so the boot loader tries again or falls back.
+//!   that was waiting for this boot is done (state `idle`); an update that raises the rollback
+//!   floor raises it now, and the UKIs below it leave the ESP.
+//! - Failed on a trial boot (including one whose entry could not be marked good): the host
+//!   reboots, so the boot loader tries again or falls back.
 //! - An update that was activated but is not what booted (the boot loader fell back, or the
 //!   slot's verity check restarted the machine until its tries ran out) is reported as
 //!   `failed_update` and its UKI removed.
@@ -24,7 +30,9 @@ use semver::Version;
 use crate::host::{self, HostError};
 use crate::manifest::Slot;
 use crate::slot::{self, SlotError};
-use crate::state::{self, BootOutcome, BootReport, FailedUpdate, StateError, Status, UpdateState};
+use crate::state::{
+    self, BootOutcome, BootReport, FailedUpdate, Floor, StateError, Status, UpdateState,
+};
 
 /// systemd-boot's vendor GUID for its EFI variables.
 pub const LOADER_GUID: &str = "4a67b082-0a4c-41cf-b6c7-440b29bb8c4f";
@@ -223,8 +231,53 @@ pub fn wait_for_units(units: &dyn Units, gate: &Gate) -> Result<(), String> {
     Ok(())
 }
 
-/// Runs the gate: reports a fallen-back update, checks the units, marks a trial boot good or
-/// reboots it. Returns the state as stored; `Err(GateFailed)` when the gate failed.
+/// Whether the ESP is mounted where the gate expects it: a vfat mount on `gate.esp`, from a
+/// partition of the disk that holds the running root. The reason when not.
+pub fn esp_ready(gate: &Gate) -> Result<(), String> {
+    let mounts = host::Mounts::read(&gate.host_root).map_err(|e| e.to_string())?;
+    let esp = mounts.at(&gate.esp).ok_or_else(|| {
+        format!(
+            "the ESP is not mounted on {} (boot.mount): this boot cannot be marked good without it",
+            gate.esp.display()
+        )
+    })?;
+    if esp.fstype != "vfat" {
+        return Err(format!(
+            "{} holds a {} file system, not the ESP (vfat)",
+            gate.esp.display(),
+            esp.fstype
+        ));
+    }
+    let root = mounts
+        .at(Path::new("/"))
+        .ok_or("the root file system is not in /proc/self/mountinfo")?;
+    let sys = gate.host_root.join("sys");
+    let root_disk = host::disk_of(&sys, &root.devno).map_err(|e| e.to_string())?;
+    let esp_disk = host::disk_of(&sys, &esp.devno).map_err(|e| e.to_string())?;
+    if esp_disk != root_disk {
+        return Err(format!(
+            "the ESP on {} ({}) is on disk {esp_disk}, not on {root_disk} that holds the running root",
+            gate.esp.display(),
+            esp.source
+        ));
+    }
+    Ok(())
+}
+
+/// Refuses a boot below the host's rollback floor.
+fn floor_allows(floor: Option<&Floor>, booted: &Booted) -> Result<(), String> {
+    match floor {
+        Some(f) if booted.version < f.version => Err(format!(
+            "version {} is below this host's rollback floor {} (raised when {} booted healthy); it is not marked good",
+            booted.version, f.version, f.set_by
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// Runs the gate: reports a fallen-back update, checks the units, the ESP and the rollback
+/// floor, marks a trial boot good or reboots it. Returns the state as stored;
+/// `Err(GateFailed)` when the gate failed.
 pub fn run(gate: &Gate, units: &dyn Units) -> Result<Status, HealthError> {
     let booted = Booted::read(&gate.host_root)?;
     let entry = booted
@@ -233,26 +286,49 @@ pub fn run(gate: &Gate, units: &dyn Units) -> Result<Status, HealthError> {
         .and_then(|p| p.file_name())
         .map(|n| n.to_string_lossy().into_owned());
     tracing::info!(slot = %booted.slot, version = %booted.version, entry = ?entry, "health gate");
-    let gate_result = wait_for_units(units, gate);
+    let units_result = wait_for_units(units, gate);
 
     // API commands may hold the lock for a moment; the gate waits for it rather than fail.
     let _lock = take_lock(&gate.state_dir, gate.timeout)?;
     let mut status = Status::load(&gate.state_dir)?;
     status.running = Some(booted.version.clone());
-    fallen_back(gate, &booted, &mut status)?;
+    let esp = esp_ready(gate);
+    fallen_back(gate, &booted, &mut status, esp.is_ok())?;
+
+    // This boot is the trial of the activated update.
+    let update_trial = status.state == UpdateState::Ready
+        && status.target_slot == Some(booted.slot)
+        && status.chosen.as_ref().map(|c| &c.version) == Some(&booted.version);
+    let trial = update_trial || entry.as_deref().and_then(boot_counter).is_some();
+    let verdict = units_result
+        .and(esp)
+        .and_then(|()| floor_allows(status.rollback_floor.as_ref(), &booted))
+        .and_then(|()| match &booted.counted {
+            Some(counted) => bless(&gate.esp, counted).map_err(|e| crate::error_chain(&e)),
+            // The boot loader did not say which entry it booted: the update's UKI cannot be
+            // found to be marked good, and would count down to a fallback.
+            None if update_trial => Err(format!(
+                "the boot loader did not report the booted entry (EFI variable LoaderBootCountPath), so the UKI of {} cannot be marked good",
+                booted.version
+            )),
+            None => Ok(false),
+        });
 
     let now = jiff::Timestamp::now();
-    match gate_result {
-        Ok(()) => {
-            let blessed = match &booted.counted {
-                Some(counted) => bless(&gate.esp, counted)?,
-                None => false,
-            };
-            if status.state == UpdateState::Ready
-                && status.target_slot == Some(booted.slot)
-                && status.chosen.as_ref().map(|c| &c.version) == Some(&booted.version)
-            {
+    match verdict {
+        Ok(blessed) => {
+            if update_trial {
                 tracing::info!(version = %booted.version, "the update booted healthy");
+                let raises = status
+                    .chosen
+                    .as_ref()
+                    .and_then(|c| c.rollback_floor.clone());
+                if let Some(floor) = raises {
+                    let floor = Floor::raise(&gate.state_dir, &floor, &booted.version)?;
+                    let removed = slot::remove_ukis(&gate.esp, |v| v < &floor.version)?;
+                    tracing::info!(floor = %floor.version, ?removed, "rollback floor raised; UKIs below it removed");
+                    status.rollback_floor = Some(floor);
+                }
                 status.state = UpdateState::Idle;
                 status.chosen = None;
                 status.target_slot = None;
@@ -273,7 +349,6 @@ pub fn run(gate: &Gate, units: &dyn Units) -> Result<Status, HealthError> {
             Ok(status)
         }
         Err(reason) => {
-            let trial = entry.as_deref().and_then(boot_counter).is_some();
             let detail = if trial {
                 format!("{reason}; rebooting so the boot loader tries again or falls back")
             } else {
@@ -303,7 +378,12 @@ pub fn run(gate: &Gate, units: &dyn Units) -> Result<Status, HealthError> {
 }
 
 /// An activated update whose slot is not the one running: the boot loader fell back.
-fn fallen_back(gate: &Gate, booted: &Booted, status: &mut Status) -> Result<(), HealthError> {
+fn fallen_back(
+    gate: &Gate,
+    booted: &Booted,
+    status: &mut Status,
+    esp_ready: bool,
+) -> Result<(), HealthError> {
     if status.state != UpdateState::Ready || status.target_slot == Some(booted.slot) {
         return Ok(());
     }
@@ -316,8 +396,9 @@ fn fallen_back(gate: &Gate, booted: &Booted, status: &mut Status) -> Result<(), 
         chosen.version, booted.slot, booted.version
     );
     tracing::error!(%reason, "update rolled back");
-    // Its UKI is bad (or still counted): remove it so it is never tried again.
-    if chosen.version != booted.version {
+    // Its UKI is bad (or still counted): remove it so it is never tried again. Without the
+    // ESP it stays; its counter is at +0, which the boot loader does not pick.
+    if chosen.version != booted.version && esp_ready {
         slot::remove_ukis(&gate.esp, |v| v == &chosen.version)?;
     }
     status.failed_update = Some(FailedUpdate {
@@ -333,7 +414,8 @@ fn fallen_back(gate: &Gate, booted: &Booted, status: &mut Status) -> Result<(), 
     Ok(())
 }
 
-/// Renames a counted UKI to its good name; false when it is already gone (renamed before).
+/// Renames a counted UKI to its good name. False when a run of the gate earlier in this boot
+/// renamed it already (the good name is there); an error when neither name is on the ESP.
 fn bless(esp: &Path, counted: &Path) -> Result<bool, HealthError> {
     let from = esp.join(counted);
     let Some(good) = from
@@ -346,7 +428,7 @@ fn bless(esp: &Path, counted: &Path) -> Result<bool, HealthError> {
     let to = from.with_file_name(good);
     match std::fs::rename(&from, &to) {
         Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && to.is_file() => return Ok(false),
         Err(e) => {
             return Err(HealthError::Bless {
                 from,
@@ -426,10 +508,23 @@ mod tests {
     }
 
     impl Host {
-        /// A host running `version` from `slot`, booted from the ESP file `entry`.
+        /// A host running `version` from `slot`, booted from the ESP file `entry`, its ESP
+        /// mounted.
         fn new(slot: &str, version: &str, entry: Option<&str>) -> Host {
+            Host::with_esp_on(slot, version, entry, Some("vda"))
+        }
+
+        /// The same with the ESP of `esp_on` mounted (vda holds the running root; vdb is a
+        /// clone), or none.
+        fn with_esp_on(
+            slot: &str,
+            version: &str,
+            entry: Option<&str>,
+            esp_on: Option<&str>,
+        ) -> Host {
             let dir = tempfile::tempdir().unwrap();
             let root = dir.path().join("root");
+            crate::host::tests::fake_disks(&root, esp_on, &dir.path().join("esp"));
             for d in ["usr/lib", "proc", "sys/firmware/efi/efivars"] {
                 std::fs::create_dir_all(root.join(d)).unwrap();
             }
@@ -493,6 +588,7 @@ mod tests {
                     variant: "qemu".into(),
                     arch: "x86_64".into(),
                     version: version.parse().unwrap(),
+                    rollback_floor: None,
                 }),
                 target_slot: Some(slot),
                 uki: Some(format!("berth-{version}+3.efi")),
@@ -594,5 +690,101 @@ mod tests {
         // A second run in the same boot (unit restarted) finds the file renamed already.
         let status = run(&host.gate(), &healthy()).unwrap();
         assert!(!status.last_boot.unwrap().blessed);
+    }
+
+    #[test]
+    fn a_trial_boot_without_the_esp_fails_and_reboots() {
+        // boot.mount did not mount the ESP: the counted UKI cannot be renamed, so the gate
+        // must not pass (that left the update idle, unblessed, counting down to a fallback).
+        let host = Host::with_esp_on("b", "2.0.0", Some("berth-2.0.0+2-1.efi"), None);
+        host.uki("berth-1.0.0.efi").uki("berth-2.0.0+2-1.efi");
+        host.ready_for("2.0.0", Slot::B);
+        let units = healthy();
+        let err = run(&host.gate(), &units).unwrap_err().to_string();
+        assert!(err.contains("the ESP is not mounted"), "{err}");
+        assert_eq!(*units.reboots.borrow(), 1, "a trial boot reboots");
+        let status = Status::load(&host.gate().state_dir).unwrap();
+        assert_eq!(status.state, UpdateState::Ready, "the update is not closed");
+        let boot = status.last_boot.unwrap();
+        assert_eq!(boot.outcome, BootOutcome::GateFailed);
+        assert!(!boot.blessed);
+        assert_eq!(host.ukis(), ["berth-1.0.0.efi", "berth-2.0.0+2-1.efi"]);
+    }
+
+    #[test]
+    fn an_esp_of_another_disk_is_refused() {
+        // A clone of the image is attached and boot.mount mounted its ESP (vdb1).
+        let host = Host::with_esp_on("b", "2.0.0", Some("berth-2.0.0+2-1.efi"), Some("vdb"));
+        host.uki("berth-2.0.0+2-1.efi");
+        host.ready_for("2.0.0", Slot::B);
+        let err = run(&host.gate(), &healthy()).unwrap_err().to_string();
+        assert!(err.contains("is on disk vdb, not on vda"), "{err}");
+        assert_eq!(host.ukis(), ["berth-2.0.0+2-1.efi"]);
+    }
+
+    #[test]
+    fn the_update_trial_without_a_reported_entry_fails() {
+        // The boot loader did not set LoaderBootCountPath: the UKI cannot be found to bless.
+        let host = Host::new("b", "2.0.0", None);
+        host.uki("berth-2.0.0+2-1.efi");
+        host.ready_for("2.0.0", Slot::B);
+        let units = healthy();
+        let err = run(&host.gate(), &units).unwrap_err().to_string();
+        assert!(err.contains("LoaderBootCountPath"), "{err}");
+        assert_eq!(*units.reboots.borrow(), 1);
+        assert_eq!(
+            Status::load(&host.gate().state_dir).unwrap().state,
+            UpdateState::Ready
+        );
+    }
+
+    #[test]
+    fn a_counted_entry_missing_from_the_esp_fails_the_trial() {
+        let host = Host::new("b", "2.0.0", Some("berth-2.0.0+2-1.efi"));
+        host.uki("berth-1.0.0.efi");
+        host.ready_for("2.0.0", Slot::B);
+        let units = healthy();
+        let err = run(&host.gate(), &units).unwrap_err().to_string();
+        assert!(err.contains("cannot mark"), "{err}");
+        assert_eq!(*units.reboots.borrow(), 1);
+    }
+
+    #[test]
+    fn an_update_that_raises_the_floor_raises_it_and_removes_older_ukis() {
+        let host = Host::new("b", "2.0.0", Some("berth-2.0.0+2-1.efi"));
+        host.uki("berth-1.0.0.efi").uki("berth-2.0.0+2-1.efi");
+        let gate = host.gate();
+        host.ready_for("2.0.0", Slot::B);
+        let mut status = Status::load(&gate.state_dir).unwrap();
+        status.chosen.as_mut().unwrap().rollback_floor = Some(Version::new(2, 0, 0));
+        status.store(&gate.state_dir).unwrap();
+        let status = run(&gate, &healthy()).unwrap();
+        let floor = status.rollback_floor.unwrap();
+        assert_eq!(floor.version, Version::new(2, 0, 0));
+        assert_eq!(floor.set_by, Version::new(2, 0, 0));
+        assert_eq!(host.ukis(), ["berth-2.0.0.efi"], "1.0.0 is below the floor");
+        assert_eq!(Floor::load(&gate.state_dir).unwrap().unwrap(), floor);
+    }
+
+    #[test]
+    fn a_boot_below_the_floor_is_not_blessed() {
+        // An old UKI put back on the ESP (or picked in the menu) boots 1.0.0.
+        let host = Host::new("a", "1.0.0", Some("berth-1.0.0+2-1.efi"));
+        host.uki("berth-1.0.0+2-1.efi").uki("berth-2.0.0.efi");
+        let gate = host.gate();
+        Floor::raise(
+            &gate.state_dir,
+            &Version::new(2, 0, 0),
+            &Version::new(2, 0, 0),
+        )
+        .unwrap();
+        let units = healthy();
+        let err = run(&gate, &units).unwrap_err().to_string();
+        assert!(
+            err.contains("below this host's rollback floor 2.0.0"),
+            "{err}"
+        );
+        assert_eq!(*units.reboots.borrow(), 1, "a trial boot goes back");
+        assert_eq!(host.ukis(), ["berth-1.0.0+2-1.efi", "berth-2.0.0.efi"]);
     }
 }

@@ -5,12 +5,14 @@
 
 pub mod choose;
 pub mod cli;
+pub mod download;
 pub mod health;
 pub mod host;
 pub mod manifest;
 pub mod repo;
 pub mod slot;
 pub mod state;
+pub mod trust;
 
 use std::path::{Path, PathBuf};
 
@@ -19,7 +21,7 @@ use semver::Version;
 use crate::choose::{Policy, VersionLock};
 use crate::manifest::{Image, Slot, Update};
 use crate::repo::RepoSource;
-use crate::state::{Chosen, CommandName, CommandResult, Status, UpdateState};
+use crate::state::{Chosen, CommandName, CommandResult, Floor, Status, UpdateState};
 
 /// Everything one updater command needs.
 #[derive(Debug, Clone)]
@@ -38,14 +40,51 @@ pub struct Config {
     pub seed: u32,
     /// The inactive slot and its partitions.
     pub slot: Slot,
-    pub root_partition: PathBuf,
-    pub verity_partition: PathBuf,
+    pub partitions: SlotPartitions,
     /// Mount point of the ESP.
     pub esp: PathBuf,
 }
 
+/// The inactive slot's partitions: as given, or (for those not given) the partitions named
+/// `root-<slot>` and `verity-<slot>` on the disk that holds the running root, found when a
+/// command first needs them.
+#[derive(Debug, Clone)]
+pub struct SlotPartitions {
+    pub root: Option<PathBuf>,
+    pub verity: Option<PathBuf>,
+    /// `/` on a host.
+    pub host_root: PathBuf,
+}
+
+impl SlotPartitions {
+    /// Partitions given as paths (tests, or both flags).
+    pub fn at(root: PathBuf, verity: PathBuf) -> SlotPartitions {
+        SlotPartitions {
+            root: Some(root),
+            verity: Some(verity),
+            host_root: PathBuf::from("/"),
+        }
+    }
+
+    /// `(root, verity)` of `slot`.
+    pub fn resolve(&self, slot: Slot) -> Result<(PathBuf, PathBuf), host::HostError> {
+        let find = |given: &Option<PathBuf>, role: &str| -> Result<PathBuf, host::HostError> {
+            match given {
+                Some(path) => Ok(path.clone()),
+                None => {
+                    let disk = host::running_disk(&self.host_root)?;
+                    host::partition_on(&self.host_root, &disk, &format!("{role}-{slot}"))
+                }
+            }
+        };
+        Ok((find(&self.root, "root")?, find(&self.verity, "verity")?))
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum UpdaterError {
+    #[error("cannot find the partitions of the inactive slot")]
+    Partitions(#[from] host::HostError),
     #[error(transparent)]
     State(#[from] state::StateError),
     #[error(transparent)]
@@ -70,6 +109,10 @@ pub enum UpdaterError {
     },
     #[error("no other slot to boot: {dir} holds no UKI of a version other than the running {running} (the other slot is empty, failed, or was overwritten by a prepared update)")]
     NoOtherSlot { dir: PathBuf, running: Version },
+    #[error("version {version} is below this host's rollback floor {} (raised when {} booted healthy): it is never installed, marked good or rolled back to; take {} or newer (docs/updates.md#rollback-floor)", floor.version, floor.set_by, floor.version)]
+    BelowFloor { version: Version, floor: Box<Floor> },
+    #[error(transparent)]
+    Trust(#[from] trust::TrustError),
     #[error("a slot-writing task failed to finish")]
     Join(#[source] tokio::task::JoinError),
 }
@@ -87,8 +130,9 @@ pub fn error_chain(err: &dyn std::error::Error) -> String {
 }
 
 impl Config {
-    fn policy(&self) -> Policy {
+    fn policy(&self, floor: Option<&Floor>) -> Policy {
         Policy {
+            floor: floor.map(|f| f.version.clone()),
             variant: self.variant.clone(),
             arch: self.arch.clone(),
             current: self.running.clone(),
@@ -147,7 +191,7 @@ pub async fn check(cfg: &Config) -> Result<Status, UpdaterError> {
     record(cfg, CommandName::Check, |mut status| async move {
         let repo = repo::load(&cfg.source).await?;
         let manifest = repo::manifest(&repo).await?;
-        let policy = cfg.policy();
+        let policy = cfg.policy(status.rollback_floor.as_ref());
         status.available_versions = choose::offered(&manifest, &policy)
             .into_iter()
             .map(|u| u.version.clone())
@@ -162,6 +206,7 @@ pub async fn check(cfg: &Config) -> Result<Status, UpdaterError> {
                         variant: u.variant.clone(),
                         arch: u.arch.clone(),
                         version: u.version.clone(),
+                        rollback_floor: u.rollback_floor.clone(),
                     });
                 }
                 None => {
@@ -176,6 +221,18 @@ pub async fn check(cfg: &Config) -> Result<Status, UpdaterError> {
         Ok(status)
     })
     .await
+}
+
+/// Refuses a version below the host's rollback floor (the floor may have risen since the
+/// update was chosen).
+fn above_floor(status: &Status, version: &Version) -> Result<(), UpdaterError> {
+    match &status.rollback_floor {
+        Some(floor) if version < &floor.version => Err(UpdaterError::BelowFloor {
+            version: version.clone(),
+            floor: Box::new(floor.clone()),
+        }),
+        _ => Ok(()),
+    }
 }
 
 fn find<'m>(manifest: &'m manifest::Manifest, chosen: &Chosen) -> Option<&'m Update> {
@@ -196,6 +253,7 @@ pub async fn prepare(cfg: &Config) -> Result<Status, UpdaterError> {
         if chosen.version == cfg.running {
             return Err(UpdaterError::SameVersion(chosen.version));
         }
+        above_floor(&status, &chosen.version)?;
         let repo = repo::load(&cfg.source).await?;
         let manifest = repo::manifest(&repo).await?;
         let update = find(&manifest, &chosen).ok_or_else(|| UpdaterError::Withdrawn(chosen.version.clone()))?;
@@ -203,8 +261,10 @@ pub async fn prepare(cfg: &Config) -> Result<Status, UpdaterError> {
             tracing::info!(?names, "datastore migrations for this update");
         }
         let images = update.slots.get(cfg.slot).clone();
-        slot::check_space("root", &images.root, &cfg.root_partition)?;
-        slot::check_space("verity", &images.verity, &cfg.verity_partition)?;
+        let (root_partition, verity_partition) = cfg.partitions.resolve(cfg.slot)?;
+        tracing::info!(slot = %cfg.slot, root = %root_partition.display(), verity = %verity_partition.display(), "inactive slot");
+        slot::check_space("root", &images.root, &root_partition)?;
+        slot::check_space("verity", &images.verity, &verity_partition)?;
 
         std::fs::create_dir_all(&cfg.staging_dir).map_err(|e| UpdaterError::Staging {
             path: cfg.staging_dir.clone(),
@@ -234,8 +294,8 @@ pub async fn prepare(cfg: &Config) -> Result<Status, UpdaterError> {
             let verity = update.verity.clone();
             move || -> Result<(), UpdaterError> {
                 for (what, image, dest) in [
-                    ("root", &images.root, &cfg.root_partition),
-                    ("verity", &images.verity, &cfg.verity_partition),
+                    ("root", &images.root, &root_partition),
+                    ("verity", &images.verity, &verity_partition),
                 ] {
                     let stats = slot::write_image(what, &cfg.staged(image), image, dest)?;
                     tracing::info!(
@@ -247,7 +307,7 @@ pub async fn prepare(cfg: &Config) -> Result<Status, UpdaterError> {
                     );
                     slot::verify_image(what, image, dest)?;
                 }
-                slot::verify_verity(&verity, &cfg.root_partition)?;
+                slot::verify_verity(&verity, &root_partition)?;
                 tracing::info!(slot = %cfg.slot, "slot verified (sha256 and verity root hash)");
                 for image in [&images.root, &images.verity] {
                     let _ = std::fs::remove_file(cfg.staged(image));
@@ -270,6 +330,7 @@ pub async fn prepare(cfg: &Config) -> Result<Status, UpdaterError> {
 pub async fn activate(cfg: &Config) -> Result<Status, UpdaterError> {
     record(cfg, CommandName::Activate, |mut status| async move {
         let chosen = status.chosen.clone().ok_or(UpdaterError::NothingChosen)?;
+        above_floor(&status, &chosen.version)?;
         // The UKI's target name and hash come from the manifest we verified in prepare; read
         // it again (signed, fresh) rather than trusting a file on disk.
         let repo = repo::load(&cfg.source).await?;
@@ -325,10 +386,22 @@ pub async fn apply(cfg: &Config) -> Result<Status, UpdaterError> {
 pub fn rollback(state_dir: &Path, esp: &Path, running: &Version) -> Result<Status, UpdaterError> {
     let _lock = state::Lock::take(state_dir)?;
     let mut status = Status::load(state_dir)?;
+    let floor = status.rollback_floor.clone();
     let result = status
         .allows(CommandName::Rollback)
         .map_err(UpdaterError::from)
-        .and_then(|()| Ok(slot::prefer_other_uki(esp, running)?))
+        .and_then(|()| {
+            // The newest other UKI: below the floor it is not a slot to go back to.
+            if let (Some(floor), Some(other)) = (&floor, slot::newest_other_uki(esp, running)?) {
+                if other < floor.version {
+                    return Err(UpdaterError::BelowFloor {
+                        version: other,
+                        floor: Box::new(floor.clone()),
+                    });
+                }
+            }
+            Ok(slot::prefer_other_uki(esp, running)?)
+        })
         .and_then(|other| {
             other.ok_or_else(|| UpdaterError::NoOtherSlot {
                 dir: esp.join("EFI/Linux"),
@@ -347,6 +420,18 @@ pub fn rollback(state_dir: &Path, esp: &Path, running: &Version) -> Result<Statu
     });
     status.store(state_dir)?;
     result.map(|_| status)
+}
+
+/// `reset-clock`: forgets the latest time a verified update check saw, so that a clock that
+/// ran ahead once no longer blocks checks (docs/updates.md#clock). Returns the time forgotten.
+pub fn reset_clock(state_dir: &Path) -> Result<Option<jiff::Timestamp>, UpdaterError> {
+    let _lock = state::Lock::take(state_dir)?;
+    let forgotten = trust::reset_clock(&repo::datastore_dir(state_dir))?;
+    match forgotten {
+        Some(t) => tracing::info!(forgotten = %t, "latest verified time cleared"),
+        None => tracing::info!("no verified time was recorded"),
+    }
+    Ok(forgotten)
 }
 
 /// The state as stored.

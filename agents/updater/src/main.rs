@@ -72,7 +72,9 @@ fn exit_code(err: &anyhow::Error) -> u8 {
     for cause in err.chain() {
         let state = match cause.downcast_ref::<UpdaterError>() {
             // Nothing to roll back to is a conflict with the host's state, like a transition.
-            Some(UpdaterError::NoOtherSlot { .. }) => return EXIT_NOT_ALLOWED,
+            Some(UpdaterError::NoOtherSlot { .. } | UpdaterError::BelowFloor { .. }) => {
+                return EXIT_NOT_ALLOWED
+            }
             Some(UpdaterError::State(state)) => Some(state),
             Some(_) => None,
             None => cause.downcast_ref::<StateError>(),
@@ -101,6 +103,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Rollback { state_dir, esp } => {
             updater::rollback(&state_dir, &esp, &updater::host::version(host)?)?
+        }
+        Command::ResetClock { state_dir } => {
+            updater::reset_clock(&state_dir)?;
+            updater::status(&state_dir)?
         }
         Command::Status { state_dir } => updater::status(&state_dir)?,
     };

@@ -47,6 +47,11 @@ pub struct Update {
     pub version: Version,
     /// Hosts take this update only if `version <= max_version`; lowering it pulls a release.
     pub max_version: Version,
+    /// Once this version has booted healthy on a host, the host never installs, boots or
+    /// rolls back to a version below this one (its anti-rollback floor; docs/updates.md).
+    /// Omitted when the release does not raise the floor.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollback_floor: Option<Version>,
     /// Wave bounds: seed bound -> time from which hosts with seeds from this bound onwards may
     /// start taking the update. Empty means everyone at once. See [`crate::choose`].
     #[serde(default)]
@@ -55,6 +60,13 @@ pub struct Update {
     pub verity: VerityInfo,
     /// The images for each slot.
     pub slots: SlotImages,
+}
+
+/// `variant arch version`, for messages.
+impl fmt::Display for Update {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {} {}", self.variant, self.arch, self.version)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -160,6 +172,22 @@ pub enum ManifestError {
     },
     #[error("manifest wave bound {0} is above {MAX_SEED}")]
     WaveBound(u32),
+    #[error("manifest entry {entry} names target {name:?}, which is not a plain file name (no path separator, no `..`, no leading `.`): refused, since the updater stores targets under their names")]
+    TargetName { entry: String, name: String },
+    #[error("manifest entry {entry} has rollback floor {floor}, above its own version")]
+    FloorAboveVersion { entry: String, floor: Version },
+}
+
+/// Whether `name` can be used as a file name in the staging folder as it is: no path
+/// separators, no `..`, not hidden (the updater's own temporary names start with `.`), no
+/// control characters.
+pub fn is_plain_file_name(name: &str) -> bool {
+    !name.is_empty()
+        && !name.starts_with('.')
+        && !name.contains("..")
+        && !name
+            .chars()
+            .any(|c| c == '/' || c == '\\' || c.is_control())
 }
 
 impl Manifest {
@@ -185,6 +213,22 @@ impl Manifest {
             }
             if let Some(bound) = u.waves.keys().find(|b| **b > MAX_SEED) {
                 return Err(ManifestError::WaveBound(*bound));
+            }
+            for images in [&u.slots.a, &u.slots.b] {
+                for image in [&images.root, &images.verity, &images.uki] {
+                    if !is_plain_file_name(&image.target) {
+                        return Err(ManifestError::TargetName {
+                            entry: u.to_string(),
+                            name: image.target.clone(),
+                        });
+                    }
+                }
+            }
+            if let Some(floor) = u.rollback_floor.as_ref().filter(|f| **f > u.version) {
+                return Err(ManifestError::FloorAboveVersion {
+                    entry: u.to_string(),
+                    floor: floor.clone(),
+                });
             }
         }
         Ok(())
@@ -257,6 +301,7 @@ pub(crate) mod tests {
             arch: "x86_64".into(),
             version: v(version),
             max_version: v("9.9.9"),
+            rollback_floor: None,
             waves: BTreeMap::new(),
             verity: VerityInfo {
                 root_hash: "11".repeat(32),
@@ -289,6 +334,41 @@ pub(crate) mod tests {
         let json = serde_json::json!({"schema_version": 2});
         let err = Manifest::from_slice(json.to_string().as_bytes()).unwrap_err();
         assert!(err.to_string().contains("schema_version is 2"));
+    }
+
+    #[test]
+    fn target_names_must_be_plain_file_names() {
+        for bad in [
+            "../../private/datastore/live/settings.json",
+            "/etc/passwd",
+            "sub/dir.zst",
+            "..",
+            ".hidden.zst",
+            "a\\b",
+            "",
+        ] {
+            let mut m = Manifest::default();
+            let mut u = update("1.0.0");
+            u.slots.b.uki.target = bad.into();
+            m.upsert(u);
+            let json = serde_json::to_vec(&m).unwrap();
+            let err = Manifest::from_slice(&json).unwrap_err().to_string();
+            assert!(err.contains("not a plain file name"), "{bad:?}: {err}");
+        }
+        assert!(is_plain_file_name("qemu-test-x86_64-2.0.0-uki-b.efi.zst"));
+    }
+
+    #[test]
+    fn a_floor_above_its_own_version_is_refused() {
+        let mut m = Manifest::default();
+        let mut u = update("1.0.0");
+        u.rollback_floor = Some(v("1.0.0"));
+        m.upsert(u.clone());
+        Manifest::from_slice(&serde_json::to_vec(&m).unwrap()).unwrap();
+        u.rollback_floor = Some(v("1.0.1"));
+        m.upsert(u);
+        let err = Manifest::from_slice(&serde_json::to_vec(&m).unwrap()).unwrap_err();
+        assert!(err.to_string().contains("above its own version"), "{err}");
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! Reading the signed update repository with `tough`: it checks the signatures against the
-//! trusted root shipped in the image, the expiry of every role, and that no role's version went
-//! back (against the metadata it trusted last time, kept in a datastore on `private`); it checks
-//! every target's length and sha256 while it streams.
+//! newest trusted root (the image's, or a newer one this host verified before: [`crate::trust`]),
+//! the expiry of every role, and that no role's version went back (against the metadata it
+//! trusted last time, kept in a datastore on `private`); it checks every target's length and
+//! sha256 while it streams. Files come through [`crate::download`] (idle timeout, resume).
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -11,16 +12,16 @@ use futures_util::StreamExt;
 use tough::{ExpirationEnforcement, Repository, RepositoryLoader, TargetName};
 use url::Url;
 
+use crate::download::{Patience, ResumingTransport};
 use crate::manifest::{Manifest, ManifestError, MANIFEST_TARGET};
+use crate::trust::{self, TrustError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RepoError {
-    #[error("cannot read the trusted root {path}")]
-    ReadRoot {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Trust(#[from] TrustError),
+    #[error("cannot set up the HTTP client")]
+    Client(#[source] reqwest::Error),
     #[error("cannot create the TUF datastore {path}")]
     Datastore {
         path: PathBuf,
@@ -55,6 +56,11 @@ pub enum RepoError {
     Manifest(#[source] ManifestError),
 }
 
+/// The TUF datastore in the updater's state folder.
+pub fn datastore_dir(state_dir: &Path) -> PathBuf {
+    state_dir.join("tuf")
+}
+
 /// Where the repository is and what the host trusts.
 #[derive(Debug, Clone)]
 pub struct RepoSource {
@@ -66,6 +72,8 @@ pub struct RepoSource {
     pub trusted_root: PathBuf,
     /// Where the last trusted metadata is kept (rollback protection), on `private`.
     pub datastore: PathBuf,
+    /// Timeouts and retries of the downloads.
+    pub patience: Patience,
 }
 
 /// A short name for what went wrong, for the status and the log line. tough wraps a target's
@@ -107,25 +115,25 @@ fn kind(err: &tough::error::Error) -> &'static str {
     fallback
 }
 
-/// Loads and verifies the repository's metadata.
+/// Loads and verifies the repository's metadata, starting from the newest root this host
+/// trusts, and keeps what it verified for the next run ([`crate::trust`]).
 pub async fn load(source: &RepoSource) -> Result<Repository, RepoError> {
-    let root = tokio::fs::read(&source.trusted_root)
-        .await
-        .map_err(|e| RepoError::ReadRoot {
-            path: source.trusted_root.clone(),
-            source: e,
-        })?;
     tokio::fs::create_dir_all(&source.datastore)
         .await
         .map_err(|e| RepoError::Datastore {
             path: source.datastore.clone(),
             source: e,
         })?;
-    RepositoryLoader::new(
-        &root,
+    let start = trust::starting_root(&source.trusted_root, &source.datastore)?;
+    tracing::debug!(root = %start.path.display(), version = start.version, "starting from the newest trusted root");
+    let known = trust::check_clock(&source.datastore, jiff::Timestamp::now())?;
+    let transport = ResumingTransport::new(source.patience.clone()).map_err(RepoError::Client)?;
+    let loaded = RepositoryLoader::new(
+        &start.bytes,
         source.metadata_url.clone(),
         source.targets_url.clone(),
     )
+    .transport(transport)
     .datastore(&source.datastore)
     .expiration_enforcement(ExpirationEnforcement::Safe)
     .load()
@@ -135,6 +143,22 @@ pub async fn load(source: &RepoSource) -> Result<Repository, RepoError> {
         kind: kind(&e),
         source: Box::new(e),
     })
+    .and_then(|repo| {
+        trust::check_versions(&source.datastore, &repo)?;
+        Ok(repo)
+    });
+    match loaded {
+        Ok(repo) => {
+            trust::remember(&source.datastore, &repo)?;
+            Ok(repo)
+        }
+        Err(err) => {
+            // The clock tough recorded at the start of a load that did not verify is not a
+            // time to hold later checks to.
+            trust::restore_clock(&source.datastore, known)?;
+            Err(err)
+        }
+    }
 }
 
 fn target_name(name: &str) -> Result<TargetName, RepoError> {

@@ -395,6 +395,23 @@ pub fn remove_ukis(esp: &Path, pred: impl Fn(&Version) -> bool) -> Result<Vec<St
     Ok(removed)
 }
 
+/// The newest version of a Berth UKI on the ESP other than `running`, if any.
+pub fn newest_other_uki(esp: &Path, running: &Version) -> Result<Option<Version>, SlotError> {
+    let dir = esp.join("EFI/Linux");
+    match std::fs::read_dir(&dir) {
+        Ok(entries) => Ok(entries
+            .filter_map(|e| e.ok())
+            .filter_map(|e| uki_version(&e.file_name().to_string_lossy()))
+            .filter(|v| v != running)
+            .max()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(SlotError::Esp {
+            path: dir,
+            source: e,
+        }),
+    }
+}
+
 /// For a rollback by hand: gives the newest UKI of a version other than `running` its good
 /// name (no boot counter) and marks the running version's UKIs bad (`+0`), so systemd-boot
 /// boots the other one next. Returns the other UKI's new name, `None` when there is none (and

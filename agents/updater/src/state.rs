@@ -22,6 +22,9 @@ use crate::manifest::Slot;
 pub const STATE_FILE: &str = "state.json";
 /// Lock file held while a command runs.
 pub const LOCK_FILE: &str = "lock";
+/// The host's anti-rollback floor, apart from `state.json` so that clearing the update state
+/// never clears the floor.
+pub const FLOOR_FILE: &str = "rollback-floor.json";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -62,6 +65,21 @@ pub struct Chosen {
     pub variant: String,
     pub arch: String,
     pub version: Version,
+    /// The rollback floor this update raises the host to once it boots healthy (from the
+    /// signed manifest).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollback_floor: Option<Version>,
+}
+
+/// The host's anti-rollback floor: no version below it is installed, blessed or rolled back
+/// to. Raised by the health gate when an update whose manifest entry carries a floor boots
+/// healthy; never lowered (docs/updates.md#rollback-floor).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Floor {
+    pub version: Version,
+    /// The version whose healthy boot raised it.
+    pub set_by: Version,
+    pub at: jiff::Timestamp,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -90,6 +108,9 @@ pub struct Status {
     /// slot it runs now. Kept until another update boots healthy.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub failed_update: Option<FailedUpdate>,
+    /// The host's anti-rollback floor, kept in its own file ([`FLOOR_FILE`]); shown here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollback_floor: Option<Floor>,
 }
 
 /// The outcome of a boot's health gate.
@@ -139,6 +160,7 @@ impl Default for Status {
             most_recent_command: None,
             last_boot: None,
             failed_update: None,
+            rollback_floor: None,
         }
     }
 }
@@ -170,6 +192,12 @@ pub enum StateError {
         path: PathBuf,
         #[source]
         source: std::io::Error,
+    },
+    #[error("the rollback floor {path} is not valid; it is never lowered by the updater, so updates stop until it is readable again (docs/updates.md#rollback-floor)")]
+    Floor {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
     },
     #[error("cannot {command:?} in state {state:?} (needs {needs})")]
     Transition {
@@ -208,38 +236,82 @@ impl Lock {
     }
 }
 
-impl Status {
-    /// Reads the state from `dir`; a missing file is `idle`.
-    pub fn load(dir: &Path) -> Result<Status, StateError> {
-        let path = dir.join(STATE_FILE);
+/// Writes `dir/name` atomically: a new file, fsync, rename, fsync the folder.
+fn write_atomic(dir: &Path, name: &str, bytes: &[u8]) -> Result<(), StateError> {
+    let path = dir.join(name);
+    let werr = |e| StateError::Write {
+        path: path.clone(),
+        source: e,
+    };
+    std::fs::create_dir_all(dir).map_err(werr)?;
+    let tmp = dir.join(format!(".{name}.new"));
+    let mut f = std::fs::File::create(&tmp).map_err(werr)?;
+    f.write_all(bytes).map_err(werr)?;
+    f.write_all(b"\n").map_err(werr)?;
+    f.sync_all().map_err(werr)?;
+    std::fs::rename(&tmp, &path).map_err(werr)?;
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(werr)?;
+    Ok(())
+}
+
+impl Floor {
+    /// The floor kept in `dir`, if any.
+    pub fn load(dir: &Path) -> Result<Option<Floor>, StateError> {
+        let path = dir.join(FLOOR_FILE);
         match std::fs::read(&path) {
-            Ok(bytes) => {
-                serde_json::from_slice(&bytes).map_err(|e| StateError::Parse { path, source: e })
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Status::default()),
+            Ok(bytes) => serde_json::from_slice(&bytes)
+                .map(Some)
+                .map_err(|e| StateError::Floor { path, source: e }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(StateError::Read { path, source: e }),
         }
     }
 
-    /// Replaces the state in `dir` atomically.
-    pub fn store(&self, dir: &Path) -> Result<(), StateError> {
-        let path = dir.join(STATE_FILE);
-        let werr = |e| StateError::Write {
-            path: path.clone(),
-            source: e,
+    /// Raises the floor in `dir` to `version` (never lowers it); returns the floor in force.
+    pub fn raise(dir: &Path, version: &Version, set_by: &Version) -> Result<Floor, StateError> {
+        if let Some(floor) = Floor::load(dir)?.filter(|f| &f.version >= version) {
+            return Ok(floor);
+        }
+        let floor = Floor {
+            version: version.clone(),
+            set_by: set_by.clone(),
+            at: jiff::Timestamp::now(),
         };
-        std::fs::create_dir_all(dir).map_err(werr)?;
-        let tmp = dir.join(format!(".{STATE_FILE}.new"));
-        let mut bytes = serde_json::to_vec_pretty(self).map_err(|e| werr(e.into()))?;
-        bytes.push(b'\n');
-        let mut f = std::fs::File::create(&tmp).map_err(werr)?;
-        f.write_all(&bytes).map_err(werr)?;
-        f.sync_all().map_err(werr)?;
-        std::fs::rename(&tmp, &path).map_err(werr)?;
-        std::fs::File::open(dir)
-            .and_then(|d| d.sync_all())
-            .map_err(werr)?;
-        Ok(())
+        let bytes = serde_json::to_vec_pretty(&floor).map_err(|e| StateError::Write {
+            path: dir.join(FLOOR_FILE),
+            source: e.into(),
+        })?;
+        write_atomic(dir, FLOOR_FILE, &bytes)?;
+        Ok(floor)
+    }
+}
+
+impl Status {
+    /// Reads the state from `dir`; a missing file is `idle`. The floor comes from its own file.
+    pub fn load(dir: &Path) -> Result<Status, StateError> {
+        let path = dir.join(STATE_FILE);
+        let mut status: Status = match std::fs::read(&path) {
+            Ok(bytes) => {
+                serde_json::from_slice(&bytes).map_err(|e| StateError::Parse { path, source: e })?
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Status::default(),
+            Err(e) => return Err(StateError::Read { path, source: e }),
+        };
+        status.rollback_floor = Floor::load(dir)?;
+        Ok(status)
+    }
+
+    /// Replaces the state in `dir` atomically (the floor is not written: see [`Floor::raise`]).
+    pub fn store(&self, dir: &Path) -> Result<(), StateError> {
+        let mut doc = self.clone();
+        doc.rollback_floor = None;
+        let bytes = serde_json::to_vec_pretty(&doc).map_err(|e| StateError::Write {
+            path: dir.join(STATE_FILE),
+            source: e.into(),
+        })?;
+        write_atomic(dir, STATE_FILE, &bytes)
     }
 
     /// Checks that `command` may run in the current state.
@@ -290,6 +362,7 @@ mod tests {
                 variant: "qemu".into(),
                 arch: "x86_64".into(),
                 version: Version::new(2, 0, 0),
+                rollback_floor: None,
             }),
             target_slot: Some(Slot::B),
             uki: None,
@@ -309,6 +382,7 @@ mod tests {
                 at: "2026-01-01T00:00:00Z".parse().unwrap(),
             }),
             failed_update: None,
+            rollback_floor: None,
         };
         status.store(dir.path()).unwrap();
         assert_eq!(Status::load(dir.path()).unwrap(), status);
@@ -317,6 +391,25 @@ mod tests {
             .map(|e| e.unwrap().file_name().into_string().unwrap())
             .collect();
         assert_eq!(names, [STATE_FILE], "no temporary file left");
+    }
+
+    #[test]
+    fn the_floor_only_goes_up_and_survives_a_cleared_state() {
+        let dir = tempfile::tempdir().unwrap();
+        let v = |s: &str| Version::parse(s).unwrap();
+        assert_eq!(Floor::load(dir.path()).unwrap(), None);
+        Floor::raise(dir.path(), &v("2.0.0"), &v("2.1.0")).unwrap();
+        let kept = Floor::raise(dir.path(), &v("1.5.0"), &v("1.5.0")).unwrap();
+        assert_eq!(kept.version, v("2.0.0"), "never lowered");
+        Status::default().store(dir.path()).unwrap();
+        let status = Status::load(dir.path()).unwrap();
+        assert_eq!(status.rollback_floor.unwrap().set_by, v("2.1.0"));
+        // Clearing the update state leaves the floor.
+        std::fs::remove_file(dir.path().join(STATE_FILE)).unwrap();
+        assert!(Status::load(dir.path()).unwrap().rollback_floor.is_some());
+        std::fs::write(dir.path().join(FLOOR_FILE), b"{").unwrap();
+        let err = Status::load(dir.path()).unwrap_err().to_string();
+        assert!(err.contains("rollback-floor.json"), "{err}");
     }
 
     #[test]
