@@ -329,9 +329,75 @@ pub fn uki_version(file_name: &str) -> Option<Version> {
     Version::parse(version).ok()
 }
 
-/// Installs the slot's UKI on the ESP as `EFI/Linux/berth-<version>+3.efi`: decompressed to a
-/// temporary name, checked, synced, renamed. Removes the UKIs of versions other than the
-/// running one first (they belonged to the slot being replaced). Returns the file name.
+/// The ESP's `EFI/Linux` folder as a UKI install uses it: [`EspDir`] on the mounted ESP; the
+/// tests run the same install over a FAT image whose writes can be cut at any point (a power
+/// cut during the install).
+pub trait UkiDir {
+    /// The folder, for messages.
+    fn path(&self) -> PathBuf;
+    /// Names of the files in the folder (created when missing).
+    fn names(&mut self) -> std::io::Result<Vec<String>>;
+    /// Creates (or empties) `name` and writes `src` into it; on disk when it returns.
+    fn write(&mut self, name: &str, src: &mut dyn Read) -> std::io::Result<u64>;
+    /// Reads `name` into `sink`.
+    fn read(&mut self, name: &str, sink: &mut dyn Write) -> std::io::Result<u64>;
+    fn remove(&mut self, name: &str) -> std::io::Result<()>;
+    fn rename(&mut self, from: &str, to: &str) -> std::io::Result<()>;
+    /// Puts the folder's entries on disk (FAT has no journal: a rename is on disk only then).
+    fn sync(&mut self) -> std::io::Result<()>;
+}
+
+/// `EFI/Linux` of the ESP mounted on a folder.
+#[derive(Debug)]
+pub struct EspDir(pub PathBuf);
+
+impl EspDir {
+    pub fn of(esp: &Path) -> EspDir {
+        EspDir(esp.join("EFI/Linux"))
+    }
+}
+
+impl UkiDir for EspDir {
+    fn path(&self) -> PathBuf {
+        self.0.clone()
+    }
+    fn names(&mut self) -> std::io::Result<Vec<String>> {
+        std::fs::create_dir_all(&self.0)?;
+        std::fs::read_dir(&self.0)?
+            .map(|e| e.map(|e| e.file_name().to_string_lossy().into_owned()))
+            .collect()
+    }
+    fn write(&mut self, name: &str, src: &mut dyn Read) -> std::io::Result<u64> {
+        let mut file = File::create(self.0.join(name))?;
+        let n = std::io::copy(src, &mut file)?;
+        file.sync_all()?;
+        Ok(n)
+    }
+    fn read(&mut self, name: &str, sink: &mut dyn Write) -> std::io::Result<u64> {
+        std::io::copy(
+            &mut BufReader::with_capacity(CHUNK, File::open(self.0.join(name))?),
+            sink,
+        )
+    }
+    fn remove(&mut self, name: &str) -> std::io::Result<()> {
+        std::fs::remove_file(self.0.join(name))
+    }
+    fn rename(&mut self, from: &str, to: &str) -> std::io::Result<()> {
+        std::fs::rename(self.0.join(from), self.0.join(to))
+    }
+    fn sync(&mut self) -> std::io::Result<()> {
+        File::open(&self.0)?.sync_all()
+    }
+}
+
+/// The temporary name a UKI is written under before it gets its boot-loader name; the boot
+/// loader only considers `*.efi`.
+fn temporary_name(name: &str) -> String {
+    format!(".{name}.tmp")
+}
+
+/// Installs the slot's UKI on the ESP as `EFI/Linux/berth-<version>+3.efi`. See
+/// [`install_uki_in`].
 pub fn install_uki(
     esp: &Path,
     staged: &Path,
@@ -339,58 +405,130 @@ pub fn install_uki(
     version: &Version,
     running: &Version,
 ) -> Result<String, SlotError> {
-    let dir = esp.join("EFI/Linux");
-    let eerr = |e| SlotError::Esp {
-        path: dir.clone(),
+    install_uki_in(&mut EspDir::of(esp), staged, image, version, running)
+}
+
+/// Installs the slot's UKI in `dir` as `berth-<version>+3.efi`, so that whatever instant the
+/// power goes the running version's UKI is untouched and no UKI name holds an incomplete
+/// file: UKIs of versions other than the running one (the slot being replaced) and what a cut
+/// install left are removed first; the UKI is decompressed to a temporary name, written
+/// through, read back and checked against the manifest's size and sha256, renamed, and the
+/// folder synced. Returns the file name.
+///
+/// What a cut leaves: temporary files, and, on FAT, a removed or renamed file's short 8.3
+/// entry (`BERTH-~2.EFI`, `BERTH-~1.TMP`) whose long-name entries were already marked free.
+/// The boot loader lists such an `.efi` entry as a good UKI, so any `.efi` in the folder that
+/// is not a Berth UKI name goes, and any `.tmp` (the folder holds Berth's UKIs only).
+pub fn install_uki_in(
+    dir: &mut dyn UkiDir,
+    staged: &Path,
+    image: &Image,
+    version: &Version,
+    running: &Version,
+) -> Result<String, SlotError> {
+    let eerr = |dir: &dyn UkiDir, e| SlotError::Esp {
+        path: dir.path(),
         source: e,
     };
-    std::fs::create_dir_all(&dir).map_err(eerr)?;
-    remove_ukis(esp, |v| v != running)?;
     let name = uki_name(version);
-    let tmp = dir.join(format!(".{name}.tmp"));
-    File::create(&tmp)
-        .map_err(|e| SlotError::Esp {
-            path: tmp.clone(),
+    let tmp = temporary_name(&name);
+    let mut removed = remove_ukis_in(dir, |v| v != running)?;
+    for leftover in dir.names().map_err(|e| eerr(dir, e))? {
+        let lower = leftover.to_ascii_lowercase();
+        let temporary = lower.ends_with(".tmp");
+        let stray_entry = lower.ends_with(".efi") && uki_version(&leftover).is_none();
+        if temporary || stray_entry {
+            dir.remove(&leftover).map_err(|e| eerr(dir, e))?;
+            removed.push(leftover);
+        }
+    }
+    if !removed.is_empty() {
+        dir.sync().map_err(|e| eerr(dir, e))?;
+    }
+    let input = File::open(staged).map_err(|e| SlotError::Open {
+        path: staged.to_owned(),
+        source: e,
+    })?;
+    let decoder = zstd::stream::read::Decoder::with_buffer(BufReader::with_capacity(CHUNK, input))
+        .map_err(|e| SlotError::Decompress {
+            path: staged.to_owned(),
             source: e,
-        })?
-        .set_len(0)
-        .map_err(eerr)?;
-    let result =
-        write_image("uki", staged, image, &tmp).and_then(|_| verify_image("uki", image, &tmp));
+        })?;
+    // One byte more than the manifest allows shows a longer image without reading it all.
+    let result = dir
+        .write(&tmp, &mut decoder.take(image.size + 1))
+        .map_err(|e| eerr(dir, e))
+        .and_then(|written| check_len("uki", &dir.path().join(&tmp), written, image.size))
+        .and_then(|()| {
+            let mut hasher = Sha256::new();
+            let read = dir.read(&tmp, &mut hasher).map_err(|e| eerr(dir, e))?;
+            check_len("uki", &dir.path().join(&tmp), read, image.size)?;
+            check_sha("uki", &dir.path().join(&tmp), hasher, &image.sha256)
+        });
     if let Err(err) = result {
-        let _ = std::fs::remove_file(&tmp);
+        let _ = dir.remove(&tmp);
         return Err(err);
     }
-    std::fs::rename(&tmp, dir.join(&name)).map_err(eerr)?;
-    File::open(&dir).and_then(|d| d.sync_all()).map_err(eerr)?;
+    dir.rename(&tmp, &name).map_err(|e| eerr(dir, e))?;
+    dir.sync().map_err(|e| eerr(dir, e))?;
     Ok(name)
+}
+
+fn check_len(what: &str, path: &Path, got: u64, want: u64) -> Result<(), SlotError> {
+    if got == want {
+        Ok(())
+    } else {
+        Err(SlotError::Size {
+            what: what.to_owned(),
+            path: path.to_owned(),
+            got,
+            want,
+        })
+    }
+}
+
+fn check_sha(what: &str, path: &Path, hasher: Sha256, want: &str) -> Result<(), SlotError> {
+    let got = hex::encode(hasher.finalize());
+    if got == want {
+        Ok(())
+    } else {
+        Err(SlotError::Hash {
+            what: what.to_owned(),
+            path: path.to_owned(),
+            got,
+            want: want.to_owned(),
+        })
+    }
 }
 
 /// Removes the Berth UKIs whose version matches `pred`; returns their names.
 pub fn remove_ukis(esp: &Path, pred: impl Fn(&Version) -> bool) -> Result<Vec<String>, SlotError> {
     let dir = esp.join("EFI/Linux");
-    let eerr = |e| SlotError::Esp {
-        path: dir.clone(),
+    if !dir.is_dir() {
+        return Ok(Vec::new());
+    }
+    let removed = remove_ukis_in(&mut EspDir(dir), pred)?;
+    Ok(removed)
+}
+
+/// [`remove_ukis`] in a [`UkiDir`]; syncs the folder when it removed something.
+pub fn remove_ukis_in(
+    dir: &mut dyn UkiDir,
+    pred: impl Fn(&Version) -> bool,
+) -> Result<Vec<String>, SlotError> {
+    let eerr = |dir: &dyn UkiDir, e| SlotError::Esp {
+        path: dir.path(),
         source: e,
     };
     let mut removed = Vec::new();
-    let entries = match std::fs::read_dir(&dir) {
-        Ok(entries) => entries,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(removed),
-        Err(e) => return Err(eerr(e)),
-    };
-    for entry in entries {
-        let entry = entry.map_err(eerr)?;
-        let name = entry.file_name().to_string_lossy().into_owned();
-        if let Some(v) = uki_version(&name) {
-            if pred(&v) {
-                std::fs::remove_file(entry.path()).map_err(eerr)?;
-                removed.push(name);
-            }
+    for name in dir.names().map_err(|e| eerr(dir, e))? {
+        if uki_version(&name).is_some_and(|v| pred(&v)) {
+            dir.remove(&name).map_err(|e| eerr(dir, e))?;
+            removed.push(name);
         }
     }
     if !removed.is_empty() {
-        File::open(&dir).and_then(|d| d.sync_all()).map_err(eerr)?;
+        dir.sync().map_err(|e| eerr(dir, e))?;
     }
     Ok(removed)
 }
@@ -580,6 +718,325 @@ mod tests {
                 None => format!("berth-{v}+{left}.efi"),
             };
             proptest::prop_assert_eq!(uki_version(&counted), Some(v));
+        }
+    }
+
+    /// A power cut at every instant of a UKI install on FAT: the install runs once over a
+    /// FAT32 image (the `fatfs` crate, as os-build writes the ESP) whose writes are recorded;
+    /// then, for every prefix of those writes (the disk as a cut after that write leaves it),
+    /// the image must mount, hold the running version's UKI byte for byte, and let the boot
+    /// loader's first choice be a complete UKI; and the install run again on it must finish.
+    mod power_cut {
+        use std::cell::RefCell;
+        use std::collections::HashMap;
+        use std::io::{Cursor, Read, Seek, SeekFrom, Write};
+        use std::rc::Rc;
+
+        use super::*;
+
+        const SECTOR: u64 = 512;
+
+        /// Every write to a disk: where, and what.
+        type WriteLog = Rc<RefCell<Vec<(u64, Vec<u8>)>>>;
+
+        /// A disk in memory: the base image plus the pages written since, so that checking
+        /// hundreds of cut points does not copy the whole image each time. Every write is
+        /// appended to `log` when there is one.
+        struct Disk<'a> {
+            base: &'a [u8],
+            pages: HashMap<u64, Vec<u8>>,
+            pos: u64,
+            log: Option<WriteLog>,
+        }
+
+        impl<'a> Disk<'a> {
+            fn new(base: &'a [u8]) -> Disk<'a> {
+                Disk {
+                    base,
+                    pages: HashMap::new(),
+                    pos: 0,
+                    log: None,
+                }
+            }
+
+            fn page(&mut self, n: u64) -> &mut Vec<u8> {
+                let base = self.base;
+                self.pages.entry(n).or_insert_with(|| {
+                    let at = (n * SECTOR) as usize;
+                    base[at..at + SECTOR as usize].to_vec()
+                })
+            }
+
+            fn apply(&mut self, at: u64, bytes: &[u8]) {
+                let (pos, log) = (self.pos, self.log.take());
+                self.pos = at;
+                self.write_all(bytes).unwrap();
+                self.pos = pos;
+                self.log = log;
+            }
+        }
+
+        impl Read for Disk<'_> {
+            fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+                let len = self.base.len() as u64;
+                if self.pos >= len {
+                    return Ok(0);
+                }
+                let n = (buf.len() as u64)
+                    .min(SECTOR - self.pos % SECTOR)
+                    .min(len - self.pos);
+                let (page, off) = (self.pos / SECTOR, (self.pos % SECTOR) as usize);
+                let src = match self.pages.get(&page) {
+                    Some(p) => &p[off..off + n as usize],
+                    None => &self.base[self.pos as usize..(self.pos + n) as usize],
+                };
+                buf[..n as usize].copy_from_slice(src);
+                self.pos += n;
+                Ok(n as usize)
+            }
+        }
+
+        impl Write for Disk<'_> {
+            fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+                if let Some(log) = &self.log {
+                    log.borrow_mut().push((self.pos, buf.to_vec()));
+                }
+                let mut done = 0;
+                while done < buf.len() {
+                    let (page, off) = (self.pos / SECTOR, (self.pos % SECTOR) as usize);
+                    let n = (buf.len() - done).min(SECTOR as usize - off);
+                    self.page(page)[off..off + n].copy_from_slice(&buf[done..done + n]);
+                    self.pos += n as u64;
+                    done += n;
+                }
+                Ok(done)
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+
+        impl Seek for Disk<'_> {
+            fn seek(&mut self, to: SeekFrom) -> std::io::Result<u64> {
+                self.pos = match to {
+                    SeekFrom::Start(n) => n,
+                    SeekFrom::End(d) => (self.base.len() as i64 + d) as u64,
+                    SeekFrom::Current(d) => (self.pos as i64 + d) as u64,
+                };
+                Ok(self.pos)
+            }
+        }
+
+        /// `EFI/Linux` of a FAT file system.
+        struct FatDir<'f, T: fatfs::ReadWriteSeek>(&'f fatfs::FileSystem<T>);
+
+        impl<'f, T: fatfs::ReadWriteSeek> FatDir<'f, T> {
+            fn dir(&self) -> std::io::Result<fatfs::Dir<'f, T>> {
+                let root = self.0.root_dir();
+                match root.open_dir("EFI/Linux") {
+                    Ok(d) => Ok(d),
+                    Err(_) => root.create_dir("EFI/Linux"),
+                }
+            }
+        }
+
+        impl<T: fatfs::ReadWriteSeek> UkiDir for FatDir<'_, T> {
+            fn path(&self) -> PathBuf {
+                PathBuf::from("fat:/EFI/Linux")
+            }
+            fn names(&mut self) -> std::io::Result<Vec<String>> {
+                Ok(self
+                    .dir()?
+                    .iter()
+                    .filter_map(|e| e.ok())
+                    .map(|e| e.file_name())
+                    .filter(|n| n != "." && n != "..")
+                    .collect())
+            }
+            fn write(&mut self, name: &str, src: &mut dyn Read) -> std::io::Result<u64> {
+                let mut file = self.dir()?.create_file(name)?;
+                file.truncate()?;
+                let n = std::io::copy(src, &mut file)?;
+                file.flush()?;
+                Ok(n)
+            }
+            fn read(&mut self, name: &str, sink: &mut dyn Write) -> std::io::Result<u64> {
+                std::io::copy(&mut self.dir()?.open_file(name)?, sink)
+            }
+            fn remove(&mut self, name: &str) -> std::io::Result<()> {
+                self.dir()?.remove(name)
+            }
+            fn rename(&mut self, from: &str, to: &str) -> std::io::Result<()> {
+                let dir = self.dir()?;
+                dir.rename(from, &dir, to)
+            }
+            fn sync(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+
+        fn noise(len: usize, mut seed: u64) -> Vec<u8> {
+            (0..len)
+                .map(|_| {
+                    seed ^= seed << 13;
+                    seed ^= seed >> 7;
+                    seed ^= seed << 17;
+                    seed as u8
+                })
+                .collect()
+        }
+
+        /// The Berth UKIs of `EFI/Linux` with their contents.
+        fn ukis(disk: &mut Disk<'_>) -> BTreeMap<String, Vec<u8>> {
+            let fs = fatfs::FileSystem::new(disk, fatfs::FsOptions::new())
+                .expect("the ESP mounts after the cut");
+            let mut fat = FatDir(&fs);
+            let names = fat.names().unwrap();
+            names
+                .into_iter()
+                .filter(|n| n.to_ascii_lowercase().ends_with(".efi"))
+                .map(|n| {
+                    let mut bytes = Vec::new();
+                    fat.read(&n, &mut bytes).unwrap();
+                    (n, bytes)
+                })
+                .collect()
+        }
+
+        /// What systemd-boot boots first: the newest version whose entry is not bad (`+0`).
+        fn first_choice(ukis: &BTreeMap<String, Vec<u8>>) -> Option<&String> {
+            ukis.keys()
+                .filter(|n| crate::health::boot_counter(n).is_none_or(|(left, _)| left != 0))
+                .filter_map(|n| uki_version(n).map(|v| (v, n)))
+                .max()
+                .map(|(_, n)| n)
+        }
+
+        use std::collections::BTreeMap;
+
+        #[test]
+        fn the_running_uki_survives_a_power_cut_at_every_write_of_the_install() {
+            let dir = tempfile::tempdir().unwrap();
+            let running = Version::new(1, 0, 0);
+            let version = Version::new(2, 0, 0);
+            let old_uki = noise(20_000, 1);
+            let new_uki = noise(60_000, 2);
+            let stale_uki = noise(30_000, 3);
+            let (staged, image) = compress(&new_uki, dir.path(), "uki-b.efi.zst");
+
+            // The ESP before: the running UKI, and the UKI of the slot being replaced.
+            let mut base = vec![0u8; 40 << 20];
+            fatfs::format_volume(
+                Cursor::new(&mut base[..]),
+                fatfs::FormatVolumeOptions::new()
+                    .fat_type(fatfs::FatType::Fat32)
+                    .bytes_per_cluster(512),
+            )
+            .unwrap();
+            {
+                let fs =
+                    fatfs::FileSystem::new(Cursor::new(&mut base[..]), fatfs::FsOptions::new())
+                        .unwrap();
+                fs.root_dir().create_dir("EFI").unwrap();
+                let mut fat = FatDir(&fs);
+                for (name, bytes) in [
+                    ("berth-1.0.0.efi", &old_uki),
+                    ("berth-0.9.0+0-3.efi", &stale_uki),
+                ] {
+                    fat.write(name, &mut &bytes[..]).unwrap();
+                }
+                fs.unmount().unwrap();
+            }
+
+            // The install once, recording its writes.
+            let log = Rc::new(RefCell::new(Vec::new()));
+            {
+                let mut disk = Disk::new(&base);
+                disk.log = Some(log.clone());
+                let fs = fatfs::FileSystem::new(&mut disk, fatfs::FsOptions::new()).unwrap();
+                let mut fat = FatDir(&fs);
+                let name = install_uki_in(&mut fat, &staged, &image, &version, &running).unwrap();
+                assert_eq!(name, "berth-2.0.0+3.efi");
+                // Cut before the unmount: what an unmount would write never happens.
+                let end = log.borrow().len();
+                log.borrow_mut().truncate(end);
+                std::mem::forget(fs);
+            }
+            let writes = log.borrow().clone();
+            assert!(writes.len() > 100, "only {} writes", writes.len());
+            println!("{} writes, each a cut point", writes.len());
+
+            let mut on_disk = Disk::new(&base);
+            for cut in 0..=writes.len() {
+                if cut > 0 {
+                    let (at, bytes) = &writes[cut - 1];
+                    on_disk.apply(*at, bytes);
+                }
+                // Read the disk as the cut left it (on a copy: mounting may write).
+                let mut view = Disk {
+                    base: &base,
+                    pages: on_disk.pages.clone(),
+                    pos: 0,
+                    log: None,
+                };
+                let found = ukis(&mut view);
+                assert_eq!(
+                    found.get("berth-1.0.0.efi"),
+                    Some(&old_uki),
+                    "cut after write {cut}: the running UKI changed or went"
+                );
+                // Every other entry the boot loader lists is the new UKI, whole, or what is
+                // left of the UKI being removed (cut short as its clusters are freed, never
+                // over clusters given to the new file).
+                for (name, bytes) in &found {
+                    let whole_new = bytes == &new_uki;
+                    let part_of_stale = stale_uki.starts_with(bytes);
+                    assert!(
+                        bytes == &old_uki || whole_new || part_of_stale,
+                        "cut after write {cut}: {name} holds {} bytes of no UKI",
+                        bytes.len()
+                    );
+                    if uki_version(name).is_some_and(|v| v == version) {
+                        assert!(whole_new, "cut after write {cut}: {name} is incomplete");
+                    }
+                }
+                let first = first_choice(&found).expect("a UKI to boot");
+                let want = if first == "berth-1.0.0.efi" {
+                    &old_uki
+                } else {
+                    &new_uki
+                };
+                assert_eq!(
+                    &found[first], want,
+                    "cut after write {cut}: the boot loader's first choice {first} is incomplete"
+                );
+                // Power on again: the install runs to the end on what the cut left.
+                let mut again = Disk {
+                    base: &base,
+                    pages: on_disk.pages.clone(),
+                    pos: 0,
+                    log: None,
+                };
+                {
+                    let fs = fatfs::FileSystem::new(&mut again, fatfs::FsOptions::new()).unwrap();
+                    let mut fat = FatDir(&fs);
+                    install_uki_in(&mut fat, &staged, &image, &version, &running)
+                        .unwrap_or_else(|e| panic!("cut after write {cut}: install again: {e}"));
+                    fs.unmount().unwrap();
+                }
+                again.pos = 0;
+                let after = ukis(&mut again);
+                again.pos = 0;
+                let fs = fatfs::FileSystem::new(&mut again, fatfs::FsOptions::new()).unwrap();
+                let mut names = FatDir(&fs).names().unwrap();
+                names.sort();
+                assert_eq!(
+                    names,
+                    ["berth-1.0.0.efi", "berth-2.0.0+3.efi"],
+                    "cut after write {cut}: the second install left other files"
+                );
+                assert_eq!(after["berth-2.0.0+3.efi"], new_uki);
+            }
         }
     }
 }
