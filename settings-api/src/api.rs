@@ -28,6 +28,7 @@ pub enum Op {
     ActivateUpdate,
     DeactivateUpdate,
     RollbackToInactive,
+    ResetUpdateClock,
     UpdateStatus,
     ReportCis,
     ReportCisK8s,
@@ -257,7 +258,7 @@ pub static ROUTES: &[Route] = &[
         method: "GET",
         path: "/os",
         op: Op::GetOs,
-        summary: "OS information: pretty_name, variant_id, version_id, build_id, arch, and missing_artifacts when the image was built without some external artifacts",
+        summary: "OS information: pretty_name, variant_id, version_id, build_id, arch, missing_artifacts when the image was built without some external artifacts, and datastore_quarantine when live settings that could not be used were kept aside",
         params: &[],
         body: None,
         responses: &[(200, "OS information", Some(Schema::Os)), ERR],
@@ -377,6 +378,15 @@ pub static ROUTES: &[Route] = &[
         responses: UPDATE_ACTION_RESPONSES,
     },
     Route {
+        method: "POST",
+        path: "/actions/reset-update-clock",
+        op: Op::ResetUpdateClock,
+        summary: "Forget the latest time a verified update check saw (berth-updater reset-clock), when a clock that ran ahead recorded it and every check now fails with 'the system clock ... is behind'",
+        params: &[],
+        body: None,
+        responses: UPDATE_ACTION_RESPONSES,
+    },
+    Route {
         method: "GET",
         path: "/updates/status",
         op: Op::UpdateStatus,
@@ -465,6 +475,18 @@ fn schema_json(schema: Schema) -> Value {
                             "path": {"type": "string"},
                             "url": {"type": ["string", "null"]},
                             "sha256": {"type": ["string", "null"]},
+                            "reason": {"type": "string"}
+                        }
+                    }
+                },
+                "datastore_quarantine": {
+                    "description": "Live settings apiserver could not use at a start (not JSON, or refused by the model), kept aside; the host then started from the defaults and applied user data again",
+                    "type": "array",
+                    "items": {
+                        "type": "object",
+                        "required": ["file", "reason"],
+                        "properties": {
+                            "file": {"type": "string"},
                             "reason": {"type": "string"}
                         }
                     }

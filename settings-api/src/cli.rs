@@ -140,6 +140,10 @@ pub enum UpdateCommand {
         #[arg(long)]
         reboot: bool,
     },
+    /// Forget the latest time a verified update check saw, then print the update status:
+    /// for a host whose clock ran ahead once, so that every check now fails with "the system
+    /// clock ... is behind" (docs/updates.md#clock). Fix the clock first.
+    ResetClock,
 }
 
 #[derive(Debug, Args)]

@@ -378,6 +378,10 @@ pub fn update_steps(cmd: &UpdateCommand) -> Vec<(&'static str, &'static str, &'s
             steps
         }
         UpdateCommand::Cancel => vec![("cancel", "POST", "/actions/deactivate-update"), STATUS],
+        UpdateCommand::ResetClock => vec![
+            ("reset-clock", "POST", "/actions/reset-update-clock"),
+            STATUS,
+        ],
         UpdateCommand::Rollback { reboot } => {
             let mut steps = vec![
                 ("rollback", "POST", "/actions/rollback-to-inactive"),

@@ -6,6 +6,9 @@
 //! <root>/live/settings.v<N>.json   live settings as they were before a migration from
 //!                                  format N (kept for a rollback to a build of format N)
 //! <root>/pending/<tx>/settings.json  pending settings of transaction <tx>
+//! <root>/quarantine/<unix-time>/settings.json  live settings that could not be used (not
+//!                                  JSON, or refused by the model), kept as they were,
+//!                                  with a `reason` file beside them
 //! ```
 //!
 //! Every file is replaced atomically: write a temporary file in the same directory, rename it
@@ -72,6 +75,36 @@ pub enum DatastoreError {
         source: crate::model::ModelError,
     },
 }
+
+/// Live settings that could not be used, moved aside rather than deleted: apiserver starts
+/// from defaults (and boot-config applies user data again) instead of exiting at every start.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Quarantine {
+    /// The live settings file as it was.
+    pub file: PathBuf,
+    pub reason: String,
+}
+
+/// After a quarantine: moves boot-config's first-boot marker (the user data status file)
+/// aside to `<marker>.before-quarantine`, so that its user data step applies user data again
+/// over the defaults. Nothing to do when there is no marker.
+pub fn rearm_user_data(marker: &Path) -> Result<(), DatastoreError> {
+    let kept = marker.with_extension("json.before-quarantine");
+    match fs::rename(marker, &kept) {
+        Ok(()) => {
+            tracing::warn!(marker = %marker.display(), "user data will be applied again");
+            Ok(())
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(source) => Err(DatastoreError::Write {
+            path: marker.to_path_buf(),
+            source,
+        }),
+    }
+}
+
+/// Name of the folder of quarantined live settings.
+const QUARANTINE_DIR: &str = "quarantine";
 
 /// A datastore rooted at a directory.
 #[derive(Debug, Clone)]
@@ -281,7 +314,11 @@ impl Datastore {
     /// transaction whose every value is already live; committing it later would undo newer
     /// changes, so it is removed here.
     fn remove_committed_leftovers(&self) -> Result<(), DatastoreError> {
-        let live = self.live()?;
+        // Live settings that cannot be read are the server's to quarantine; nothing to
+        // compare with then.
+        let Ok(live) = self.live() else {
+            return Ok(());
+        };
         for tx in self.list_tx()? {
             let Ok(dir) = self.tx_dir(&tx) else { continue };
             match read_json(&dir.join("settings.json")) {
@@ -290,6 +327,61 @@ impl Datastore {
             }
         }
         Ok(())
+    }
+
+    /// Moves the live settings aside (`quarantine/<unix-time>/settings.json`, with `reason`
+    /// beside it) so that live starts empty; durable before it returns.
+    pub fn quarantine_live(&self, reason: &str) -> Result<Quarantine, DatastoreError> {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        let base = self.root.join(QUARANTINE_DIR);
+        // Two quarantines in the same second (a restart loop) keep both.
+        let dir = (0..)
+            .map(|n| match n {
+                0 => base.join(now.to_string()),
+                n => base.join(format!("{now}.{n}")),
+            })
+            .find(|d| !d.exists())
+            .unwrap_or_else(|| base.join(now.to_string()));
+        let werr = |path: &Path| {
+            let path = path.to_path_buf();
+            move |source| DatastoreError::Write { path, source }
+        };
+        fs::create_dir_all(&dir).map_err(werr(&dir))?;
+        write_atomic(&dir.join("reason"), format!("{reason}\n").as_bytes(), true)?;
+        let file = dir.join("settings.json");
+        fs::rename(self.live_path(), &file).map_err(werr(&file))?;
+        for d in [&dir, &self.root.join("live")] {
+            fs::File::open(d)
+                .and_then(|f| f.sync_all())
+                .map_err(werr(d))?;
+        }
+        Ok(Quarantine {
+            file,
+            reason: reason.to_string(),
+        })
+    }
+
+    /// The live settings kept in quarantine, oldest first.
+    pub fn quarantines(&self) -> Vec<Quarantine> {
+        let mut dirs: Vec<PathBuf> = fs::read_dir(self.root.join(QUARANTINE_DIR))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.join("settings.json").is_file())
+            .collect();
+        dirs.sort();
+        dirs.into_iter()
+            .map(|d| Quarantine {
+                reason: fs::read_to_string(d.join("reason"))
+                    .map(|r| r.trim().to_string())
+                    .unwrap_or_default(),
+                file: d.join("settings.json"),
+            })
+            .collect()
     }
 
     /// The committed settings.
@@ -577,6 +669,21 @@ mod tests {
         ));
         assert!(ds.delete_tx("bad").unwrap().is_empty());
         assert!(ds.list_tx().unwrap().is_empty());
+    }
+
+    #[test]
+    fn quarantine_keeps_the_live_file_and_starts_empty() {
+        let dir = tempfile::tempdir().unwrap();
+        let ds = Datastore::open(dir.path()).unwrap();
+        fs::write(dir.path().join("live/settings.json"), b"{\"motd\": \"cut").unwrap();
+        assert!(matches!(ds.live(), Err(DatastoreError::Corrupt { .. })));
+        let q = ds.quarantine_live("not JSON").unwrap();
+        assert_eq!(fs::read(&q.file).unwrap(), b"{\"motd\": \"cut");
+        assert_eq!(ds.live().unwrap(), json!({}));
+        fs::write(dir.path().join("live/settings.json"), b"[").unwrap();
+        let second = ds.quarantine_live("again").unwrap();
+        assert_ne!(second.file, q.file, "a second quarantine keeps the first");
+        assert_eq!(ds.quarantines(), vec![q, second]);
     }
 
     #[test]

@@ -167,6 +167,10 @@ pub struct State {
     rebooter: Option<Arc<dyn crate::reboot::Rebooter>>,
     /// Runs `berth-updater` for the update actions and status; 501 without one.
     updater: Option<crate::updates::Updater>,
+    /// Live settings kept in quarantine (served in /os); `quarantined_now` when this start
+    /// put them there.
+    quarantines: Vec<crate::datastore::Quarantine>,
+    quarantined_now: bool,
 }
 
 impl State {
@@ -177,8 +181,31 @@ impl State {
         metadata: Metadata,
         os: BTreeMap<String, String>,
     ) -> Result<State, ServerError> {
-        let mut live = ds.live()?;
-        Settings::from_json(&live).map_err(ServerError::InvalidLive)?;
+        // Live settings that cannot be used would make every start fail: keep them aside and
+        // start from the defaults (boot-config then applies user data again).
+        let unusable = match ds.live() {
+            Ok(live) => match Settings::from_json(&live) {
+                Ok(_) => Ok(live),
+                Err(e) => Err(format!("the live settings are refused by the model: {e}")),
+            },
+            Err(DatastoreError::Corrupt { path, source }) => {
+                Err(format!("{} is not valid JSON: {source}", path.display()))
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let quarantined_now = unusable.is_err();
+        let mut live = match unusable {
+            Ok(live) => live,
+            Err(reason) => {
+                let q = ds.quarantine_live(&reason)?;
+                tracing::error!(
+                    file = %q.file.display(),
+                    "datastore quarantined: {reason}; the settings start from the defaults and user data is applied again (the file is kept; see /os)"
+                );
+                Value::Object(Map::new())
+            }
+        };
+        let quarantines = ds.quarantines();
         if let Some(defaults) = defaults {
             if crate::datastore::fill_missing(&mut live, &defaults) {
                 Settings::from_json(&live).map_err(ServerError::InvalidLive)?;
@@ -198,7 +225,14 @@ impl State {
             user_data_status: None,
             rebooter: None,
             updater: None,
+            quarantines,
+            quarantined_now,
         })
+    }
+
+    /// Whether this start moved unusable live settings to quarantine.
+    pub fn quarantined_now(&self) -> bool {
+        self.quarantined_now
     }
 
     /// Replaces the applier (the default logs).
@@ -639,6 +673,9 @@ async fn dispatch(
             if let Some(missing) = &state.missing_artifacts {
                 os["missing_artifacts"] = missing.clone();
             }
+            if !state.quarantines.is_empty() {
+                os["datastore_quarantine"] = json!(state.quarantines);
+            }
             ok_json(&os)
         }
         Op::UserDataStatus => {
@@ -699,7 +736,8 @@ async fn dispatch(
         | Op::PrepareUpdate
         | Op::ActivateUpdate
         | Op::DeactivateUpdate
-        | Op::RollbackToInactive => {
+        | Op::RollbackToInactive
+        | Op::ResetUpdateClock => {
             use crate::updates::Action;
             let updater = state.updater.as_ref().ok_or_else(updates_not_configured)?;
             let action = match op {
@@ -707,6 +745,7 @@ async fn dispatch(
                 Op::PrepareUpdate => Action::Prepare,
                 Op::ActivateUpdate => Action::Activate,
                 Op::RollbackToInactive => Action::Rollback,
+                Op::ResetUpdateClock => Action::ResetClock,
                 _ => Action::Deactivate,
             };
             // The updater takes its inputs from the live settings as they are now.

@@ -42,6 +42,8 @@ pub enum Action {
     Deactivate,
     /// `/actions/rollback-to-inactive`: needs no repository, so no settings.
     Rollback,
+    /// `/actions/reset-update-clock`: needs no repository either.
+    ResetClock,
 }
 
 impl Action {
@@ -53,6 +55,7 @@ impl Action {
             Action::Activate => "activate",
             Action::Deactivate => "deactivate",
             Action::Rollback => "rollback",
+            Action::ResetClock => "reset-clock",
         }
     }
 }
@@ -204,7 +207,7 @@ impl Updater {
     /// for it. A missing required setting fails before anything runs.
     pub async fn run(&self, action: Action, updates: Option<&Updates>) -> Result<(), UpdatesError> {
         let env = match action {
-            Action::Rollback => vec![(
+            Action::Rollback | Action::ResetClock => vec![(
                 "BERTH_UPDATES_STATE_DIR",
                 self.state_dir.to_string_lossy().into_owned(),
             )],

@@ -320,6 +320,20 @@ fn apiclient_update_apply_and_cancel_run_the_steps_in_order() {
         "{err}"
     );
     assert_eq!(f.commands().last().map(String::as_str), Some("prepare"));
+
+    // reset-clock needs no repository settings: only the state folder.
+    let before = f.calls().len();
+    f.server.ok(&["update", "reset-clock"]);
+    let calls = f.calls();
+    assert_eq!(calls[before].0, "reset-clock");
+    assert_eq!(
+        calls[before]
+            .1
+            .get("BERTH_UPDATES_STATE_DIR")
+            .map(String::as_str),
+        Some(f.state_dir.to_str().unwrap())
+    );
+    assert_eq!(calls[before + 1].0, status_call);
 }
 
 #[test]

@@ -676,7 +676,10 @@ mod tests {
     fn settings() -> Value {
         json!({
             "motd": "Welcome to Berth",
-            "ntp": {"time-servers": ["time.example.com", "ntp://pool.example.org"]},
+            "ntp": {
+                "time-servers": ["time.example.com", "ntp://pool.example.org"],
+                "options": ["nts", "maxsources 2"],
+            },
             "kernel": {
                 "sysctl": {"vm.max_map_count": "262144"},
                 "modules": {

@@ -37,6 +37,11 @@ fn run(args: ServerArgs) -> anyhow::Result<()> {
     }
     let mut state = state.with_cis_root(args.cis_root.clone());
     if let Some(path) = &args.user_data_status {
+        if state.quarantined_now() {
+            // The settings user data made are in quarantine: boot-config applies it again.
+            settings_api::datastore::rearm_user_data(path)
+                .with_context(|| format!("re-arming user data ({})", path.display()))?;
+        }
         state = state.with_user_data_status(path.clone());
     }
     if let Some(method) = args.reboot {
