@@ -1,6 +1,7 @@
 //! The GPT disk: partition layout (computed, golden-tested) and the raw image written from
-//! the ESP, root and verity images. Slot B, `private` and `data` stay empty: early-init
-//! makes the file systems on first boot, the updater fills slot B.
+//! the ESP, root and verity images. Slot B and `data` stay empty; `private` holds only
+//! early-init's never-formatted marker: early-init makes the file systems on first boot (and
+//! repairs, never formats, a `private` without the marker), the updater fills slot B.
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
@@ -180,6 +181,10 @@ pub fn write_raw(
         file.seek(SeekFrom::Start(part.offset)).map_err(werr)?;
         copy_sparse(&mut src, &mut file).map_err(werr)?;
     }
+    file.seek(SeekFrom::Start(layout.get("private").offset))
+        .map_err(werr)?;
+    file.write_all(early_init::storage::NEVER_FORMATTED)
+        .map_err(werr)?;
     file.sync_all().map_err(werr)
 }
 
@@ -262,6 +267,10 @@ mod tests {
         let bytes = std::fs::read(&out).unwrap();
         let at = l.get("root-a").offset as usize;
         assert_eq!(&bytes[at..at + 3 * 4096], &vec![0x5au8; 3 * 4096][..]);
+        // private starts with the marker early-init formats on (first boot only).
+        let private = l.get("private").offset as usize;
+        let marker = early_init::storage::NEVER_FORMATTED;
+        assert_eq!(&bytes[private..private + marker.len()], marker);
         // sfdisk, when present, reads the same table.
         if let Ok(o) = std::process::Command::new("sfdisk")
             .arg("--json")

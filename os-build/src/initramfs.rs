@@ -1,6 +1,6 @@
 //! The initramfs: early-init as `/init`, the variant's kernel modules with their
-//! dependencies, `mke2fs` with its libraries, and the few device nodes and folders PID 1
-//! needs before it mounts anything. Layout: docs/boot.md.
+//! dependencies, `mke2fs` and `e2fsck` with their libraries, and the few device nodes and
+//! folders PID 1 needs before it mounts anything. Layout: docs/boot.md.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::BufWriter;
@@ -63,12 +63,14 @@ pub fn build(input: &InitramfsInput<'_>, out: &Path) -> Result<InitrdConfig, Ini
             .collect(),
     };
 
-    let mke2fs = "/usr/sbin/mke2fs";
+    // mke2fs makes private and data on first boot; e2fsck repairs a damaged private.
+    let (mke2fs, e2fsck) = ("/usr/sbin/mke2fs", "/usr/sbin/e2fsck");
     let mke2fs_host = resolve(input.root, mke2fs)?;
+    let e2fsck_host = resolve(input.root, e2fsck)?;
     let libs = elfdeps::closure(
         input.root,
         input.triplet,
-        &[input.early_init.to_owned(), mke2fs_host],
+        &[input.early_init.to_owned(), mke2fs_host, e2fsck_host],
     )?;
 
     // Files to carry from the root: in-image path -> path inside the root to read.
@@ -77,6 +79,7 @@ pub fn build(input: &InitramfsInput<'_>, out: &Path) -> Result<InitrdConfig, Ini
         from_root.insert(merged_usr(lib), lib.clone());
     }
     from_root.insert(mke2fs.to_owned(), mke2fs.to_owned());
+    from_root.insert(e2fsck.to_owned(), e2fsck.to_owned());
     if resolve(input.root, "/etc/mke2fs.conf").is_ok() {
         from_root.insert("/etc/mke2fs.conf".into(), "/etc/mke2fs.conf".into());
     }

@@ -80,6 +80,8 @@ impl<H: Host> Boot<H> {
             &mut boot_disk,
         )
         .with_context(|| format!("find the partitions of slot {}", cmdline.slot))?;
+        self.boot_mount(&disk)
+            .context("point boot.mount at the ESP of the boot disk")?;
         let root_dev = self.verity(&cmdline, &disk).with_context(|| {
             format!(
                 "set up dm-verity over root-{0} and verity-{0}",
@@ -221,6 +223,71 @@ impl<H: Host> Boot<H> {
         Ok(())
     }
 
+    /// `boot.mount` mounts the ESP of the disk this boot's root comes from (a drop-in in
+    /// `/run`), not whichever disk udev's `/dev/disk/by-partlabel/ESP` names last: a second
+    /// disk cloned from the image has an ESP of the same name.
+    fn boot_mount(&mut self, disk: &SlotDisk) -> anyhow::Result<()> {
+        let path = self.path(paths::BOOT_MOUNT_DROP_IN);
+        if let Some(dir) = path.parent() {
+            fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
+        }
+        let text = format!(
+            "# Written by early-init: the ESP of the disk that holds this boot's root (docs/boot.md).\n\
+             [Mount]\nWhat=/dev/{}\n",
+            disk.esp.name
+        );
+        fs::write(&path, text).with_context(|| format!("write {}", path.display()))
+    }
+
+    /// `private`: made on the first boot only (the partition starts with os-build's
+    /// never-formatted marker; the disk then gets its own GUIDs first); mounted as it is when
+    /// it holds ext4; repaired with `e2fsck -p` when it holds no valid superblock. A
+    /// partition e2fsck cannot repair stops the boot ([`crate::fatal::Stop`]): formatting it
+    /// would lose the host's settings, and a reboot would not help.
+    fn ensure_private(&mut self, disk: &SlotDisk, dev: &Path) -> anyhow::Result<()> {
+        if storage::read_ext4(dev)?.is_some() {
+            return Ok(());
+        }
+        if storage::never_formatted(dev)? {
+            let disk_dev = self.path(&format!("/dev/{}", disk.disk));
+            self.host
+                .randomize_guids(&disk_dev)
+                .with_context(|| format!("give {} its own GUIDs", disk_dev.display()))?;
+            say(&format!(
+                "first boot: new disk and partition GUIDs on /dev/{}",
+                disk.disk
+            ));
+            self.ensure_ext4(dev, "private")?;
+            return Ok(());
+        }
+        say(&format!(
+            "private ({}) holds no valid ext4 superblock but was made before: repairing with e2fsck -p",
+            dev.display()
+        ));
+        let mut last = String::new();
+        for backup in std::iter::once(None).chain(storage::BACKUP_SUPERBLOCKS.map(Some)) {
+            match self.host.fsck_ext4(dev, backup) {
+                Ok(code) if code < 4 && storage::read_ext4(dev)?.is_some() => {
+                    say(&format!(
+                        "private repaired by e2fsck (exit code {code}{})",
+                        backup
+                            .map(|(bs, sb)| format!(", backup superblock {sb} of {bs}-byte blocks"))
+                            .unwrap_or_default()
+                    ));
+                    return Ok(());
+                }
+                Ok(code) => last = format!("e2fsck exited with {code}"),
+                Err(e) => last = format!("{e:#}"),
+            }
+        }
+        Err(crate::fatal::Stop(format!(
+            "private ({}) holds no usable ext4 file system and e2fsck -p could not repair it ({last}); \
+             repair it from another machine (e2fsck) or replace the disk (docs/boot.md)",
+            dev.display()
+        ))
+        .into())
+    }
+
     /// Makes an ext4 file system on `dev` unless it has one; true when it made one.
     fn ensure_ext4(&mut self, dev: &Path, label: &str) -> anyhow::Result<bool> {
         if storage::read_ext4(dev)?.is_some() {
@@ -238,7 +305,7 @@ impl<H: Host> Boot<H> {
 
     fn private(&mut self, disk: &SlotDisk) -> anyhow::Result<()> {
         let dev = Path::new("/dev").join(&disk.private.name);
-        self.ensure_ext4(&self.path(&dev.to_string_lossy()), "private")
+        self.ensure_private(disk, &self.path(&dev.to_string_lossy()))
             .context("prepare private")?;
         let flags = MountFlags::NOSUID | MountFlags::NODEV | MountFlags::NOEXEC;
         self.mount(

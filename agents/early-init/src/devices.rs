@@ -45,10 +45,11 @@ impl BlockDev {
     }
 }
 
-/// The slot's partitions, all on one disk.
+/// The slot's partitions, all on one disk, and that disk's ESP.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SlotDisk {
     pub disk: String,
+    pub esp: BlockDev,
     pub root: BlockDev,
     pub verity: BlockDev,
     pub private: BlockDev,
@@ -205,6 +206,7 @@ pub fn select(
     let found = (|| {
         Ok(SlotDisk {
             disk: root.disk.clone(),
+            esp: on_disk("ESP")?,
             verity: on_disk(&format!("verity-{slot}"))?,
             private: on_disk("private")?,
             data: on_disk("data")?,
@@ -226,8 +228,14 @@ pub fn wait_for_slot(
         let devs = scan(&root.join("sys"))?;
         let missing = match select(&devs, slot, &mut |disk| boot_disk.holds_esp(root, disk))? {
             Ok(found) => {
-                let nodes = [&found.root, &found.verity, &found.private, &found.data]
-                    .map(|d| root.join("dev").join(&d.name));
+                let nodes = [
+                    &found.esp,
+                    &found.root,
+                    &found.verity,
+                    &found.private,
+                    &found.data,
+                ]
+                .map(|d| root.join("dev").join(&d.name));
                 match nodes.iter().find(|n| !n.exists()) {
                     None => return Ok(found),
                     Some(n) => n.display().to_string(),
@@ -312,6 +320,7 @@ pub(crate) mod tests {
         )
         .expect("found");
         assert_eq!(found.disk, "vda");
+        assert_eq!(found.esp.name, "vda1");
         assert_eq!(found.root.name, "vda4");
         assert_eq!(found.verity.name, "vda5");
         assert_eq!(found.private.name, "vda6");

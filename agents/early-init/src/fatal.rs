@@ -6,6 +6,34 @@ use std::time::Duration;
 /// Pause before the reboot, so the line can be read on a screen.
 const PAUSE: Duration = Duration::from_secs(3);
 
+/// A failure that a reboot cannot fix and that must not be retried over and over: early-init
+/// prints one line and powers the machine off, leaving the disks as they are (a `private`
+/// e2fsck could not repair, say: formatting it would lose the host's settings).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct Stop(pub String);
+
+/// Whether `err` (or a cause of it) is a [`Stop`].
+pub fn is_stop(err: &anyhow::Error) -> bool {
+    err.chain().any(|e| e.is::<Stop>())
+}
+
+/// The single line printed for a [`Stop`]: `early-init: STOP: <what>: <why>; powering off`.
+pub fn stop_line(err: &anyhow::Error) -> String {
+    let chain = format!("{err:#}").replace('\n', " ");
+    format!("early-init: STOP: {chain}; powering off, the disks are left as they are")
+}
+
+/// Prints `line`, waits, syncs and powers off. Falls back to exiting (a kernel panic).
+pub fn poweroff_with(line: &str) -> ! {
+    eprintln!("{line}");
+    std::thread::sleep(PAUSE);
+    rustix::fs::sync();
+    let err = rustix::system::reboot(rustix::system::RebootCommand::PowerOff);
+    eprintln!("early-init: power off failed: {err:?}; exiting");
+    std::process::exit(1)
+}
+
 /// Prints one console line (`early-init: ...`).
 pub fn say(msg: &str) {
     eprintln!("early-init: {msg}");

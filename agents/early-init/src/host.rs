@@ -39,6 +39,11 @@ pub trait Host {
     /// Creates, loads and resumes dm device `name` with one target; returns the path to mount.
     fn create_dm(&mut self, name: &str, uuid: &str, target: &DmTarget) -> anyhow::Result<String>;
     fn mkfs_ext4(&mut self, dev: &Path, label: &str) -> anyhow::Result<()>;
+    /// Runs `e2fsck -p` on `dev` (with `-b SUPERBLOCK -B BLOCKSIZE` when `backup` is
+    /// `(block size, superblock)`); returns its exit code.
+    fn fsck_ext4(&mut self, dev: &Path, backup: Option<(u64, u64)>) -> anyhow::Result<i32>;
+    /// Gives `disk` and its partitions new random GUIDs (first boot).
+    fn randomize_guids(&mut self, disk: &Path) -> anyhow::Result<()>;
     /// Grows partition `name` (the last one) of `disk` to the end of the disk and tells the
     /// kernel.
     fn grow_partition(&mut self, disk: &Path, name: &str) -> anyhow::Result<Option<Grown>>;
@@ -144,17 +149,18 @@ impl Host for RealHost {
         Ok(())
     }
 
+    fn fsck_ext4(&mut self, dev: &Path, backup: Option<(u64, u64)>) -> anyhow::Result<i32> {
+        e2fsck(Path::new(paths::E2FSCK), dev, backup)
+    }
+
+    fn randomize_guids(&mut self, disk: &Path) -> anyhow::Result<()> {
+        storage::randomize_guids(disk, logical_block_size(disk))?;
+        Ok(())
+    }
+
     fn grow_partition(&mut self, disk: &Path, name: &str) -> anyhow::Result<Option<Grown>> {
-        let disk_name = disk
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        let lbs_path = format!("/sys/class/block/{disk_name}/queue/logical_block_size");
-        let lb = match std::fs::read_to_string(&lbs_path).map(|s| s.trim().to_string()) {
-            Ok(s) if s == "4096" => gpt::disk::LogicalBlockSize::Lb4096,
-            _ => gpt::disk::LogicalBlockSize::Lb512,
-        };
-        let Some(grown) = storage::grow_last_partition(disk, name, lb)? else {
+        let Some(grown) = storage::grow_last_partition(disk, name, logical_block_size(disk))?
+        else {
             return Ok(None);
         };
         let f = File::open(disk).with_context(|| format!("open {}", disk.display()))?;
@@ -178,6 +184,42 @@ impl Host for RealHost {
         let err = Command::new(paths::SYSTEMD).exec();
         Err(err).with_context(|| format!("exec {}", paths::SYSTEMD))
     }
+}
+
+/// The logical block size of `disk` (`/dev/vda`) as sysfs reports it.
+fn logical_block_size(disk: &Path) -> gpt::disk::LogicalBlockSize {
+    let name = disk
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let path = format!("/sys/class/block/{name}/queue/logical_block_size");
+    match std::fs::read_to_string(path).map(|s| s.trim().to_string()) {
+        Ok(s) if s == "4096" => gpt::disk::LogicalBlockSize::Lb4096,
+        _ => gpt::disk::LogicalBlockSize::Lb512,
+    }
+}
+
+/// Runs `program -p [-b SB -B BS] dev` (e2fsck in preen mode: fixes what is safe to fix
+/// without asking); prints its output on the console; returns its exit code (0 clean,
+/// 1 and 2 fixed, 4 and above not fixed).
+pub fn e2fsck(program: &Path, dev: &Path, backup: Option<(u64, u64)>) -> anyhow::Result<i32> {
+    let mut cmd = Command::new(program);
+    cmd.arg("-p");
+    if let Some((block_size, superblock)) = backup {
+        cmd.args(["-b", &superblock.to_string(), "-B", &block_size.to_string()]);
+    }
+    let out = cmd
+        .arg(dev)
+        .output()
+        .with_context(|| format!("run {}", program.display()))?;
+    for line in String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .chain(String::from_utf8_lossy(&out.stderr).lines())
+        .filter(|l| !l.trim().is_empty())
+    {
+        say(&format!("e2fsck: {}", line.trim()));
+    }
+    Ok(out.status.code().unwrap_or(-1))
 }
 
 /// Deletes the initramfs contents (it lives in RAM) without crossing into other mounts.

@@ -10,5 +10,8 @@ fn main() {
         Ok(never) => match never {},
         Err(err) => err,
     };
+    if early_init::fatal::is_stop(&err) {
+        early_init::fatal::poweroff_with(&early_init::fatal::stop_line(&err));
+    }
     early_init::fatal::reboot_with(&early_init::fatal::fatal_line(&err));
 }

@@ -8,6 +8,10 @@ pub const SYSROOT: &str = "sysroot";
 pub const ETC_STAGING: &str = "run/berth/etc";
 /// mke2fs, shipped in the initramfs.
 pub const MKE2FS: &str = "/usr/sbin/mke2fs";
+/// e2fsck, shipped in the initramfs (repairs a damaged `private`).
+pub const E2FSCK: &str = "/usr/sbin/e2fsck";
+/// Drop-in that points `boot.mount` at the ESP of the disk this boot's root came from.
+pub const BOOT_MOUNT_DROP_IN: &str = "run/systemd/system/boot.mount.d/10-boot-disk.conf";
 /// The init of the real root.
 pub const SYSTEMD: &str = "/usr/lib/systemd/systemd";
 /// device-mapper control node (devtmpfs creates it when dm-mod loads).

@@ -1,4 +1,5 @@
-//! ext4 detection and the first-boot growth of the `data` partition.
+//! ext4 detection, the first-boot marker of `private`, the first-boot GUIDs of the disk, and the
+//! first-boot growth of the `data` partition.
 
 use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom};
@@ -26,6 +27,72 @@ pub enum StorageError {
     NoPartition { name: String, path: PathBuf },
     #[error("partition entries of {path} are not numbered 1..n; not rewriting the table")]
     Holes { path: PathBuf },
+}
+
+/// The first bytes os-build writes on the `private` partition of an image. early-init makes a
+/// file system only on a partition that starts with them (the first boot): a partition that
+/// merely lacks a valid superblock was made before and is damaged, and is repaired with
+/// e2fsck rather than formatted over.
+pub const NEVER_FORMATTED: &[u8] = b"BERTH PARTITION NEVER FORMATTED\n";
+
+/// Where e2fsck finds the first backup superblock, by file system block size: block group 1
+/// starts at block 32768 (4 KiB blocks), 16384 (2 KiB) or 8193 (1 KiB).
+pub const BACKUP_SUPERBLOCKS: [(u64, u64); 3] = [(4096, 32768), (2048, 16384), (1024, 8193)];
+
+/// Whether `dev` starts with [`NEVER_FORMATTED`].
+pub fn never_formatted(dev: &Path) -> Result<bool, StorageError> {
+    let err = |source| StorageError::Superblock {
+        path: dev.to_path_buf(),
+        source,
+    };
+    let mut head = vec![0u8; NEVER_FORMATTED.len()];
+    let mut f = File::open(dev).map_err(err)?;
+    match f.read_exact(&mut head) {
+        Ok(()) => Ok(head == NEVER_FORMATTED),
+        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => Ok(false),
+        Err(e) => Err(err(e)),
+    }
+}
+
+/// Gives `disk` and each of its partitions a new random GUID, as systemd-repart does on first
+/// boot: every instance made from one image otherwise shares them, and a second disk cloned
+/// from the image (an AMI-derived volume attached for recovery) could not be told from the
+/// boot disk. Names, types and extents stay.
+pub fn randomize_guids(disk: &Path, lb: LogicalBlockSize) -> Result<uuid::Uuid, StorageError> {
+    let read_err = |source| StorageError::ReadGpt {
+        path: disk.to_path_buf(),
+        source,
+    };
+    let write_err = |source| StorageError::WriteGpt {
+        path: disk.to_path_buf(),
+        source,
+    };
+    let mut gpt = gpt::GptConfig::new()
+        .writable(true)
+        .logical_block_size(lb)
+        .open(disk)
+        .map_err(read_err)?;
+    let mut parts = gpt.partitions().clone();
+    let used: Vec<u32> = parts
+        .iter()
+        .filter(|(_, p)| p.is_used())
+        .map(|(k, _)| *k)
+        .collect();
+    // The crate writes used entries packed from index 0 (see grow_last_partition).
+    if used.iter().enumerate().any(|(i, k)| *k as usize != i + 1) {
+        return Err(StorageError::Holes {
+            path: disk.to_path_buf(),
+        });
+    }
+    for p in parts.values_mut().filter(|p| p.is_used()) {
+        p.part_guid = uuid::Uuid::new_v4();
+    }
+    let guid = uuid::Uuid::new_v4();
+    gpt.update_guid(Some(guid));
+    gpt.update_partitions(parts).map_err(write_err)?;
+    let dev = gpt.write().map_err(write_err)?;
+    dev.sync_all().map_err(|e| write_err(e.into()))?;
+    Ok(guid)
 }
 
 /// What an ext4 superblock says about size.
@@ -290,6 +357,46 @@ pub(crate) mod tests {
         let err =
             grow_last_partition(&img, "private", LogicalBlockSize::Lb512).expect_err("not last");
         assert!(matches!(err, StorageError::NotLast { .. }), "{err}");
+    }
+
+    #[test]
+    fn randomized_guids_are_new_and_the_layout_stays() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let img = dir.path().join("disk.img");
+        make_image(&img, 16 * MIB, 0);
+        let before = gpt::GptConfig::new().open(&img).expect("open");
+        let guid = randomize_guids(&img, LogicalBlockSize::Lb512).expect("randomize");
+        let after = gpt::GptConfig::new()
+            .only_valid_headers(true)
+            .open(&img)
+            .expect("both headers valid");
+        assert_eq!(after.guid(), &guid);
+        assert_ne!(before.guid(), after.guid());
+        for (n, p) in before.partitions() {
+            let q = &after.partitions()[n];
+            assert_ne!(p.part_guid, q.part_guid, "partition {n} kept its GUID");
+            assert_eq!(
+                (&p.name, p.first_lba, p.last_lba, &p.part_type_guid),
+                (&q.name, q.first_lba, q.last_lba, &q.part_type_guid)
+            );
+        }
+    }
+
+    #[test]
+    fn the_never_formatted_marker_is_read_from_the_first_bytes() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let p = dir.path().join("private");
+        let mut bytes = NEVER_FORMATTED.to_vec();
+        bytes.resize(1 << 20, 0);
+        std::fs::write(&p, &bytes).expect("write");
+        assert!(never_formatted(&p).expect("read"));
+        std::fs::write(&p, vec![0u8; 1 << 20]).expect("write");
+        assert!(
+            !never_formatted(&p).expect("read"),
+            "zeros are not the marker"
+        );
+        std::fs::write(&p, b"BERTH").expect("write");
+        assert!(!never_formatted(&p).expect("short"));
     }
 
     #[test]

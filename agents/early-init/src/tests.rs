@@ -83,6 +83,20 @@ impl Host for FakeHost {
         fs::write(dev, img)?;
         Ok(())
     }
+    fn fsck_ext4(&mut self, dev: &Path, backup: Option<(u64, u64)>) -> anyhow::Result<i32> {
+        let d = self.rel(dev);
+        match backup {
+            Some((bs, sb)) => self.ops.push(format!("fsck {d} -b {sb} -B {bs}")),
+            None => self.ops.push(format!("fsck {d}")),
+        }
+        // The real e2fsck, on the file that stands in for the partition.
+        crate::host::e2fsck(Path::new("e2fsck"), dev, backup)
+    }
+    fn randomize_guids(&mut self, disk: &Path) -> anyhow::Result<()> {
+        let d = self.rel(disk);
+        self.ops.push(format!("guids {d}"));
+        Ok(())
+    }
     fn grow_partition(&mut self, disk: &Path, name: &str) -> anyhow::Result<Option<Grown>> {
         let d = self.rel(disk);
         self.ops.push(format!("grow {d} {name}"));
@@ -137,6 +151,8 @@ fn fixture(root: &Path) {
     fs::create_dir_all(root.join("sysroot/opt")).expect("mkdir");
     fs::create_dir_all(root.join("sysroot/private")).expect("mkdir");
     fs::create_dir_all(root.join("sysroot/local")).expect("mkdir");
+    // private as os-build leaves it: never formatted.
+    fs::write(root.join("dev/vda6"), crate::storage::NEVER_FORMATTED).expect("marker");
 }
 
 fn boot(root: &Path) -> (anyhow::Error, Vec<String>) {
@@ -186,6 +202,7 @@ fn first_boot_runs_the_steps_in_order() {
         "mount erofs /dev/mapper/root /sysroot".into(),
         "mount tmpfs tmpfs /run/berth/etc".into(),
         "move /run/berth/etc /sysroot/etc".into(),
+        "guids /dev/vda".into(),
         "mkfs /dev/vda6 private".into(),
         "mount ext4 /dev/vda6 /sysroot/private".into(),
         "grow /dev/vda data".into(),
@@ -202,6 +219,10 @@ fn first_boot_runs_the_steps_in_order() {
         "switch_root /sysroot".into(),
     ];
     assert_eq!(ops, expected);
+
+    // boot.mount mounts the ESP of this disk, not whichever disk's by-partlabel/ESP.
+    let drop_in = fs::read_to_string(root.join(crate::paths::BOOT_MOUNT_DROP_IN)).expect("drop-in");
+    assert!(drop_in.contains("[Mount]\nWhat=/dev/vda1\n"), "{drop_in}");
 
     // /etc was copied into the staging tmpfs; var seeded from the image; machine id kept.
     assert_eq!(
@@ -224,6 +245,7 @@ fn first_boot_runs_the_steps_in_order() {
     fs::write(root.join("sysroot/var/lib/berth/seed"), "changed").expect("write");
     let (_, ops2) = boot(root);
     assert!(!ops2.iter().any(|o| o.starts_with("mkfs")), "{ops2:?}");
+    assert!(!ops2.iter().any(|o| o.starts_with("guids")), "{ops2:?}");
     assert_eq!(
         fs::read_to_string(root.join("sysroot/local/var/lib/berth/seed")).expect("var"),
         "x"
@@ -346,5 +368,119 @@ fn an_image_without_a_mount_point_is_reported_as_such() {
     assert_eq!(
         format!("{err:#}"),
         "the root image has no /local directory to mount /dev/vda7 on"
+    );
+}
+
+/// A real ext4 image of 32 MiB (the size of `private`) with `datastore` holding `content`, made with the host's mke2fs
+/// and debugfs.
+fn real_private(path: &Path, content: &str) {
+    let f = fs::File::create(path).expect("create");
+    f.set_len(32 << 20).expect("size");
+    drop(f);
+    let run = |cmd: &mut std::process::Command| {
+        let out = cmd.output().expect("run e2fsprogs (scripts/host-deps.sh)");
+        assert!(
+            out.status.success(),
+            "{cmd:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    run(std::process::Command::new("mke2fs")
+        .args(["-q", "-t", "ext4", "-L", "private"])
+        .arg(path));
+    let src = path.with_extension("content");
+    fs::write(&src, content).expect("write");
+    run(std::process::Command::new("debugfs")
+        .arg("-w")
+        .arg("-R")
+        .arg(format!("write {} datastore", src.display()))
+        .arg(path));
+}
+
+fn debugfs_cat(path: &Path, file: &str) -> String {
+    let out = std::process::Command::new("debugfs")
+        .arg("-R")
+        .arg(format!("cat {file}"))
+        .arg(path)
+        .output()
+        .expect("debugfs");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn a_damaged_private_is_repaired_with_e2fsck_not_formatted() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let root = dir.path();
+    fixture(root);
+    let private = root.join("dev/vda6");
+    real_private(&private, "the settings of this host");
+    // One flipped byte of the superblock magic: the kernel would not mount it, but the
+    // backup superblocks are intact.
+    let mut bytes = fs::read(&private).expect("read");
+    bytes[1024 + 56] ^= 0xFF;
+    fs::write(&private, &bytes).expect("write");
+    assert_eq!(crate::storage::read_ext4(&private).expect("read"), None);
+
+    let (err, ops) = boot(root);
+    assert_eq!(
+        format!("{err:#}"),
+        "switch root: exec is not possible in a test"
+    );
+    assert!(
+        !ops.iter().any(|o| o.starts_with("mkfs /dev/vda6")),
+        "{ops:?}"
+    );
+    assert!(!ops.iter().any(|o| o.starts_with("guids")), "{ops:?}");
+    assert!(
+        ops.iter().any(|o| o.starts_with("fsck /dev/vda6")),
+        "{ops:?}"
+    );
+    assert!(
+        ops.iter()
+            .any(|o| o == "mount ext4 /dev/vda6 /sysroot/private"),
+        "{ops:?}"
+    );
+    assert!(crate::storage::read_ext4(&private).expect("read").is_some());
+    assert_eq!(
+        debugfs_cat(&private, "datastore"),
+        "the settings of this host"
+    );
+}
+
+#[test]
+fn a_private_e2fsck_cannot_repair_stops_and_is_left_as_it_is() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let root = dir.path();
+    fixture(root);
+    let private = root.join("dev/vda6");
+    let mut seed: u64 = 0x2545_F491_4F6C_DD1D;
+    let garbage: Vec<u8> = (0..4 << 20)
+        .map(|_| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed as u8
+        })
+        .collect();
+    fs::write(&private, &garbage).expect("write");
+
+    let (err, ops) = boot(root);
+    assert!(crate::fatal::is_stop(&err), "{err:#}");
+    let line = crate::fatal::stop_line(&err);
+    assert!(
+        line.starts_with("early-init: STOP: prepare private: private (")
+            && line.contains("e2fsck -p could not repair it")
+            && !line.contains('\n'),
+        "{line}"
+    );
+    assert!(!ops.iter().any(|o| o.starts_with("mkfs")), "{ops:?}");
+    assert!(
+        !ops.iter().any(|o| o.contains("/sysroot/private")),
+        "{ops:?}"
+    );
+    assert_eq!(
+        fs::read(&private).expect("read"),
+        garbage,
+        "the disk was changed"
     );
 }
