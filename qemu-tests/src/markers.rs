@@ -8,10 +8,15 @@ pub const EARLY_INIT: &str = r"early-init: ";
 pub const SWITCH_ROOT: &str = r"early-init: switching root to systemd";
 /// early-init's single failure line.
 pub const EARLY_INIT_FATAL: &str = r"early-init: FATAL: ";
-/// A line that means this boot failed: early-init gave up, the kernel panicked, or the
-/// kernel is restarting the machine.
+/// early-init stopping the machine (a `private` e2fsck could not repair): one line, then
+/// power off.
+pub const EARLY_INIT_STOP: &str = r"early-init: STOP: ";
+/// early-init repaired a damaged `private` with e2fsck instead of formatting it.
+pub const PRIVATE_REPAIRED: &str = r"early-init: private repaired by e2fsck";
+/// A line that means this boot failed: early-init gave up or stopped, the kernel panicked,
+/// or the kernel is restarting the machine.
 pub const BOOT_FAILURE: &str =
-    r"early-init: FATAL: |Kernel panic - not syncing|reboot: Restarting system";
+    r"early-init: FATAL: |early-init: STOP: |Kernel panic - not syncing|reboot: Restarting system";
 /// early-init failing because the root read back wrong (I/O error from dm-verity).
 pub const EARLY_INIT_READ_ERROR: &str =
     r"early-init: FATAL: .*(?i:corrupt|input/output error|os error 5\))";

@@ -4,22 +4,29 @@
 //! 10.0.2.100 through QEMU's user network (guestfwd + tcp-relay). Everything the guest does
 //! is driven with the real apiclient through the test API bridge.
 //!
-//! One machine, three power-ons, each starting from the disk the previous one left:
-//! 1. v1 boots (its UKI is marked good by the health gate); a setting is changed;
-//!    `apiclient update check` offers v2; `apiclient update apply` writes slot B and installs
-//!    its UKI with boot tries; power off. The host then corrupts one block of root-b.
+//! One machine, four power-ons, each starting from the disk the previous one left:
+//! 1. v1 boots (its UKI is marked good by the health gate; early-init gave the disk its own
+//!    GUIDs); a setting is changed; `apiclient update check` offers v2;
+//!    `apiclient update apply` writes slot B and installs its UKI with boot tries; power off.
+//!    The host then corrupts one block of root-b, and flips one byte of the ext4 superblock
+//!    magic of `private`.
 //! 2. systemd-boot tries v2, dm-verity restarts the machine at each try, the tries run out,
-//!    v1 boots again by itself and `/updates/status` reports the failed update. A second
+//!    v1 boots again by itself: early-init repairs `private` with e2fsck (the setting and the
+//!    update state are still there) and `/updates/status` reports the failed update. A second
 //!    `apply` is cut off by killing QEMU while it writes the slot (a power cut).
-//! 3. v1 boots; tampered repositories (bad signature, expired timestamp, replaced target) are
-//!    each refused; `apiclient update apply --reboot` writes slot B again and reboots into v2,
-//!    which passes its health gate: `/os` says v2, the probe says slot b, the setting made on
-//!    v1 is still there, and the status is idle with the boot marked good. Then
-//!    `apiclient update rollback --reboot` boots v1 from slot A again.
+//! 3. A second disk is attached: a copy of the v1 image, with the same partition names and
+//!    the image's GUIDs (an AMI-derived volume attached for recovery). v1 boots from the
+//!    first disk; tampered repositories (bad signature, expired timestamp, replaced target)
+//!    are each refused; `apiclient update apply --reboot` writes slot B of the boot disk again
+//!    and reboots into v2, which passes its health gate: `/os` says v2, the probe says slot
+//!    b, the setting made on v1 is still there, and the status is idle with the boot marked
+//!    good. Then `apiclient update rollback --reboot` boots v1 from slot A again. Nothing is
+//!    written to the second disk.
 //! 4. `apiclient update apply --check` (v2 to slot B again); power off; power on with the
-//!    test gate unit failing (fw_cfg `opt/org.berth/fail-health-gate`, qemu-test variant):
-//!    each of v2's three trial boots fails its gate and reboots, v1 boots by itself and
-//!    `/updates/status` reports the failed update.
+//!    ESP not mounted (fw_cfg `opt/org.berth/no-esp` skips boot.mount, qemu-test variant):
+//!    each of v2's three trial boots fails its gate (the UKI cannot be marked good without
+//!    the ESP) and reboots, v1 boots by itself and `/updates/status` reports the failed
+//!    update.
 //!
 //! Gated by BERTH_QEMU_TESTS=1.
 
@@ -40,7 +47,8 @@ const USER_DATA_FW_CFG: &str = "opt/org.berth/user-data";
 const REPO_IP: &str = "10.0.2.100";
 const HEALTHY: &str = r"health gate passed";
 const GATE_FAILED_REBOOTING: &str = r"health gate failed on a trial boot; rebooting";
-const FAIL_GATE_FW_CFG: &str = "opt/org.berth/fail-health-gate";
+/// With this fw_cfg file the qemu-test image skips boot.mount (variants/qemu-test).
+const NO_ESP_FW_CFG: &str = "opt/org.berth/no-esp";
 const BOOT_DEADLINE: Duration = Duration::from_secs(300);
 const STEP_DEADLINE: Duration = Duration::from_secs(120);
 /// Download, write and verify of a whole slot under TCG.
@@ -74,15 +82,22 @@ struct Machine {
     user_data: PathBuf,
 }
 
+/// What a power-on adds to the machine.
+#[derive(Default)]
+struct Extras<'a> {
+    /// The ESP is not mounted on this power-on (fw_cfg `opt/org.berth/no-esp`).
+    no_esp: bool,
+    /// A second disk, attached after the boot disk.
+    second_disk: Option<&'a Path>,
+}
+
 impl Machine {
     /// Powers on a machine whose disk is `disk` (a qcow2 overlay over it is what changes).
     fn power_on(&self, name: &str, disk: &Path) -> Result<RunningVm> {
-        self.power_on_with(name, disk, false)
+        self.power_on_with(name, disk, &Extras::default())
     }
 
-    /// `fail_gate`: the qemu-test image's test gate unit fails (fw_cfg
-    /// `opt/org.berth/fail-health-gate`), so every boot's health gate fails.
-    fn power_on_with(&self, name: &str, disk: &Path, fail_gate: bool) -> Result<RunningVm> {
+    fn power_on_with(&self, name: &str, disk: &Path, extras: &Extras<'_>) -> Result<RunningVm> {
         let log = serial_log(name);
         println!("  {name}: serial log {}", log.display());
         let relay = Path::new(env!("CARGO_BIN_EXE_tcp-relay"));
@@ -94,8 +109,11 @@ impl Machine {
             .net_user([self.api.hostfwd()])
             .net_options([self.server.guestfwd(relay, REPO_IP)])
             .serial_log(&log);
-        if fail_gate {
-            vm = vm.fw_cfg_string(FAIL_GATE_FW_CFG, "1");
+        if extras.no_esp {
+            vm = vm.fw_cfg_string(NO_ESP_FW_CFG, "1");
+        }
+        if let Some(second) = extras.second_disk {
+            vm = vm.disk(second);
         }
         Ok(vm.boot()?)
     }
@@ -187,6 +205,47 @@ fn corrupt(disk: &Path, offset: u64, len: u64) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// Writes one byte at `offset` of a qcow2 disk.
+fn poke(disk: &Path, offset: u64, byte: u8) -> Result<()> {
+    let out = Command::new("qemu-io")
+        .args([
+            "-f",
+            "qcow2",
+            "-c",
+            &format!("write -P {byte:#04x} {offset} 1"),
+        ])
+        .arg(disk)
+        .output()
+        .context("cannot run qemu-io")?;
+    ensure!(
+        out.status.success(),
+        "qemu-io write of one byte at {offset} of {} failed: {}",
+        disk.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(())
+}
+
+/// Whether the overlay `disk` reads exactly as its backing image (nothing written to it).
+fn same_as_backing(overlay: &Path, backing: &Path) -> Result<bool> {
+    let out = Command::new("qemu-img")
+        .args(["compare", "-q", "-f", "qcow2", "-F", "qcow2"])
+        .arg(overlay)
+        .arg(backing)
+        .output()
+        .context("cannot run qemu-img compare")?;
+    match out.status.code() {
+        Some(0) => Ok(true),
+        Some(1) => Ok(false),
+        _ => bail!(
+            "qemu-img compare {} {}: {}",
+            overlay.display(),
+            backing.display(),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    }
 }
 
 /// Copies the repository folder `from` to `to`.
@@ -285,12 +344,14 @@ fn update_rollback_power_cut_and_update_x86_64() -> Result<()> {
             "v1 boots and its health gate marks the UKI good",
             "apiclient update check offers v2 from the signed repository served by the host",
             "apiclient update apply writes slot B; a corrupted root-b fails verity at each try and v1 boots again by itself",
+            "a flipped byte of private's superblock magic is repaired by e2fsck at that boot: the setting and the update state survive",
             "/updates/status reports the failed update after the fallback",
             "QEMU killed while apply writes the slot: v1 still boots",
+            "with a clone of the image attached as a second disk, v1 boots from the first and nothing is written to the clone",
             "a bad signature, an expired timestamp and a replaced target are each refused",
             "apiclient update apply --reboot: v2 boots from slot B, passes its gate, keeps the settings",
             "apiclient update rollback --reboot: v1 boots from slot A",
-            "v2 again, with a health gate that fails: three trial boots reboot, v1 runs again, the status says so",
+            "v2 again, with its ESP not mounted: three trial boots fail their gate and reboot, v1 runs again, the status says so",
         ],
     )?
     else {
@@ -318,6 +379,7 @@ fn update_rollback_power_cut_and_update_x86_64() -> Result<()> {
         repo.display()
     );
     let root_b = gpt::find(&v1.raw()?, "root-b")?;
+    let private = gpt::find(&v1.raw()?, "private")?;
 
     let work = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR"))?;
     let user_data = work.path().join("user-data.toml");
@@ -367,6 +429,9 @@ fn update_rollback_power_cut_and_update_x86_64() -> Result<()> {
     drop(vm);
     // The EROFS superblock and the first blocks of root-b: read at mount, so every try fails.
     corrupt(&disk1, root_b.offset(), 64 * 1024)?;
+    // One byte of private's ext4 superblock magic (0xEF53 at byte 56 of the superblock at
+    // 1024): the kernel no longer mounts it; its backup superblocks are intact.
+    poke(&disk1, private.offset() + 1024 + 56, 0x00)?;
 
     // 2. The corrupted slot falls back to v1 by itself; then a power cut during apply.
     let vm = machine.power_on("update_2_fallback", &disk1)?;
@@ -388,6 +453,32 @@ fn update_rollback_power_cut_and_update_x86_64() -> Result<()> {
         "/os after fallback",
         Some(machine.os_version()?.as_str()),
         &v1_version,
+    );
+    let repaired = vm.lines();
+    let repair_at = |pattern: &str| {
+        let re = regex::Regex::new(pattern).ok()?;
+        repaired
+            .iter()
+            .find(|l| re.is_match(&l.text))
+            .map(|l| l.elapsed.as_secs_f64())
+    };
+    let (asked, done) = (
+        repair_at(r"early-init: private .* repairing with e2fsck"),
+        repair_at(markers::PRIVATE_REPAIRED),
+    );
+    checks.check(
+        "the damaged private was repaired by e2fsck, not formatted",
+        done.is_some() && vm.count_matches(r"early-init: making ext4 file system private")? == 0,
+        format!("repair line at {done:?}"),
+    );
+    if let (Some(a), Some(d)) = (asked, done) {
+        println!("  private repaired by e2fsck in {:.1}s", d - a);
+    }
+    let motd = machine.api.get("settings.motd")?;
+    checks.equal(
+        "the setting made before the damage is still there",
+        motd.pointer("/settings/motd").and_then(Value::as_str),
+        MOTD,
     );
     let status = machine.status()?;
     checks.check(
@@ -432,8 +523,15 @@ fn update_rollback_power_cut_and_update_x86_64() -> Result<()> {
     let disk2 = machine.keep_disk(&vm, "after-cut")?;
     drop(vm);
 
-    // 3. v1 again; apply --reboot; v2 healthy.
-    let vm = machine.power_on("update_3_v2", &disk2)?;
+    // 3. v1 again with a clone of the image attached; apply --reboot; v2 healthy.
+    let vm = machine.power_on_with(
+        "update_3_v2",
+        &disk2,
+        &Extras {
+            second_disk: Some(&v1.qcow2),
+            ..Extras::default()
+        },
+    )?;
     let (_, report) = healthy_boot(&vm, 1, BOOT_DEADLINE)?;
     checks.equal(
         "after the power cut v1 boots from slot a",
@@ -500,15 +598,27 @@ fn update_rollback_power_cut_and_update_x86_64() -> Result<()> {
     // 4. A slot whose health gate fails: v2 again, then a power-on where the gate fails.
     machine.api.stdout(&["update", "apply", "--check"])?;
     vm.power_off(STEP_DEADLINE)?;
+    checks.check(
+        "nothing was written to the cloned disk",
+        same_as_backing(&vm.dir().join("disk1.qcow2"), &v1.qcow2)?,
+        "its overlay differs from the image",
+    );
     let disk3 = machine.keep_disk(&vm, "after-second-apply")?;
     drop(vm);
-    let vm = machine.power_on_with("update_4_gate_fails", &disk3, true)?;
+    let vm = machine.power_on_with(
+        "update_4_no_esp",
+        &disk3,
+        &Extras {
+            no_esp: true,
+            ..Extras::default()
+        },
+    )?;
     let status = machine.wait_status(FALLBACK_DEADLINE, |s| s.get("failed_update").is_some())?;
     let trial_reboots = vm.count_matches(GATE_FAILED_REBOOTING)?;
     println!("  gate failures that rebooted a trial boot: {trial_reboots}");
     checks.check(
-        "each trial boot of the slot whose gate fails reboots (three tries)",
-        trial_reboots == 3,
+        "each trial boot without its ESP fails its gate and reboots (three tries)",
+        trial_reboots == 3 && vm.count_matches(r"the ESP is not mounted on /boot")? >= 3,
         format!("{trial_reboots} lines `{GATE_FAILED_REBOOTING}`"),
     );
     checks.check(
@@ -524,7 +634,7 @@ fn update_rollback_power_cut_and_update_x86_64() -> Result<()> {
             && status["last_boot"]["slot"] == "a"
             && status["last_boot"]["detail"]
                 .as_str()
-                .is_some_and(|d| d.contains("berth-test-gate.service failed")),
+                .is_some_and(|d| d.contains("the ESP is not mounted")),
         format!("{}", status["last_boot"]),
     );
     let tail = vm.tail(40);
