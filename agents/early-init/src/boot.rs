@@ -249,14 +249,19 @@ impl<H: Host> Boot<H> {
             return Ok(());
         }
         if storage::never_formatted(dev)? {
+            // Best effort, like growing data: a disk that keeps the image's GUIDs still boots;
+            // only a clone attached later could not be told from it.
             let disk_dev = self.path(&format!("/dev/{}", disk.disk));
-            self.host
-                .randomize_guids(&disk_dev)
-                .with_context(|| format!("give {} its own GUIDs", disk_dev.display()))?;
-            say(&format!(
-                "first boot: new disk and partition GUIDs on /dev/{}",
-                disk.disk
-            ));
+            match self.host.randomize_guids(&disk_dev) {
+                Ok(()) => say(&format!(
+                    "first boot: new disk and partition GUIDs on /dev/{}",
+                    disk.disk
+                )),
+                Err(e) => say(&format!(
+                    "warning: cannot give /dev/{} its own GUIDs: {e:#}; keeping the image's",
+                    disk.disk
+                )),
+            }
             self.ensure_ext4(dev, "private")?;
             return Ok(());
         }
