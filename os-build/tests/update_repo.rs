@@ -287,6 +287,10 @@ impl Fixture {
             root_partition: host.join("root-b"),
             verity_partition: host.join("verity-b"),
             esp: host.join("esp"),
+            trust: updater::uki::Trust {
+                efivars: host.join("efivars"),
+                image_db: host.join("db.esl"),
+            },
         }
     }
 

@@ -639,6 +639,10 @@ async fn dispatch(
             if let Some(missing) = &state.missing_artifacts {
                 os["missing_artifacts"] = missing.clone();
             }
+            // Read per request: the firmware's state and the lockdown mode are live facts.
+            let host = cis::HostRoot::new(&state.cis_root);
+            os["secure_boot"] = json!(cis::platform::secure_boot(&host));
+            os["lockdown"] = json!(cis::platform::lockdown(&host).unwrap_or_else(|| "unsupported".into()));
             ok_json(&os)
         }
         Op::UserDataStatus => {
