@@ -356,10 +356,16 @@ mod tests {
             panic!("not keygen")
         };
         assert_eq!((args.common_name.as_str(), args.days), ("Berth", 3650));
-        assert!(
-            Cli::try_parse_from(["os-build", "secure-boot", "keygen", "--out", "k", "--days", "0"])
-                .is_err()
-        );
+        assert!(Cli::try_parse_from([
+            "os-build",
+            "secure-boot",
+            "keygen",
+            "--out",
+            "k",
+            "--days",
+            "0"
+        ])
+        .is_err());
     }
 
     #[test]

@@ -349,7 +349,9 @@ fn check_signatures(build: &Path, bm: &BuildManifest, args: &AddArgs) -> Result<
              Boot on would refuse its UKIs. Sign it (os-build build --secure-boot-keys), or pass \
              --allow-unsigned for a development repository",
             build.display(),
-            bm.secure_boot.as_deref().map_or("nothing".to_owned(), |s| format!("{s:?}"))
+            bm.secure_boot
+                .as_deref()
+                .map_or("nothing".to_owned(), |s| format!("{s:?}"))
         );
         tracing::warn!(build = %build.display(), "adding an unsigned build (--allow-unsigned)");
         return Ok(());

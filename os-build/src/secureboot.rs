@@ -24,17 +24,41 @@ use crate::arch::Arch;
 
 /// The files of a key folder made by `keygen`.
 pub const KEY_FILES: &[&str] = &[
-    "PK.key", "PK.crt", "PK.esl", "PK.auth", "KEK.key", "KEK.crt", "KEK.esl", "KEK.auth",
-    "db.key", "db.crt", "db.esl", "db.auth", "owner.guid",
+    "PK.key",
+    "PK.crt",
+    "PK.esl",
+    "PK.auth",
+    "KEK.key",
+    "KEK.crt",
+    "KEK.esl",
+    "KEK.auth",
+    "db.key",
+    "db.crt",
+    "db.esl",
+    "db.auth",
+    "owner.guid",
 ];
 /// What a build needs of them: the db key pair, the certificates to enrol, the signed
 /// enrolment updates and the signature owner. PK.key and KEK.key can stay offline.
 const BUILD_FILES: &[&str] = &[
-    "db.key", "db.crt", "db.esl", "PK.crt", "KEK.crt", "PK.auth", "KEK.auth", "db.auth",
+    "db.key",
+    "db.crt",
+    "db.esl",
+    "PK.crt",
+    "KEK.crt",
+    "PK.auth",
+    "KEK.auth",
+    "db.auth",
     "owner.guid",
 ];
 /// Files the build writes beside the disk when it signs.
-pub const OUTPUT_FILES: &[&str] = &["uefi-vars.fd", "uefi-vars.aws", "PK.auth", "KEK.auth", "db.auth"];
+pub const OUTPUT_FILES: &[&str] = &[
+    "uefi-vars.fd",
+    "uefi-vars.aws",
+    "PK.auth",
+    "KEK.auth",
+    "db.auth",
+];
 /// The db certificates inside the image: what the updater trusts when Secure Boot is off.
 pub const IMAGE_DB: &str = "/usr/share/berth/secure-boot/db.esl";
 
@@ -112,7 +136,9 @@ pub fn keygen(out: &Path, common_name: &str, days: u32) -> Result<()> {
             .with_context(|| format!("cannot create {}", key.display()))?;
         run(
             Command::new("openssl")
-                .args(["req", "-new", "-x509", "-newkey", "rsa:2048", "-nodes", "-sha256"])
+                .args([
+                    "req", "-new", "-x509", "-newkey", "rsa:2048", "-nodes", "-sha256",
+                ])
                 .args(["-days", &days.to_string()])
                 .args(["-subj", &format!("/CN={common_name} {name}/")])
                 .arg("-keyout")
@@ -246,14 +272,19 @@ pub fn load(dir: &Path) -> Result<BuildKeys> {
             .arg(dir.join("db.crt")),
         "reading the db certificate's expiry",
     )?;
-    let guid = std::fs::read_to_string(dir.join("owner.guid"))?.trim().to_owned();
-    uuid::Uuid::parse_str(&guid).with_context(|| {
-        format!("{} does not hold a GUID", dir.join("owner.guid").display())
-    })?;
+    let guid = std::fs::read_to_string(dir.join("owner.guid"))?
+        .trim()
+        .to_owned();
+    uuid::Uuid::parse_str(&guid)
+        .with_context(|| format!("{} does not hold a GUID", dir.join("owner.guid").display()))?;
     let db_esl_path = dir.join("db.esl");
     let db_esl = std::fs::read(&db_esl_path)?;
-    let db = updater::secureboot::SignatureDb::from_esl(&db_esl)
-        .map_err(|reason| anyhow::anyhow!("{} is not an EFI signature list: {reason}", db_esl_path.display()))?;
+    let db = updater::secureboot::SignatureDb::from_esl(&db_esl).map_err(|reason| {
+        anyhow::anyhow!(
+            "{} is not an EFI signature list: {reason}",
+            db_esl_path.display()
+        )
+    })?;
     ensure!(
         db.certs.contains(&der),
         "{} does not list the db certificate {}",
@@ -264,10 +295,7 @@ pub fn load(dir: &Path) -> Result<BuildKeys> {
         dir: dir.to_owned(),
         guid,
         db_cert: DbCert {
-            subject: subject
-                .trim()
-                .trim_start_matches("subject=")
-                .to_owned(),
+            subject: subject.trim().trim_start_matches("subject=").to_owned(),
             sha256: hex::encode(Sha256::digest(&der)),
             not_after: not_after.trim().trim_start_matches("notAfter=").to_owned(),
         },
@@ -296,7 +324,13 @@ pub fn cert_der(pem: &Path) -> Result<Vec<u8>> {
 
 /// Signs the PE image `data` with the db key and returns the signed bytes, checked with the
 /// updater's verifier against the folder's db list.
-pub fn sign(keys: &BuildKeys, data: &[u8], arch: Arch, what: &str, scratch: &Path) -> Result<Vec<u8>> {
+pub fn sign(
+    keys: &BuildKeys,
+    data: &[u8],
+    arch: Arch,
+    what: &str,
+    scratch: &Path,
+) -> Result<Vec<u8>> {
     let input = scratch.join(format!("{what}.unsigned"));
     let output = scratch.join(format!("{what}.signed"));
     std::fs::write(&input, data).with_context(|| format!("cannot write {}", input.display()))?;
@@ -311,7 +345,8 @@ pub fn sign(keys: &BuildKeys, data: &[u8], arch: Arch, what: &str, scratch: &Pat
             .arg(&input),
         &format!("sbsign {what}"),
     )?;
-    let signed = std::fs::read(&output).with_context(|| format!("cannot read {}", output.display()))?;
+    let signed =
+        std::fs::read(&output).with_context(|| format!("cannot read {}", output.display()))?;
     let _ = std::fs::remove_file(&input);
     let _ = std::fs::remove_file(&output);
     let db = updater::secureboot::SignatureDb::from_esl(&keys.db_esl)
@@ -379,8 +414,13 @@ pub fn write_firmware_files(keys: &BuildKeys, arch: Arch, out: &Path) -> Result<
     std::fs::rename(&fd_tmp, out.join("uefi-vars.fd"))?;
     std::fs::rename(&aws_tmp, out.join("uefi-vars.aws"))?;
     for name in ["PK.auth", "KEK.auth", "db.auth"] {
-        std::fs::copy(keys.path(name), out.join(name))
-            .with_context(|| format!("cannot copy {} into {}", keys.path(name).display(), out.display()))?;
+        std::fs::copy(keys.path(name), out.join(name)).with_context(|| {
+            format!(
+                "cannot copy {} into {}",
+                keys.path(name).display(),
+                out.display()
+            )
+        })?;
     }
     Ok(())
 }
@@ -398,7 +438,10 @@ pub fn remove_firmware_files(out: &Path) -> Result<()> {
         match std::fs::remove_file(out.join(name)) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(e).with_context(|| format!("cannot remove {}", out.join(name).display())),
+            Err(e) => {
+                return Err(e)
+                    .with_context(|| format!("cannot remove {}", out.join(name).display()))
+            }
         }
     }
     Ok(())

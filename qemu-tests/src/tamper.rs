@@ -53,8 +53,21 @@ pub fn foreign_key(dir: &Path) -> Result<(PathBuf, PathBuf), TamperError> {
     run(
         "openssl",
         &[
-            "req", "-new", "-x509", "-newkey", "rsa:2048", "-nodes", "-sha256", "-days", "30",
-            "-subj", "/CN=Not Berth/", "-keyout", s(&key), "-out", s(&crt),
+            "req",
+            "-new",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-sha256",
+            "-days",
+            "30",
+            "-subj",
+            "/CN=Not Berth/",
+            "-keyout",
+            s(&key),
+            "-out",
+            s(&crt),
         ],
         "openssl req (foreign key)",
     )?;
@@ -74,7 +87,15 @@ pub fn unsigned(input: &Path, output: &Path) -> Result<(), TamperError> {
 pub fn sign(input: &Path, output: &Path, key: &Path, cert: &Path) -> Result<(), TamperError> {
     run(
         "sbsign",
-        &["--key", s(key), "--cert", s(cert), "--output", s(output), s(input)],
+        &[
+            "--key",
+            s(key),
+            "--cert",
+            s(cert),
+            "--output",
+            s(output),
+            s(input),
+        ],
         "sbsign (foreign key)",
     )
 }
@@ -134,7 +155,17 @@ pub fn disk_with_esp(
     })?;
     run(
         "qemu-img",
-        &["create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", s(&backing), s(out)],
+        &[
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-F",
+            "qcow2",
+            "-b",
+            s(&backing),
+            s(out),
+        ],
         "qemu-img create (overlay)",
     )?;
     let len = std::fs::metadata(esp)

@@ -247,7 +247,8 @@ impl VmBuilder {
     /// that store and Secure Boot enforced, as a real machine with the image's keys enrolled
     /// would, unless firmware was chosen explicitly or [`VmBuilder::without_secure_boot`].
     fn with_image_firmware(self) -> Self {
-        if self.secure_boot || self.no_secure_boot || self.firmware != Self::new(self.arch).firmware {
+        if self.secure_boot || self.no_secure_boot || self.firmware != Self::new(self.arch).firmware
+        {
             return self;
         }
         let vars = self

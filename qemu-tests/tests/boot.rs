@@ -12,8 +12,8 @@ use std::time::Duration;
 
 use anyhow::{anyhow, Context, Result};
 use qemu_tests::{
-    boot_times, fault, gpt, markers, scenario, tamper, Arch, BootOutcome, BootTimes, Checks,
-    Image, PowerOff, ProbeReport, RestartDetector, Vm,
+    boot_times, fault, gpt, markers, scenario, tamper, Arch, BootOutcome, BootTimes, Checks, Image,
+    PowerOff, ProbeReport, RestartDetector, Vm,
 };
 use regex::Regex;
 
@@ -163,8 +163,14 @@ fn boot(arch: Arch) -> Result<()> {
         format!("manifest secure_boot {:?}, uefi-vars.fd {:?}", image.manifest.get("secure_boot"), image.uefi_vars()),
     );
     for (what, pattern) in [
-        ("the EFI stub reports Secure Boot enabled", markers::SECURE_BOOT_ENABLED),
-        ("the kernel locks itself down under Secure Boot", markers::LOCKDOWN_SECURE_BOOT),
+        (
+            "the EFI stub reports Secure Boot enabled",
+            markers::SECURE_BOOT_ENABLED,
+        ),
+        (
+            "the kernel locks itself down under Secure Boot",
+            markers::LOCKDOWN_SECURE_BOOT,
+        ),
     ] {
         checks.check(what, once(pattern)? == 1, vm.first_complete_line(pattern)?);
     }
@@ -349,7 +355,10 @@ fn secure_boot_refuses_tampering(arch: Arch) -> Result<()> {
         "{} is not a signed build (os-build build --secure-boot-keys, as scripts/test.sh does)",
         image.dir.display()
     );
-    let version = image.version().context("manifest has no version")?.to_owned();
+    let version = image
+        .version()
+        .context("manifest has no version")?
+        .to_owned();
     let esp_offset = image.manifest["layout"]["partitions"]
         .as_array()
         .and_then(|parts| parts.iter().find(|p| p["name"] == "ESP"))
@@ -391,13 +400,19 @@ fn secure_boot_refuses_tampering(arch: Arch) -> Result<()> {
         .arg(format!("::/EFI/systemd/systemd-boot{suffix}.efi"))
         .arg(&extracted)
         .status()?;
-    anyhow::ensure!(status.success(), "mcopy could not read systemd-boot from esp.img");
+    anyhow::ensure!(
+        status.success(),
+        "mcopy could not read systemd-boot from esp.img"
+    );
     tamper::unsigned(&extracted, &boot)?;
     let esp = dir.join("esp-boot.img");
     tamper::esp_with(
         &image.dir.join("esp.img"),
         &[
-            (&boot, &format!("EFI/BOOT/BOOT{}.EFI", suffix.to_uppercase())),
+            (
+                &boot,
+                &format!("EFI/BOOT/BOOT{}.EFI", suffix.to_uppercase()),
+            ),
             (&boot, &format!("EFI/systemd/systemd-boot{suffix}.efi")),
         ],
         &esp,
@@ -408,8 +423,14 @@ fn secure_boot_refuses_tampering(arch: Arch) -> Result<()> {
 
     let mut checks = Checks::new();
     for (what, result) in [
-        ("(1) foreign-signed UKI with another root hash refused, no kernel started", refused_uki),
-        ("(2) unsigned systemd-boot refused, no kernel started", refused_boot_loader),
+        (
+            "(1) foreign-signed UKI with another root hash refused, no kernel started",
+            refused_uki,
+        ),
+        (
+            "(2) unsigned systemd-boot refused, no kernel started",
+            refused_boot_loader,
+        ),
     ] {
         checks.check(what, result.is_ok(), result.unwrap_or_else(|e| e));
     }
@@ -418,7 +439,12 @@ fn secure_boot_refuses_tampering(arch: Arch) -> Result<()> {
 
 /// Boots `disk` with the image's firmware variables (Secure Boot on) until the firmware
 /// refuses an image, then a few seconds more; Ok(the refusal line) when no kernel started.
-fn refused_boot(arch: Arch, name: &str, image: &Image, disk: &std::path::Path) -> Result<Result<String, String>> {
+fn refused_boot(
+    arch: Arch,
+    name: &str,
+    image: &Image,
+    disk: &std::path::Path,
+) -> Result<Result<String, String>> {
     let vars = image.uefi_vars().context("no uefi-vars.fd")?;
     let log = serial_log(name);
     println!("  {name}: serial log {}", log.display());
@@ -436,16 +462,24 @@ fn refused_boot(arch: Arch, name: &str, image: &Image, disk: &std::path::Path) -
     );
     // Anything the boot loader might still start would show within seconds.
     std::thread::sleep(AFTER_REFUSAL);
-    let kernels = vm.count_matches(markers::KERNEL_BANNER)? + vm.count_matches(markers::SECURE_BOOT_ENABLED)?;
+    let kernels = vm.count_matches(markers::KERNEL_BANNER)?
+        + vm.count_matches(markers::SECURE_BOOT_ENABLED)?;
     let tail = vm.tail(15);
     vm.kill()?;
     println!("  {name}: {:.1}s", started.elapsed().as_secs_f64());
     Ok(match refused {
         Ok(line) if kernels == 0 => {
-            println!("  {name}: refused after {:.1}s: {}", line.elapsed.as_secs_f64(), line.text.trim());
+            println!(
+                "  {name}: refused after {:.1}s: {}",
+                line.elapsed.as_secs_f64(),
+                line.text.trim()
+            );
             Ok(line.text)
         }
-        Ok(line) => Err(format!("refused ({}) but {kernels} kernel lines followed:\n{tail}", line.text)),
+        Ok(line) => Err(format!(
+            "refused ({}) but {kernels} kernel lines followed:\n{tail}",
+            line.text
+        )),
         Err(e) => Err(format!("{e}")),
     })
 }

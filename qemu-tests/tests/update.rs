@@ -30,9 +30,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, ensure, Context, Result};
 use qemu_tests::api::{build_apiclient, Api};
 use qemu_tests::file_server::FileServer;
-use qemu_tests::{
-    gpt, markers, scenario, tamper, Arch, Checks, Image, ProbeReport, RunningVm, Vm,
-};
+use qemu_tests::{gpt, markers, scenario, tamper, Arch, Checks, Image, ProbeReport, RunningVm, Vm};
 use serde_json::Value;
 
 const VARIANT: &str = "qemu-test";
@@ -315,7 +313,11 @@ fn tampering_is_refused(machine: &Machine, repo: &Path, checks: &mut Checks) -> 
         ("bad signature", &bad_signature, "signature"),
         ("expired timestamp", &expired, "expired"),
         ("replaced target", &replaced, "mismatch"),
-        ("UKI signed by a foreign key", &foreign, "not in the trusted db"),
+        (
+            "UKI signed by a foreign key",
+            &foreign,
+            "not in the trusted db",
+        ),
     ] {
         machine.server.set_root(Some(served.clone()));
         let out = machine.api.run(&["update", "apply", "--check"])?;
@@ -544,7 +546,10 @@ fn update_rollback_power_cut_and_update_x86_64() -> Result<()> {
     checks.check(
         "the signed v2 runs with Secure Boot enforced and the kernel locked down (/os)",
         os["secure_boot"] == "enabled" && os["lockdown"] == "integrity",
-        format!("secure_boot {}, lockdown {}", os["secure_boot"], os["lockdown"]),
+        format!(
+            "secure_boot {}, lockdown {}",
+            os["secure_boot"], os["lockdown"]
+        ),
     );
     let motd = machine.api.get("settings.motd")?;
     checks.equal(

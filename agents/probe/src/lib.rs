@@ -241,11 +241,18 @@ pub fn facts(root: &Path, dm: &dyn DeviceMapper) -> Vec<(String, String)> {
     // variable GUID; 4 attribute bytes, then 1 or 0) and the kernel's lockdown mode.
     push(
         "secure-boot",
-        std::fs::read(root.join(
-            "sys/firmware/efi/efivars/SecureBoot-8be4df61-93ca-11d2-aa0d-00e098032b8c",
-        ))
+        std::fs::read(
+            root.join("sys/firmware/efi/efivars/SecureBoot-8be4df61-93ca-11d2-aa0d-00e098032b8c"),
+        )
         .ok()
-        .map(|b| if b.get(4) == Some(&1) { "enabled" } else { "disabled" }.to_string()),
+        .map(|b| {
+            if b.get(4) == Some(&1) {
+                "enabled"
+            } else {
+                "disabled"
+            }
+            .to_string()
+        }),
     );
     push(
         "lockdown",

@@ -112,7 +112,9 @@ impl SignatureDb {
                 return Err(format!("list size {list_size} out of bounds"));
             }
             if sig_size <= OWNER_LEN || (list_size - ESL_HEADER - header_size) % sig_size != 0 {
-                return Err(format!("signature size {sig_size} does not divide the list"));
+                return Err(format!(
+                    "signature size {sig_size} does not divide the list"
+                ));
             }
             let kind = &rest[..16];
             let entries = &rest[ESL_HEADER + header_size..list_size];
@@ -446,10 +448,7 @@ mod tests {
     fn efivars_give_the_firmware_state_and_db() {
         let dir = tempfile::tempdir().unwrap();
         let vars = dir.path();
-        assert_eq!(
-            firmware_state(&vars.join("none")),
-            FirmwareState::NoUefi
-        );
+        assert_eq!(firmware_state(&vars.join("none")), FirmwareState::NoUefi);
         assert_eq!(firmware_state(vars), FirmwareState::Off);
         let sb = vars.join(format!("SecureBoot-{EFI_GLOBAL_VARIABLE}"));
         std::fs::write(&sb, [6, 0, 0, 0, 1]).unwrap();
@@ -457,13 +456,17 @@ mod tests {
         let mut var = vec![0x27, 0, 0, 0];
         var.extend(esl(CERT_X509, &[b"db-cert"]));
         std::fs::write(vars.join(format!("db-{EFI_IMAGE_SECURITY_DATABASE}")), var).unwrap();
-        let (db, dbx, from) = trusted_db(vars, Path::new("/nonexistent")).unwrap().unwrap();
+        let (db, dbx, from) = trusted_db(vars, Path::new("/nonexistent"))
+            .unwrap()
+            .unwrap();
         assert_eq!(db.certs, [b"db-cert".to_vec()]);
         assert_eq!(dbx, SignatureDb::default());
         assert_eq!(from, "the firmware's db");
         // Secure Boot off: the image's list, or nothing for an unsigned image.
         std::fs::write(&sb, [6, 0, 0, 0, 0]).unwrap();
-        assert!(trusted_db(vars, Path::new("/nonexistent")).unwrap().is_none());
+        assert!(trusted_db(vars, Path::new("/nonexistent"))
+            .unwrap()
+            .is_none());
         let image_db = dir.path().join("db.esl");
         std::fs::write(&image_db, esl(CERT_X509, &[b"shipped"])).unwrap();
         let (db, _, from) = trusted_db(vars, &image_db).unwrap().unwrap();

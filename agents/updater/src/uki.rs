@@ -41,7 +41,11 @@ pub enum UkiError {
         against: &'static str,
     },
     #[error("the staged UKI {path} is not what the manifest lists (sha256 {got}, size {size})")]
-    Hash { path: PathBuf, got: String, size: u64 },
+    Hash {
+        path: PathBuf,
+        got: String,
+        size: u64,
+    },
     #[error(transparent)]
     Trust(#[from] secureboot::SecureBootError),
 }
@@ -147,19 +151,19 @@ pub fn check_staged(
     trust: &Trust,
 ) -> Result<Option<String>, UkiError> {
     check_cmdline(path, uki, slot, verity)?;
-    let Some((db, dbx, against)) = secureboot::trusted_db(&trust.efivars, &trust.image_db)?
-    else {
+    let Some((db, dbx, against)) = secureboot::trusted_db(&trust.efivars, &trust.image_db)? else {
         tracing::warn!(
             uki = %path.display(),
             "unsigned development image with Secure Boot off: the new UKI's signature is not checked"
         );
         return Ok(None);
     };
-    let signer = secureboot::verify(uki, arch, &db, &dbx).map_err(|reason| UkiError::Signature {
-        path: path.to_owned(),
-        reason,
-        against,
-    })?;
+    let signer =
+        secureboot::verify(uki, arch, &db, &dbx).map_err(|reason| UkiError::Signature {
+            path: path.to_owned(),
+            reason,
+            against,
+        })?;
     tracing::info!(uki = %path.display(), signer = %signer.subject, against, "UKI signature trusted");
     Ok(Some(signer.subject))
 }

@@ -132,9 +132,8 @@ mod tests {
             secure_boot_vars(&args),
             Some(dir.path().join("uefi-vars.fd"))
         );
-        let args =
-            Args::try_parse_from(["berth-vm", "--no-secure-boot", image.to_str().unwrap()])
-                .unwrap();
+        let args = Args::try_parse_from(["berth-vm", "--no-secure-boot", image.to_str().unwrap()])
+            .unwrap();
         assert_eq!(secure_boot_vars(&args), None);
     }
 }
