@@ -3,8 +3,8 @@
 # QEMU 10 + firmware from bookworm-backports, the arm64 cross toolchain (Debian's
 # rustc-web, since rustup cannot add targets here), mmdebstrap, erofs-utils,
 # cryptsetup (veritysetup for tests), secilc (the SELinux policy) and setools (its unit
-# tests), xorriso (the OVF environment ISO of the vmware scenario), and qemu-user binfmt for
-# arm64 roots.
+# tests), sbsigntool, efitools, openssl and python3-virt-firmware (Secure Boot), xorriso
+# (the OVF environment ISO of the vmware scenario), and qemu-user binfmt for arm64 roots.
 # Idempotent: a second run only checks.
 set -euo pipefail
 
@@ -53,6 +53,18 @@ fi
 # (os-build/tests/update_repo.rs).
 if [ ! -e /usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1 ]; then
   apt-get install -y -qq --no-install-recommends faketime >/dev/null
+fi
+
+# Secure Boot (docs/secure-boot.md): sbsign signs systemd-boot and the UKIs, efitools makes
+# the signed enrolment updates (PK/KEK/db.auth), virt-fw-vars (bookworm-backports) writes the
+# OVMF/AAVMF variable stores and EC2's UEFI data, openssl makes the keys.
+if ! command -v sbsign >/dev/null || ! command -v sign-efi-sig-list >/dev/null \
+  || ! command -v openssl >/dev/null; then
+  apt-get install -y -qq --no-install-recommends sbsigntool efitools openssl >/dev/null
+fi
+if ! command -v virt-fw-vars >/dev/null; then
+  apt-get install -y -qq --no-install-recommends -t bookworm-backports python3-virt-firmware \
+    >/dev/null
 fi
 
 # arm64 roots run their maintainer scripts under qemu-user.

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Builds a Berth variant (default: qemu for x86_64) and boots it in QEMU with the serial
-# console attached to this terminal. Quit QEMU with Ctrl-A X.
+# Builds a Berth variant (default: qemu for x86_64), signed with throwaway development
+# Secure Boot keys it makes under build/ on its first run, and boots it in QEMU with Secure
+# Boot on and the serial console attached to this terminal. Quit QEMU with Ctrl-A X.
 #
 #   scripts/run.sh                      # qemu variant, x86_64
 #   scripts/run.sh --variant qemu-dev   # with a root shell on the console
@@ -23,5 +24,11 @@ done
 
 scripts/host-deps.sh
 cargo build --release -p os-build -p qemu-tests --bin os-build --bin berth-vm
-target/release/os-build build --variant "$variant" --arch "$arch"
+# Secure Boot on with throwaway development keys, made once under build/ (docs/secure-boot.md).
+keys=build/secure-boot-dev-keys
+if [ ! -f "$keys/db.key" ]; then
+  echo "run.sh: first run: making throwaway development Secure Boot keys in $keys (not for production)"
+  target/release/os-build secure-boot keygen --out "$keys" --common-name "Berth development"
+fi
+target/release/os-build build --variant "$variant" --arch "$arch" --secure-boot-keys "$keys"
 exec target/release/berth-vm --arch "$arch" "build/$variant/$arch/disk.qcow2"

@@ -35,6 +35,15 @@ done
   --timestamp-key "$keys/timestamp.pk8"
 trusted_root="$repo/metadata/1.root.json"
 
+# Secure Boot (docs/secure-boot.md): fresh PK, KEK and db every run, as for the repository
+# (a different key from every TUF key). Every build below signs with them and writes
+# uefi-vars.fd, so the QEMU scenarios boot with Secure Boot enforced; repo add checks the
+# UKIs against db.crt.
+rm -rf build/secure-boot-keys
+"$os_build" secure-boot keygen --out build/secure-boot-keys --common-name "Berth test"
+export BERTH_SECURE_BOOT_KEYS=build/secure-boot-keys
+export BERTH_SECURE_BOOT_DB=build/secure-boot-keys/db.crt
+
 stage "images: qemu x86_64 and aarch64, qemu-test x86_64 (v1 and the v2 update), aws-k8s-1.33-test, aws-ecs-test, vmware-k8s-1.33-test and metal-k8s-1.33-test x86_64"
 for arch in x86_64 aarch64; do
   "$os_build" build --variant qemu --arch "$arch" --plain --update-root "$trusted_root"

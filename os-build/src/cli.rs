@@ -28,6 +28,30 @@ pub enum Command {
     /// Build and maintain the signed update repository (TUF): keys, images, root rotation.
     #[command(subcommand)]
     Repo(RepoCommand),
+    /// Secure Boot keys: PK, KEK and db (docs/secure-boot.md).
+    #[command(subcommand)]
+    SecureBoot(SecureBootCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SecureBootCommand {
+    /// Make PK, KEK and db key pairs with X.509 certificates (RSA 2048, sha256), their EFI
+    /// signature lists and signed enrolment updates (PK.auth, KEK.auth, db.auth) in a new
+    /// folder. Private keys are written mode 0600; existing keys are never overwritten.
+    Keygen(SecureBootKeygenArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct SecureBootKeygenArgs {
+    /// Folder for the keys (created; must not hold keys yet).
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Common name prefix of the certificates (`<NAME> PK`, `<NAME> KEK`, `<NAME> db`).
+    #[arg(long, default_value = "Berth")]
+    pub common_name: String,
+    /// Validity of the certificates, in days.
+    #[arg(long, default_value_t = 3650, value_parser = clap::value_parser!(u32).range(1..))]
+    pub days: u32,
 }
 
 #[derive(Debug, Subcommand)]
@@ -134,6 +158,14 @@ pub struct AddArgs {
     /// of the old one (otherwise refused).
     #[arg(long)]
     pub replace: bool,
+    /// Certificate (PEM) of a db key the repository's hosts trust; the UKIs of every added
+    /// build must carry a valid Secure Boot signature from one of these. Repeatable.
+    #[arg(long, env = "BERTH_SECURE_BOOT_DB", value_delimiter = ',')]
+    pub secure_boot_db: Vec<PathBuf>,
+    /// Add builds whose UKIs are not signed (a development repository: hosts with Secure
+    /// Boot on refuse them).
+    #[arg(long)]
+    pub allow_unsigned: bool,
     /// zstd level of the images (1-19).
     #[arg(long, default_value_t = 6, value_parser = clap::value_parser!(i32).range(1..=19))]
     pub zstd_level: i32,
@@ -227,6 +259,15 @@ pub struct BuildArgs {
     /// /usr/share/berth/missing-artifacts.json (and `/os`), the manifest too.
     #[arg(long)]
     pub allow_missing_artifacts: bool,
+    /// Sign systemd-boot and the UKIs with the db key of this folder (made by `os-build
+    /// secure-boot keygen`), and write the firmware variables beside the disk
+    /// (uefi-vars.fd for QEMU, uefi-vars.aws for EC2, PK/KEK/db.auth for enrolment).
+    #[arg(long, env = "BERTH_SECURE_BOOT_KEYS")]
+    pub secure_boot_keys: Option<PathBuf>,
+    /// Build a production variant without --secure-boot-keys (the image cannot boot with
+    /// Secure Boot on; manifest.json says "secure_boot": "unsigned").
+    #[arg(long, conflicts_with = "secure_boot_keys")]
+    pub allow_unsigned: bool,
 }
 
 #[derive(Debug, Args)]
@@ -295,6 +336,41 @@ mod tests {
         assert_eq!(args.arch, Arch::Aarch64);
         assert_eq!(args.version, "2.0.0");
         assert!(args.locked);
+    }
+
+    #[test]
+    fn secure_boot_flags() {
+        let cli = Cli::try_parse_from(["os-build", "build", "--secure-boot-keys", "k"]).unwrap();
+        let Command::Build(args) = cli.command else {
+            panic!("not build")
+        };
+        assert_eq!(args.secure_boot_keys, Some(PathBuf::from("k")));
+        assert!(!args.allow_unsigned);
+        let err = Cli::try_parse_from([
+            "os-build",
+            "build",
+            "--secure-boot-keys",
+            "k",
+            "--allow-unsigned",
+        ])
+        .unwrap_err();
+        assert!(err.to_string().contains("--allow-unsigned"), "{err}");
+        let cli =
+            Cli::try_parse_from(["os-build", "secure-boot", "keygen", "--out", "keys"]).unwrap();
+        let Command::SecureBoot(SecureBootCommand::Keygen(args)) = cli.command else {
+            panic!("not keygen")
+        };
+        assert_eq!((args.common_name.as_str(), args.days), ("Berth", 3650));
+        assert!(Cli::try_parse_from([
+            "os-build",
+            "secure-boot",
+            "keygen",
+            "--out",
+            "k",
+            "--days",
+            "0"
+        ])
+        .is_err());
     }
 
     #[test]

@@ -25,6 +25,7 @@ pub mod programs;
 pub mod progress;
 pub mod repo;
 pub mod rootfs;
+pub mod secureboot;
 pub mod selinux;
 pub mod uki;
 pub mod variant;
@@ -44,5 +45,10 @@ pub fn run(cli: cli::Cli) -> Result<()> {
         }
         cli::Command::BenchVerity(args) => bench::verity(&args),
         cli::Command::Repo(cmd) => repo::run(&cmd),
+        cli::Command::SecureBoot(cli::SecureBootCommand::Keygen(args)) => {
+            secureboot::keygen(&args.out, &args.common_name, args.days)?;
+            println!("{}", args.out.display());
+            Ok(())
+        }
     }
 }

@@ -26,6 +26,11 @@ pub struct Manifest {
     /// External artifacts installed into the root, and those missing (built with
     /// `--allow-missing-artifacts`).
     pub external_artifacts: crate::artifacts::Report,
+    /// `signed` (systemd-boot and the UKIs carry the db key's signature) or `unsigned`.
+    pub secure_boot: crate::secureboot::State,
+    /// The certificate that signed them.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub secure_boot_db: Option<crate::secureboot::DbCert>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]

@@ -17,7 +17,7 @@ use crate::progress::Progress;
 use crate::variant::{ImageFormat, Variant};
 use crate::{
     artifacts, binaries, disk, erofs, esp, hosttools, initramfs, lockfile, ova, programs, rootfs,
-    selinux, uki, variant, verity,
+    secureboot, selinux, uki, variant, verity,
 };
 
 /// Timestamps inside the image (files, EROFS, cpio) unless SOURCE_DATE_EPOCH says otherwise.
@@ -75,6 +75,13 @@ pub fn build(args: &BuildArgs) -> Result<Built> {
             .count(),
     );
     validate_version(&args.version)?;
+    // Keys are checked before anything is written: a bad key leaves build/ as it was.
+    let signing = secureboot::for_build(
+        args.secure_boot_keys.as_deref(),
+        args.allow_unsigned,
+        &variant.name,
+        variant.production,
+    )?;
     let identity = format!("{}/{}/{}", variant.name, arch, args.version);
     let epoch = std::env::var("SOURCE_DATE_EPOCH")
         .ok()
@@ -165,6 +172,10 @@ pub fn build(args: &BuildArgs) -> Result<Built> {
     rootfs::prune(&root, &prune)?;
     // After pruning (its patterns are for Debian's files), before the production check.
     let external_artifacts = external.install(&root)?;
+    if let Some(keys) = &signing {
+        // What the updater checks a new UKI against when Secure Boot is off.
+        rootfs::write_file(&root, secureboot::IMAGE_DB, &keys.db_esl, 0o644)?;
+    }
     rootfs::depmod(&root, &kernel_release)?;
     if variant.production {
         rootfs::check_production(&root)?;
@@ -245,6 +256,10 @@ pub fn build(args: &BuildArgs) -> Result<Built> {
                 },
             ],
         )?;
+        let image = match &signing {
+            Some(keys) => secureboot::sign(keys, &image, arch, &format!("uki-{slot}"), &out)?,
+            None => image,
+        };
         let path = out.join(format!("uki-{slot}.efi"));
         std::fs::write(&path, image).with_context(|| format!("cannot write {}", path.display()))?;
         cmdlines.insert(slot, cmdline);
@@ -253,6 +268,10 @@ pub fn build(args: &BuildArgs) -> Result<Built> {
     progress.step("EFI system partition");
     let esp_img = out.join("esp.img");
     let uki_a = read(&out.join("uki-a.efi"))?;
+    let systemd_boot = match &signing {
+        Some(keys) => secureboot::sign(keys, &systemd_boot, arch, "systemd-boot", &out)?,
+        None => systemd_boot,
+    };
     esp::build(
         &esp_img,
         variant.partitions.esp_mib,
@@ -310,6 +329,11 @@ pub fn build(args: &BuildArgs) -> Result<Built> {
         rename(&tmp, &out.join("disk.ova"))?;
     }
 
+    match &signing {
+        Some(keys) => secureboot::write_firmware_files(keys, arch, &out)?,
+        None => secureboot::remove_firmware_files(&out)?,
+    }
+
     progress.step("manifest");
     let mut artifacts = BTreeMap::new();
     let mut files = vec![
@@ -329,6 +353,9 @@ pub fn build(args: &BuildArgs) -> Result<Built> {
     }
     if variant.formats.contains(&ImageFormat::Ova) {
         files.push("disk.ova");
+    }
+    if signing.is_some() {
+        files.extend(secureboot::OUTPUT_FILES);
     }
     for name in files {
         let path = out.join(name);
@@ -351,6 +378,12 @@ pub fn build(args: &BuildArgs) -> Result<Built> {
         packages_lock_sha256: lock_sha,
         artifacts,
         external_artifacts,
+        secure_boot: if signing.is_some() {
+            secureboot::State::Signed
+        } else {
+            secureboot::State::Unsigned
+        },
+        secure_boot_db: signing.as_ref().map(|k| k.db_cert.clone()),
     };
     let manifest_path = out.join("manifest.json");
     std::fs::write(

@@ -333,6 +333,60 @@ struct BuildManifest {
     verity_salt: String,
     verity_data_blocks: u64,
     artifacts: HashMap<String, crate::manifest::Artifact>,
+    /// `signed` or `unsigned`; builds from before Secure Boot have none (unsigned).
+    #[serde(default)]
+    secure_boot: Option<String>,
+}
+
+/// Refuses a build whose UKIs a host trusting the `--secure-boot-db` certificates would not
+/// boot (or, with `--allow-unsigned`, lets an unsigned build through).
+fn check_signatures(build: &Path, bm: &BuildManifest, args: &AddArgs) -> Result<()> {
+    use updater::secureboot::{verify, SignatureDb};
+    if bm.secure_boot.as_deref() != Some("signed") {
+        ensure!(
+            args.allow_unsigned,
+            "{} is an unsigned build (manifest.json says \"secure_boot\": {}); hosts with Secure \
+             Boot on would refuse its UKIs. Sign it (os-build build --secure-boot-keys), or pass \
+             --allow-unsigned for a development repository",
+            build.display(),
+            bm.secure_boot
+                .as_deref()
+                .map_or("nothing".to_owned(), |s| format!("{s:?}"))
+        );
+        tracing::warn!(build = %build.display(), "adding an unsigned build (--allow-unsigned)");
+        return Ok(());
+    }
+    ensure!(
+        !args.secure_boot_db.is_empty(),
+        "{} is signed: pass the certificate of the db key the repository's hosts trust with \
+         --secure-boot-db (e.g. the keys folder's db.crt), so repo add can check its UKIs",
+        build.display()
+    );
+    let mut certs = Vec::new();
+    for pem in &args.secure_boot_db {
+        certs.push(crate::secureboot::cert_der(pem)?);
+    }
+    let db = SignatureDb::from_certs(certs);
+    for file in ["uki-a.efi", "uki-b.efi"] {
+        let path = build.join(file);
+        let bytes =
+            std::fs::read(&path).with_context(|| format!("cannot read {}", path.display()))?;
+        match verify(&bytes, &bm.arch, &db, &SignatureDb::default()) {
+            Ok(signer) => {
+                tracing::info!(uki = %path.display(), signer = %signer.subject, "UKI signature checked")
+            }
+            Err(reason) => anyhow::bail!(
+                "{} is refused: {reason}; hosts trusting {} would not boot it",
+                path.display(),
+                args.secure_boot_db
+                    .iter()
+                    .map(|p| p.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        }
+    }
+    Ok(())
 }
 
 /// Compresses `src` into `dest` (zstd, streaming) and returns the size and sha256 of `src`.
@@ -420,6 +474,7 @@ fn stage_build(build: &Path, work: &Path, args: &AddArgs, existing: &Manifest) -
             sha256,
         })
     };
+    check_signatures(build, &bm, args)?;
     let root = image("root.erofs")?;
     let verity = image("verity.img")?;
     let uki_a = image("uki-a.efi")?;

@@ -23,6 +23,8 @@ use updater::repo::RepoSource;
 use updater::state::UpdateState;
 use updater::{Config, SlotPartitions};
 
+mod common;
+
 const OS_BUILD: &str = env!("CARGO_BIN_EXE_os-build");
 const SLOT_SIZE: usize = 4 << 20;
 
@@ -273,16 +275,13 @@ fn fake_build(dir: &Path, version: &str, blocks: usize) -> PathBuf {
         uuid::Uuid::nil(),
     )
     .unwrap();
-    for slot in ["a", "b"] {
-        std::fs::write(
-            out.join(format!("uki-{slot}.efi")),
-            format!(
-                "MZ fake UKI {version} berth.slot={slot} {}",
-                params.root_hash_hex()
-            )
-            .repeat(500),
-        )
-        .unwrap();
+    for slot in ['a', 'b'] {
+        // A PE with the slot's command line (the updater checks it), padded so the UKIs of
+        // different versions differ and compress like real ones; unsigned (repo add
+        // --allow-unsigned, as a development repository).
+        let mut uki = common::tiny_uki(slot, &params.root_hash_hex());
+        uki.extend(format!("fake UKI {version}").repeat(500).as_bytes());
+        std::fs::write(out.join(format!("uki-{slot}.efi")), uki).unwrap();
     }
     let mut artifacts = serde_json::Map::new();
     for f in ["root.erofs", "verity.img", "uki-a.efi", "uki-b.efi"] {
@@ -364,6 +363,7 @@ impl Fixture {
             p(&v2).into(),
             "--migration".into(),
             "1.0.0:2.0.0:add-motd".into(),
+            "--allow-unsigned".into(),
         ];
         args.extend(extra_add_args.iter().map(|s| s.to_string()));
         let argv: Vec<&str> = args.iter().map(String::as_str).collect();
@@ -423,6 +423,10 @@ impl Fixture {
             slot: Slot::B,
             partitions: SlotPartitions::at(host.join("root-b"), host.join("verity-b")),
             esp: host.join("esp"),
+            trust: updater::uki::Trust {
+                efivars: host.join("efivars"),
+                image_db: host.join("db.esl"),
+            },
         }
     }
 
@@ -718,6 +722,7 @@ fn rotated_root_is_followed_and_unsigned_rotation_refused() {
     os_build(&[
         "repo",
         "add",
+        "--allow-unsigned",
         "--repo",
         p(&fx.repo),
         "--key",
@@ -786,6 +791,7 @@ fn add_refuses_a_build_whose_files_do_not_match_its_manifest() {
         .args([
             "repo",
             "add",
+            "--allow-unsigned",
             "--repo",
             p(&fx.repo),
             "--key",
@@ -806,6 +812,7 @@ fn add_refuses_a_build_whose_files_do_not_match_its_manifest() {
         .args([
             "repo",
             "add",
+            "--allow-unsigned",
             "--repo",
             p(&fx.repo),
             "--key",
@@ -824,6 +831,7 @@ fn add_refuses_a_build_whose_files_do_not_match_its_manifest() {
     os_build(&[
         "repo",
         "add",
+        "--allow-unsigned",
         "--repo",
         p(&fx.repo),
         "--key",
@@ -913,7 +921,15 @@ fn thresholds_need_enough_keys() {
     os_build(&argv.iter().map(String::as_str).collect::<Vec<_>>());
     let v1 = fake_build(dir.path(), "1.0.0", 16);
     let add = |targets: &[&str]| {
-        let mut a = vec!["repo", "add", "--repo", p(&repo), "--build", p(&v1)];
+        let mut a = vec![
+            "repo",
+            "add",
+            "--allow-unsigned",
+            "--repo",
+            p(&repo),
+            "--build",
+            p(&v1),
+        ];
         let (s, t) = (k("snapshot"), k("timestamp"));
         let owned: Vec<String> = targets.iter().map(|n| k(n)).collect();
         for o in &owned {
@@ -934,6 +950,60 @@ fn thresholds_need_enough_keys() {
     );
 }
 
+/// Makes the manifest of `build` name `root_hash`; with `ukis`, its UKIs too (manifest
+/// artifacts updated).
+fn set_root_hash(build: &Path, root_hash: &str, ukis: bool) {
+    let mpath = build.join("manifest.json");
+    let mut m: serde_json::Value = serde_json::from_slice(&std::fs::read(&mpath).unwrap()).unwrap();
+    m["root_hash"] = root_hash.into();
+    if ukis {
+        for slot in ['a', 'b'] {
+            let file = format!("uki-{slot}.efi");
+            std::fs::write(build.join(&file), common::tiny_uki(slot, root_hash)).unwrap();
+            m["artifacts"][&file] =
+                serde_json::to_value(artifact(&build.join(&file)).unwrap()).unwrap();
+        }
+    }
+    std::fs::write(&mpath, serde_json::to_vec(&m).unwrap()).unwrap();
+}
+
+#[test]
+fn uki_naming_another_root_is_refused_before_anything_is_written() {
+    // Issue 21.3: the manifest's verity root hash (what the slot will be checked against)
+    // and the UKI's command line disagree: the update is refused before the ESP or the slot
+    // changes.
+    let fx = Fixture::new(&[]);
+    let v3 = fake_build(fx.dir.path(), "3.0.0", 64);
+    set_root_hash(&v3, &"ab".repeat(32), false);
+    let (tk, s, t) = (fx.key("targets"), fx.key("snapshot"), fx.key("timestamp"));
+    os_build(&[
+        "repo",
+        "add",
+        "--allow-unsigned",
+        "--repo",
+        p(&fx.repo),
+        "--key",
+        &tk,
+        "--key",
+        &s,
+        "--key",
+        &t,
+        "--build",
+        p(&v3),
+    ]);
+    let rt = rt();
+    let cfg = fx.config();
+    rt.block_on(updater::check(&cfg)).unwrap();
+    let err = rt.block_on(updater::apply(&cfg)).unwrap_err();
+    let chain = updater::error_chain(&err);
+    assert!(
+        chain.contains("qemu-test-x86_64-3.0.0-uki-b.efi.zst names verity root hash")
+            && chain.contains(&"ab".repeat(32)),
+        "{chain}"
+    );
+    fx.slot_untouched();
+}
+
 #[test]
 fn verity_mismatch_after_write_is_caught_and_nothing_activated() {
     // A signed build whose manifest names a root hash its root image does not have (a bad
@@ -941,14 +1011,13 @@ fn verity_mismatch_after_write_is_caught_and_nothing_activated() {
     // it, the state does not become staged and no UKI is installed.
     let fx = Fixture::new(&[]);
     let v3 = fake_build(fx.dir.path(), "3.0.0", 64);
-    let mpath = v3.join("manifest.json");
-    let mut m: serde_json::Value = serde_json::from_slice(&std::fs::read(&mpath).unwrap()).unwrap();
-    m["root_hash"] = "ab".repeat(32).into();
-    std::fs::write(&mpath, serde_json::to_vec(&m).unwrap()).unwrap();
+    // The UKIs name the same wrong hash (else the UKI check refuses the update first).
+    set_root_hash(&v3, &"ab".repeat(32), true);
     let (tk, s, t) = (fx.key("targets"), fx.key("snapshot"), fx.key("timestamp"));
     os_build(&[
         "repo",
         "add",
+        "--allow-unsigned",
         "--repo",
         p(&fx.repo),
         "--key",

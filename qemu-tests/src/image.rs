@@ -135,6 +135,18 @@ impl Image {
         }
     }
 
+    /// The firmware variable store a signed build writes beside the disk (Berth's PK, KEK and
+    /// db enrolled, Secure Boot on), if this build was signed.
+    pub fn uefi_vars(&self) -> Option<PathBuf> {
+        let vars = self.dir.join("uefi-vars.fd");
+        vars.is_file().then_some(vars)
+    }
+
+    /// True when manifest.json says systemd-boot and the UKIs are signed.
+    pub fn signed(&self) -> bool {
+        self.manifest.get("secure_boot").and_then(Value::as_str) == Some("signed")
+    }
+
     /// The image version from the manifest.
     pub fn version(&self) -> Option<&str> {
         self.manifest.get("version").and_then(Value::as_str)

@@ -43,6 +43,7 @@ pub mod probe;
 mod qmp;
 pub mod restart;
 pub mod scenario;
+pub mod tamper;
 pub mod vm;
 
 pub use arch::Arch;

@@ -36,3 +36,10 @@ pub const KERNEL_RESTART: &str = r"reboot: Restarting system";
 pub const PROBE_LINE: &str = r"berth-probe(?:\[\d+\])?: (?:berth-probe: )?(.*)$";
 /// The probe's last line.
 pub const PROBE_END: &str = r"berth-probe(?:\[\d+\])?: (?:berth-probe: )?end\s*$";
+/// The kernel's EFI stub: the firmware enforces Secure Boot (docs/secure-boot.md).
+pub const SECURE_BOOT_ENABLED: &str = r"UEFI Secure Boot is enabled";
+/// Debian's kernel locking itself down because the firmware enforces Secure Boot.
+pub const LOCKDOWN_SECURE_BOOT: &str = r"Kernel is locked down from EFI Secure Boot";
+/// The firmware refusing an image whose signature it does not trust, as the firmware's boot
+/// manager (BdsDxe) or systemd-boot reports the EFI status.
+pub const SECURE_BOOT_REFUSED: &str = r"(?i)access denied|security violation";

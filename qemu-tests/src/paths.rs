@@ -2,9 +2,13 @@
 
 /// x86_64 UEFI firmware code (read-only pflash), 4 MiB build without Secure Boot.
 pub const OVMF_CODE: &str = "/usr/share/OVMF/OVMF_CODE_4M.fd";
+/// x86_64 UEFI firmware code with Secure Boot (needs q35 with SMM and a secure pflash), for
+/// images signed with Berth's keys (docs/secure-boot.md).
+pub const OVMF_CODE_SECURE_BOOT: &str = "/usr/share/OVMF/OVMF_CODE_4M.secboot.fd";
 /// x86_64 UEFI variable store template; each VM gets a private copy.
 pub const OVMF_VARS: &str = "/usr/share/OVMF/OVMF_VARS_4M.fd";
-/// aarch64 UEFI firmware code (read-only pflash).
+/// aarch64 UEFI firmware code (read-only pflash). Built with Secure Boot: it enforces
+/// signatures once a variable store with keys (an image's `uefi-vars.fd`) is given.
 pub const AAVMF_CODE: &str = "/usr/share/AAVMF/AAVMF_CODE.fd";
 /// aarch64 UEFI variable store template; each VM gets a private copy.
 pub const AAVMF_VARS: &str = "/usr/share/AAVMF/AAVMF_VARS.fd";

@@ -187,6 +187,10 @@ pub struct VmBuilder {
     direct_kernel: Option<DirectKernel>,
     /// Serial console on the caller's terminal ([`VmBuilder::run_attached`]).
     attached: bool,
+    /// Firmware that enforces Secure Boot (see [`VmBuilder::secure_boot`]).
+    secure_boot: bool,
+    /// Never take the first disk's `uefi-vars.fd` (see [`VmBuilder::without_secure_boot`]).
+    no_secure_boot: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -227,7 +231,52 @@ impl VmBuilder {
             qemu: None,
             direct_kernel: None,
             attached: false,
+            secure_boot: false,
+            no_secure_boot: false,
         }
+    }
+
+    /// Boots with the firmware's defaults (Secure Boot off) even when the first disk's
+    /// folder holds a signed build's `uefi-vars.fd`.
+    pub fn without_secure_boot(mut self) -> Self {
+        self.no_secure_boot = true;
+        self
+    }
+
+    /// A signed build writes `uefi-vars.fd` beside its disks: a VM booting such a disk gets
+    /// that store and Secure Boot enforced, as a real machine with the image's keys enrolled
+    /// would, unless firmware was chosen explicitly or [`VmBuilder::without_secure_boot`].
+    fn with_image_firmware(self) -> Self {
+        if self.secure_boot || self.no_secure_boot || self.firmware != Self::new(self.arch).firmware
+        {
+            return self;
+        }
+        let vars = self
+            .disks
+            .first()
+            .and_then(|d| d.path.parent().map(|dir| dir.join("uefi-vars.fd")))
+            .filter(|v| v.is_file());
+        match vars {
+            Some(vars) => {
+                tracing::info!(vars = %vars.display(), "signed image: booting with Secure Boot on");
+                self.secure_boot(vars)
+            }
+            None => self,
+        }
+    }
+
+    /// Boots with Secure Boot enforced: the firmware's Secure Boot build (OVMF's needs q35
+    /// with SMM and a secure pflash, so the guest cannot write the variables around the
+    /// firmware) and `vars`, a variable store with keys enrolled (an image's
+    /// `uefi-vars.fd`; each VM gets a private copy).
+    pub fn secure_boot(mut self, vars: impl AsRef<Path>) -> Self {
+        let code = match self.arch {
+            Arch::X86_64 => paths::OVMF_CODE_SECURE_BOOT,
+            Arch::Aarch64 => paths::AAVMF_CODE,
+        };
+        self.firmware = (PathBuf::from(code), vars.as_ref().to_owned());
+        self.secure_boot = true;
+        self
     }
 
     /// Name for QEMU's `-name` and the logs.
@@ -366,9 +415,15 @@ impl VmBuilder {
         let mut push = |items: &[&str]| a.extend(items.iter().map(|s| (*s).to_owned()));
         push(&["-nodefaults", "-no-user-config", "-display", "none"]);
         push(&["-name", &self.name]);
-        match self.arch {
-            Arch::X86_64 => push(&["-machine", "q35"]),
-            Arch::Aarch64 => push(&["-machine", "virt"]),
+        match (self.arch, self.secure_boot) {
+            (Arch::X86_64, false) => push(&["-machine", "q35"]),
+            (Arch::X86_64, true) => push(&[
+                "-machine",
+                "q35,smm=on",
+                "-global",
+                "driver=cfi.pflash01,property=secure,value=on",
+            ]),
+            (Arch::Aarch64, _) => push(&["-machine", "virt"]),
         }
         push(&["-accel", "tcg,thread=multi", "-cpu", &self.cpu_model]);
         push(&["-smp", &self.cpus.to_string()]);
@@ -500,14 +555,15 @@ impl VmBuilder {
 
     /// Runs QEMU in the foreground with the serial console and QEMU's monitor on this
     /// terminal (Ctrl-A X quits, Ctrl-A C toggles the monitor) until the guest powers off.
-    pub fn run_attached(mut self) -> Result<ExitStatus, VmError> {
-        let (_tempdir, dir, layout) = self.prepare()?;
-        self.attached = true;
-        let args = self.qemu_args(&layout);
-        let program = self
+    pub fn run_attached(self) -> Result<ExitStatus, VmError> {
+        let mut this = self.with_image_firmware();
+        let (_tempdir, dir, layout) = this.prepare()?;
+        this.attached = true;
+        let args = this.qemu_args(&layout);
+        let program = this
             .qemu
             .clone()
-            .unwrap_or_else(|| PathBuf::from(self.arch.qemu_binary()));
+            .unwrap_or_else(|| PathBuf::from(this.arch.qemu_binary()));
         let mut child = Command::new(&program)
             .args(&args)
             .current_dir(&dir)
@@ -521,6 +577,11 @@ impl VmBuilder {
 
     /// Prepares the VM's directory and starts QEMU.
     pub fn boot(self) -> Result<RunningVm, VmError> {
+        let this = self.with_image_firmware();
+        this.boot_prepared()
+    }
+
+    fn boot_prepared(self) -> Result<RunningVm, VmError> {
         let (tempdir, dir, layout) = self.prepare()?;
         let args = self.qemu_args(&layout);
 
@@ -1037,6 +1098,33 @@ mod tests {
             "name=opt/org.berth/user-data,file=/tmp/user,,data.toml"
         ));
         assert!(!args.iter().any(|a| a == "-netdev" || a == "-kernel"));
+    }
+
+    #[test]
+    fn secure_boot_uses_the_secboot_firmware_smm_and_the_given_vars() {
+        let args = Vm::builder(Arch::X86_64)
+            .secure_boot("/build/uefi-vars.fd")
+            .qemu_args(&layout());
+        assert!(has(&args, "-machine", "q35,smm=on"));
+        assert!(has(
+            &args,
+            "-global",
+            "driver=cfi.pflash01,property=secure,value=on"
+        ));
+        assert!(has(
+            &args,
+            "-drive",
+            "if=pflash,format=raw,unit=0,readonly=on,file=/usr/share/OVMF/OVMF_CODE_4M.secboot.fd"
+        ));
+        let b = Vm::builder(Arch::Aarch64).secure_boot("/build/uefi-vars.fd");
+        assert_eq!(b.firmware.1, PathBuf::from("/build/uefi-vars.fd"));
+        let args = b.qemu_args(&layout());
+        assert!(has(&args, "-machine", "virt"));
+        assert!(has(
+            &args,
+            "-drive",
+            "if=pflash,format=raw,unit=0,readonly=on,file=/usr/share/AAVMF/AAVMF_CODE.fd"
+        ));
     }
 
     #[test]

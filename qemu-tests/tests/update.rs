@@ -37,7 +37,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, ensure, Context, Result};
 use qemu_tests::api::{build_apiclient, Api};
 use qemu_tests::file_server::FileServer;
-use qemu_tests::{gpt, markers, scenario, Arch, Checks, Image, ProbeReport, RunningVm, Vm};
+use qemu_tests::{gpt, markers, scenario, tamper, Arch, Checks, Image, ProbeReport, RunningVm, Vm};
 use serde_json::Value;
 
 const VARIANT: &str = "qemu-test";
@@ -80,6 +80,9 @@ struct Machine {
     server: FileServer,
     work: tempfile::TempDir,
     user_data: PathBuf,
+    /// v1's firmware variables (its signed build's uefi-vars.fd): every power-on enforces
+    /// Secure Boot with Berth's keys, the kept disks included.
+    vars: PathBuf,
 }
 
 /// What a power-on adds to the machine.
@@ -108,6 +111,7 @@ impl Machine {
             .fw_cfg_string(PROBE_FW_CFG, "1")
             .net_user([self.api.hostfwd()])
             .net_options([self.server.guestfwd(relay, REPO_IP)])
+            .secure_boot(&self.vars)
             .serial_log(&log);
         if extras.no_esp {
             vm = vm.fw_cfg_string(NO_ESP_FW_CFG, "1");
@@ -282,6 +286,57 @@ fn refresh(repo: &Path, timestamp_expires: &str) -> Result<()> {
     Ok(())
 }
 
+/// A copy of the repository in `dir` whose v2 is re-published (`repo add --replace`, signed
+/// with the repository's TUF keys) with UKIs signed by a foreign Secure Boot key.
+fn foreign_signed_repo(repo: &Path, dir: &Path) -> Result<PathBuf> {
+    let v2 = Image::locate_in(
+        &qemu_tests::image::build_dir().join("update-v2"),
+        VARIANT,
+        Arch::X86_64,
+    )?;
+    let build = dir.join("v2-foreign");
+    std::fs::create_dir_all(&build)?;
+    let (key, cert) = tamper::foreign_key(dir)?;
+    let mut manifest = v2.manifest.clone();
+    for file in ["root.erofs", "verity.img"] {
+        std::os::unix::fs::symlink(v2.dir.join(file), build.join(file))?;
+    }
+    for file in ["uki-a.efi", "uki-b.efi"] {
+        let unsigned = dir.join(format!("{file}.unsigned"));
+        tamper::unsigned(&v2.dir.join(file), &unsigned)?;
+        tamper::sign(&unsigned, &build.join(file), &key, &cert)?;
+        let bytes = std::fs::read(build.join(file))?;
+        manifest["artifacts"][file]["size"] = Value::from(bytes.len());
+        manifest["artifacts"][file]["sha256"] =
+            Value::from(hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&bytes)));
+    }
+    std::fs::write(build.join("manifest.json"), serde_json::to_vec(&manifest)?)?;
+    let rogue = dir.join("repo-foreign-uki");
+    copy_repo(repo, &rogue)?;
+    let keys = qemu_tests::image::build_dir().join("update-keys");
+    let out = Command::new(qemu_tests::image::repo_root().join("target/release/os-build"))
+        .args(["repo", "add", "--replace", "--repo"])
+        .arg(&rogue)
+        .arg("--build")
+        .arg(&build)
+        .arg("--secure-boot-db")
+        .arg(&cert)
+        .args(["--key"])
+        .arg(keys.join("targets.pk8"))
+        .args(["--key"])
+        .arg(keys.join("snapshot.pk8"))
+        .args(["--key"])
+        .arg(keys.join("timestamp.pk8"))
+        .output()
+        .context("cannot run target/release/os-build (scripts/test.sh builds it)")?;
+    ensure!(
+        out.status.success(),
+        "os-build repo add (foreign UKIs) failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(rogue)
+}
+
 /// Serves three tampered copies of the repository in turn; `apiclient update apply --check`
 /// must fail on each, naming the reason, and leave nothing activated. Then serves a good copy
 /// re-signed with newer versions (the guest may have stored the expired one's versions).
@@ -309,10 +364,19 @@ fn tampering_is_refused(machine: &Machine, repo: &Path, checks: &mut Checks) -> 
     std::fs::write(&target, vec![0x5a_u8; usize::try_from(len)?])?;
     std::thread::sleep(Duration::from_secs(2));
 
+    // Tamper 3 (docs/secure-boot.md): a correctly signed repository (the TUF targets key is
+    // not the Secure Boot key) offering v2 with UKIs signed by a foreign key.
+    let foreign = foreign_signed_repo(repo, dir)?;
+
     for (what, served, expected) in [
         ("bad signature", &bad_signature, "signature"),
         ("expired timestamp", &expired, "expired"),
         ("replaced target", &replaced, "mismatch"),
+        (
+            "UKI signed by a foreign key",
+            &foreign,
+            "not in the trusted db",
+        ),
     ] {
         machine.server.set_root(Some(served.clone()));
         let out = machine.api.run(&["update", "apply", "--check"])?;
@@ -349,6 +413,7 @@ fn update_rollback_power_cut_and_update_x86_64() -> Result<()> {
             "QEMU killed while apply writes the slot: v1 still boots",
             "with a clone of the image attached as a second disk, v1 boots from the first and nothing is written to the clone",
             "a bad signature, an expired timestamp and a replaced target are each refused",
+            "every power-on enforces Secure Boot (signed v1 and v2); v2 whose UKIs a foreign key signed, in a correctly signed repository, is refused before the ESP or the slot changes",
             "apiclient update apply --reboot: v2 boots from slot B, passes its gate, keeps the settings",
             "apiclient update rollback --reboot: v1 boots from slot A",
             "v2 again, with its ESP not mounted: three trial boots fail their gate and reboot, v1 runs again, the status says so",
@@ -391,6 +456,12 @@ fn update_rollback_power_cut_and_update_x86_64() -> Result<()> {
         server: FileServer::start(&repo)?,
         work,
         user_data,
+        vars: v1.uefi_vars().with_context(|| {
+            format!(
+                "{} is not a signed build (no uefi-vars.fd; scripts/test.sh signs it)",
+                v1.dir.display()
+            )
+        })?,
     };
     let mut checks = Checks::new();
 
@@ -490,7 +561,8 @@ fn update_rollback_power_cut_and_update_x86_64() -> Result<()> {
     );
     machine.api.stdout(&["update", "check"])?;
     let served_before = machine.server.served().len();
-    // The cut: once the last image (the UKI) is downloaded, the updater writes the slot.
+    // The cut: once the last image (verity; the UKI comes first, checked before the large
+    // images are fetched) is downloaded, the updater writes the slot.
     let apply = {
         let (apiclient, socket) = (machine.api.apiclient.clone(), machine.api.socket.clone());
         std::thread::spawn(move || {
@@ -506,7 +578,7 @@ fn update_rollback_power_cut_and_update_x86_64() -> Result<()> {
         let served = machine.server.served();
         if served[served_before..]
             .iter()
-            .any(|s| s.path.contains("uki-b.efi") && s.status == 200)
+            .any(|s| s.path.contains("verity.img") && s.status == 200)
         {
             break;
         }
@@ -567,6 +639,15 @@ fn update_rollback_power_cut_and_update_x86_64() -> Result<()> {
         "/os says v2",
         Some(machine.os_version()?.as_str()),
         &v2_version,
+    );
+    let os: Value = serde_json::from_str(&machine.api.stdout(&["raw", "-u", "/os"])?)?;
+    checks.check(
+        "the signed v2 runs with Secure Boot enforced and the kernel locked down (/os)",
+        os["secure_boot"] == "enabled" && os["lockdown"] == "integrity",
+        format!(
+            "secure_boot {}, lockdown {}",
+            os["secure_boot"], os["lockdown"]
+        ),
     );
     let motd = machine.api.get("settings.motd")?;
     checks.equal(

@@ -258,7 +258,7 @@ pub static ROUTES: &[Route] = &[
         method: "GET",
         path: "/os",
         op: Op::GetOs,
-        summary: "OS information: pretty_name, variant_id, version_id, build_id, arch, missing_artifacts when the image was built without some external artifacts, and datastore_quarantine when live settings that could not be used were kept aside",
+        summary: "OS information: pretty_name, variant_id, version_id, build_id, arch, secure_boot (enabled, disabled, unsupported), lockdown, missing_artifacts when the image was built without some external artifacts, and datastore_quarantine when live settings that could not be used were kept aside",
         params: &[],
         body: None,
         responses: &[(200, "OS information", Some(Schema::Os)), ERR],
@@ -490,6 +490,15 @@ fn schema_json(schema: Schema) -> Value {
                             "reason": {"type": "string"}
                         }
                     }
+                },
+                "secure_boot": {
+                    "description": "The firmware's Secure Boot state, from the SecureBoot EFI variable (docs/secure-boot.md)",
+                    "type": "string",
+                    "enum": ["enabled", "disabled", "unsupported"]
+                },
+                "lockdown": {
+                    "description": "Kernel lockdown mode from /sys/kernel/security/lockdown (none, integrity, confidentiality), or unsupported",
+                    "type": "string"
                 }
             },
             "additionalProperties": {"type": "string"}

@@ -676,6 +676,11 @@ async fn dispatch(
             if !state.quarantines.is_empty() {
                 os["datastore_quarantine"] = json!(state.quarantines);
             }
+            // Read per request: the firmware's state and the lockdown mode are live facts.
+            let host = cis::HostRoot::new(&state.cis_root);
+            os["secure_boot"] = json!(cis::platform::secure_boot(&host));
+            os["lockdown"] =
+                json!(cis::platform::lockdown(&host).unwrap_or_else(|| "unsupported".into()));
             ok_json(&os)
         }
         Op::UserDataStatus => {

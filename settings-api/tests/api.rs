@@ -315,6 +315,13 @@ fn defaults_fill_in_and_user_values_survive_restart() {
     let (code, body) = s.http("GET", "/os", None);
     assert_eq!(code, 200);
     assert!(body.contains("\"arch\""));
+    // The firmware's state, read from the host the test runs on (docs/secure-boot.md).
+    let os: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert!(
+        ["enabled", "disabled", "unsupported"].contains(&os["secure_boot"].as_str().unwrap_or("")),
+        "{body}"
+    );
+    assert!(os["lockdown"].is_string(), "{body}");
     // apiclient get reaches the other parts of the model too.
     let got = s.get(&["os", "services.chronyd", "motd"]);
     assert!(got["os"]["arch"].is_string());

@@ -245,6 +245,10 @@ pub static CHECKS: &[Check] = &[
         "Ensure ptrace scope is restricted",
         "/proc/sys/kernel/yama/ptrace_scope is 1, 2 or 3",
         ptrace_scope),
+    check!(Bottlerocket, "B.1.7", 1, Automated,
+        "Ensure Secure Boot is enabled where the platform has it",
+        "the SecureBoot EFI variable is 1; skipped when the host was not booted by UEFI or its firmware has no Secure Boot (docs/secure-boot.md)",
+        secure_boot),
     check!(Bottlerocket, "B.3.1", 2, Automated,
         "Ensure DCCP, RDS and TIPC are disabled",
         "none of dccp, rds, tipc is in /proc/modules and modprobe.d disables each",
@@ -683,6 +687,23 @@ fn lockdown(host: &HostRoot) -> CheckResult {
             paths::LOCKDOWN
         )),
         Err(e) => CheckResult::Skip(e.reason()),
+    }
+}
+
+fn secure_boot(host: &HostRoot) -> CheckResult {
+    use crate::platform::SecureBoot;
+    match crate::platform::secure_boot(host) {
+        SecureBoot::Enabled => CheckResult::Pass,
+        SecureBoot::Disabled => CheckResult::Fail(format!(
+            "the firmware supports Secure Boot but it is off ({}/SecureBoot-{} is 0): enrol \
+             the image's keys (docs/secure-boot.md)",
+            paths::EFIVARS,
+            crate::platform::EFI_GLOBAL_VARIABLE
+        )),
+        SecureBoot::Unsupported => CheckResult::Skip(format!(
+            "the platform has no UEFI Secure Boot (no SecureBoot variable under {})",
+            paths::EFIVARS
+        )),
     }
 }
 

@@ -10,6 +10,7 @@ pub mod checks;
 pub mod cli;
 pub mod host;
 pub mod paths;
+pub mod platform;
 pub mod report;
 
 pub use checks::{Benchmark, Check, CheckResult, Mode, CHECKS};

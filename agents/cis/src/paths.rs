@@ -6,6 +6,8 @@ pub const PROC_MODULES: &str = "/proc/modules";
 pub const PROC_MOUNTS: &str = "/proc/mounts";
 /// The kernel command line.
 pub const PROC_CMDLINE: &str = "/proc/cmdline";
+/// efivarfs: the firmware's variables (SecureBoot).
+pub const EFIVARS: &str = "/sys/firmware/efi/efivars";
 /// Kernel lockdown mode.
 pub const LOCKDOWN: &str = "/sys/kernel/security/lockdown";
 /// SELinux enforcing flag.

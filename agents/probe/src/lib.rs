@@ -237,6 +237,30 @@ pub fn facts(root: &Path, dm: &dyn DeviceMapper) -> Vec<(String, String)> {
     push("slot", cmdline_value(&cmdline, "berth.slot"));
     push("loader-entry", efi_string(root, "LoaderEntrySelected"));
     push("stub-image", efi_string(root, "StubImageIdentifier"));
+    // Secure Boot (docs/secure-boot.md): the firmware's SecureBoot variable (EFI global
+    // variable GUID; 4 attribute bytes, then 1 or 0) and the kernel's lockdown mode.
+    push(
+        "secure-boot",
+        std::fs::read(
+            root.join("sys/firmware/efi/efivars/SecureBoot-8be4df61-93ca-11d2-aa0d-00e098032b8c"),
+        )
+        .ok()
+        .map(|b| {
+            if b.get(4) == Some(&1) {
+                "enabled"
+            } else {
+                "disabled"
+            }
+            .to_string()
+        }),
+    );
+    push(
+        "lockdown",
+        read_trim(root.join("sys/kernel/security/lockdown")).and_then(|t| {
+            let start = t.find('[')? + 1;
+            Some(t[start..start + t[start..].find(']')?].to_string())
+        }),
+    );
     push("kernel", read_trim(root.join("proc/sys/kernel/osrelease")));
     push("machine-id", read_trim(root.join("etc/machine-id")));
     // SELinux (docs/selinux.md): 1 when enforcing, and the probe's own domain, which a

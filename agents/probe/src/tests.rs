@@ -68,6 +68,8 @@ fn facts_of_a_booted_berth_host() {
             "slot",
             "loader-entry",
             "stub-image",
+            "secure-boot",
+            "lockdown",
             "kernel",
             "machine-id",
             "selinux-enforce",
@@ -134,6 +136,8 @@ fn facts_of_a_booted_berth_host() {
     assert_eq!(f["slot"], "a");
     assert_eq!(f["loader-entry"], "berth-1.2.0+3.efi");
     assert_eq!(f["stub-image"], "\\EFI\\Linux\\berth-1.2.0+3.efi");
+    assert_eq!(f["secure-boot"], "enabled");
+    assert_eq!(f["lockdown"], "integrity");
     assert_eq!(f["kernel"], "6.12.107+deb13-amd64");
     assert_eq!(f["machine-id"], "0f1e2d3c4b5a69788796a5b4c3d2e1f0");
     assert_eq!(f["selinux-enforce"], "1");

@@ -182,6 +182,14 @@ pub struct UpdaterArgs {
     /// Where the ESP is mounted.
     #[arg(long, env = "BERTH_UPDATES_ESP", default_value = "/boot")]
     pub esp: PathBuf,
+    /// efivarfs: the firmware's Secure Boot state and db, which a new UKI's signature must
+    /// match when Secure Boot is on.
+    #[arg(long, default_value = crate::secureboot::EFIVARS_DIR)]
+    pub efivars: PathBuf,
+    /// The db certificates the image ships (an EFI signature list), which a new UKI's
+    /// signature must match when Secure Boot is off.
+    #[arg(long, default_value = crate::secureboot::IMAGE_DB)]
+    pub image_db: PathBuf,
 }
 
 impl UpdaterArgs {
@@ -224,6 +232,10 @@ impl UpdaterArgs {
                 host_root: host_root.to_path_buf(),
             },
             esp: self.esp.clone(),
+            trust: crate::uki::Trust {
+                efivars: self.efivars.clone(),
+                image_db: self.image_db.clone(),
+            },
         })
     }
 }

@@ -10,9 +10,11 @@ pub mod health;
 pub mod host;
 pub mod manifest;
 pub mod repo;
+pub mod secureboot;
 pub mod slot;
 pub mod state;
 pub mod trust;
+pub mod uki;
 
 use std::path::{Path, PathBuf};
 
@@ -43,6 +45,8 @@ pub struct Config {
     pub partitions: SlotPartitions,
     /// Mount point of the ESP.
     pub esp: PathBuf,
+    /// What a new UKI's signature is checked against (the firmware's db, or the image's).
+    pub trust: uki::Trust,
 }
 
 /// The inactive slot's partitions: as given, or (for those not given) the partitions named
@@ -93,6 +97,8 @@ pub enum UpdaterError {
     Choose(#[from] choose::ChooseError),
     #[error(transparent)]
     Slot(#[from] slot::SlotError),
+    #[error(transparent)]
+    Uki(#[from] uki::UkiError),
     #[error("the chosen update {0} is no longer offered by the repository; run check again")]
     Withdrawn(Version),
     #[error("no update chosen; run check first")]
@@ -270,7 +276,12 @@ pub async fn prepare(cfg: &Config) -> Result<Status, UpdaterError> {
             path: cfg.staging_dir.clone(),
             source: e,
         })?;
-        for image in [&images.root, &images.verity, &images.uki] {
+        // The UKI first: it must name this slot and this root, and carry a signature the
+        // firmware accepts, before the ESP or the slot changes (and before the large images
+        // are downloaded for nothing).
+        repo::stage_target(&repo, &images.uki.target, &cfg.staged(&images.uki)).await?;
+        check_uki(cfg, &images.uki, &update.verity).await?;
+        for image in [&images.root, &images.verity] {
             repo::stage_target(&repo, &image.target, &cfg.staged(image)).await?;
         }
 
@@ -325,6 +336,23 @@ pub async fn prepare(cfg: &Config) -> Result<Status, UpdaterError> {
     .await
 }
 
+/// Reads the staged UKI and checks its command line and signature ([`uki::check_staged`]).
+async fn check_uki(
+    cfg: &Config,
+    image: &Image,
+    verity: &manifest::VerityInfo,
+) -> Result<(), UpdaterError> {
+    let path = cfg.staged(image);
+    let (image, verity, cfg) = (image.clone(), verity.clone(), cfg.clone());
+    tokio::task::spawn_blocking(move || -> Result<(), UpdaterError> {
+        let bytes = uki::read_staged(&path, &image)?;
+        uki::check_staged(&path, &bytes, &cfg.arch, cfg.slot, &verity, &cfg.trust)?;
+        Ok(())
+    })
+    .await
+    .map_err(UpdaterError::Join)?
+}
+
 /// `activate`: installs the staged slot's UKI as `berth-<version>+3.efi`, so the next boot
 /// tries it (three times) before falling back to the running slot.
 pub async fn activate(cfg: &Config) -> Result<Status, UpdaterError> {
@@ -342,6 +370,9 @@ pub async fn activate(cfg: &Config) -> Result<Status, UpdaterError> {
         if !staged.exists() {
             return Err(UpdaterError::StagedUkiMissing { path: staged });
         }
+        // Again right before the ESP changes: the staged file and the firmware's db may have
+        // changed since prepare.
+        check_uki(cfg, &uki, &update.verity).await?;
         let (esp, running, version) =
             (cfg.esp.clone(), cfg.running.clone(), chosen.version.clone());
         let name = tokio::task::spawn_blocking(move || {

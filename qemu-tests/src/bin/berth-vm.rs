@@ -30,6 +30,13 @@ struct Args {
     /// Run the boot probe (fw_cfg opt/org.berth/probe).
     #[arg(long)]
     probe: bool,
+    /// Firmware variable store with Secure Boot keys (default: `uefi-vars.fd` beside the
+    /// image, which a signed build writes); the firmware then enforces Secure Boot.
+    #[arg(long)]
+    uefi_vars: Option<PathBuf>,
+    /// Boot without Secure Boot even when the image folder has `uefi-vars.fd`.
+    #[arg(long, conflicts_with = "uefi_vars")]
+    no_secure_boot: bool,
     /// Disk image (qcow2 or raw), e.g. build/qemu/x86_64/disk.qcow2.
     image: PathBuf,
 }
@@ -44,6 +51,17 @@ fn parse_arch(value: &str) -> Result<Arch, String> {
     }
 }
 
+/// `--uefi-vars`, or the `uefi-vars.fd` a signed build left beside the image.
+fn secure_boot_vars(args: &Args) -> Option<PathBuf> {
+    if args.no_secure_boot {
+        return None;
+    }
+    args.uefi_vars.clone().or_else(|| {
+        let beside = args.image.parent()?.join("uefi-vars.fd");
+        beside.is_file().then_some(beside)
+    })
+}
+
 fn run(args: Args) -> Result<ExitCode> {
     let mut builder = Vm::builder(args.arch).memory_mib(args.memory);
     builder = match args.disk_gib {
@@ -55,6 +73,19 @@ fn run(args: Args) -> Result<ExitCode> {
     }
     if args.probe {
         builder = builder.fw_cfg_string("opt/org.berth/probe", "1");
+    }
+    match secure_boot_vars(&args) {
+        Some(vars) => {
+            eprintln!(
+                "berth-vm: Secure Boot on, firmware variables from {}",
+                vars.display()
+            );
+            builder = builder.secure_boot(vars);
+        }
+        None => {
+            eprintln!("berth-vm: Secure Boot off");
+            builder = builder.without_secure_boot();
+        }
     }
     let status = builder
         .run_attached()
@@ -88,5 +119,21 @@ mod tests {
         assert_eq!(args.image, PathBuf::from("disk.qcow2"));
         assert!(Args::try_parse_from(["berth-vm", "--arch", "mips", "d"]).is_err());
         assert!(Args::try_parse_from(["berth-vm"]).is_err());
+    }
+
+    #[test]
+    fn secure_boot_follows_the_image_folder() {
+        let dir = tempfile::tempdir().unwrap();
+        let image = dir.path().join("disk.qcow2");
+        let args = Args::try_parse_from(["berth-vm", image.to_str().unwrap()]).unwrap();
+        assert_eq!(secure_boot_vars(&args), None);
+        std::fs::write(dir.path().join("uefi-vars.fd"), b"vars").unwrap();
+        assert_eq!(
+            secure_boot_vars(&args),
+            Some(dir.path().join("uefi-vars.fd"))
+        );
+        let args = Args::try_parse_from(["berth-vm", "--no-secure-boot", image.to_str().unwrap()])
+            .unwrap();
+        assert_eq!(secure_boot_vars(&args), None);
     }
 }
