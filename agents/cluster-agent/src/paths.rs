@@ -17,18 +17,24 @@ pub const CLUSTER_CA: &str = "etc/kubernetes/pki/ca.crt";
 pub const CREDENTIAL_PROVIDER_CONFIG: &str = "etc/eks/image-credential-provider/config.json";
 /// Folder of static pod manifests.
 pub const STATIC_PODS_DIR: &str = "etc/kubernetes/static-pods";
+/// containerd's base OCI spec for pod containers (`base_runtime_spec` in its config.toml).
+pub const CONTAINERD_BASE_RUNTIME_SPEC: &str = "etc/containerd/base-runtime-spec.json";
 /// ECS agent configuration, a systemd `EnvironmentFile` read by `ecs.service`.
 pub const ECS_CONFIG: &str = "etc/ecs/ecs.config";
 
 /// Image credential provider binaries (ecr-credential-provider), on the read-only root.
 pub const CREDENTIAL_PROVIDER_BIN_DIR: &str = "/usr/libexec/kubernetes/credential-providers";
+/// The pod sandbox image every Kubernetes variant ships (`[pause-image]` in
+/// `variants/shared/k8s.toml`, imported by `berth-pause-image.service`) and containerd's
+/// `sandbox_image` unless `settings.kubernetes.pod-infra-container-image` names another.
+pub const PAUSE_IMAGE: &str = "localhost/berth/pause:1";
+
 /// containerd's CRI socket.
 pub const CONTAINERD_SOCKET: &str = "unix:///run/containerd/containerd.sock";
 /// ECS agent data and logs, as in Bottlerocket.
 pub const ECS_DATADIR: &str = "/var/lib/ecs/data";
 pub const ECS_LOGFILE: &str = "/var/log/ecs/ecs-agent.log";
 pub const ECS_AUDIT_LOGFILE: &str = "/var/log/ecs/audit.log";
-pub const ECS_CNI_PLUGINS: &str = "/usr/libexec/amazon-ecs-agent";
 
 /// The facts the boot step rendered with (JSON), on the `/run` tmpfs.
 pub const FACTS_RECORD: &str = "run/berth/cluster-facts.json";
