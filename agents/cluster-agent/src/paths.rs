@@ -28,6 +28,8 @@ pub const CREDENTIAL_PROVIDER_BIN_DIR: &str = "/usr/libexec/kubernetes/credentia
 /// `variants/shared/k8s.toml`, imported by `berth-pause-image.service`) and containerd's
 /// `sandbox_image` unless `settings.kubernetes.pod-infra-container-image` names another.
 pub const PAUSE_IMAGE: &str = "localhost/berth/pause:1";
+/// Its OCI archive in the image (relative to the root), imported at boot.
+pub const PAUSE_IMAGE_ARCHIVE: &str = "usr/share/berth/pause-image.tar";
 
 /// containerd's CRI socket.
 pub const CONTAINERD_SOCKET: &str = "unix:///run/containerd/containerd.sock";
@@ -46,3 +48,34 @@ pub fn host(relative: &str) -> String {
 
 /// The IAM token exec plugin on the read-only root (an external artifact of EKS variants).
 pub const AWS_IAM_AUTHENTICATOR: &str = "/usr/bin/aws-iam-authenticator";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The pause image's name and archive path are data in four places besides this file:
+    /// the variant (os-build builds the archive), the import unit, and boot-config's
+    /// containerd template (sandbox_image). A rename in one of them alone would leave
+    /// containerd pulling an image that is not there.
+    #[test]
+    fn the_pause_image_is_named_alike_everywhere() {
+        let variant: toml::Table =
+            toml::from_str(include_str!("../../../variants/shared/k8s.toml")).expect("TOML");
+        let image = &variant["pause-image"];
+        assert_eq!(image["name"].as_str(), Some(PAUSE_IMAGE));
+        assert_eq!(
+            image["path"].as_str(),
+            Some(host(PAUSE_IMAGE_ARCHIVE).as_str())
+        );
+        let unit = include_str!("../units/berth-pause-image.service");
+        let exec: Vec<&str> = unit
+            .lines()
+            .filter_map(|l| l.strip_prefix("ExecStart="))
+            .collect();
+        assert!(exec[0].ends_with(&format!(" images import {}", host(PAUSE_IMAGE_ARCHIVE))));
+        assert!(exec[1].contains(&format!(" images label {PAUSE_IMAGE} ")));
+        let template = include_str!("../../boot-config/templates/containerd-config");
+        assert!(template.contains(&format!("default(\"{PAUSE_IMAGE}\")")));
+        assert!(template.contains(&format!("\"{}\"", host(CONTAINERD_BASE_RUNTIME_SPEC))));
+    }
+}

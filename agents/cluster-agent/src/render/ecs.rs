@@ -52,6 +52,17 @@ pub fn variables(
     settings: &Settings,
     facts: &Facts,
 ) -> Result<BTreeMap<&'static str, String>, RenderError> {
+    if settings.oci_defaults.is_some() && settings.kubernetes.is_none() {
+        // containerd's base runtime spec is for Kubernetes pods; dockerd has no default
+        // capability set to change, so on an ECS instance the settings would do nothing.
+        return Err(RenderError::InvalidSetting {
+            key: "settings.oci-defaults".to_string(),
+            reason: "applies to Kubernetes pods only (containerd's base runtime spec); ECS tasks \
+                     set their own limits and capabilities in the task definition (ulimits, \
+                     linuxParameters.capabilities); remove it"
+                .to_string(),
+        });
+    }
     let mut v = BTreeMap::new();
     let flag = |b: bool| b.to_string();
 
