@@ -20,6 +20,7 @@ pub mod lockfile;
 pub mod logging;
 pub mod manifest;
 pub mod ova;
+pub mod pause;
 pub mod pipeline;
 pub mod programs;
 pub mod progress;

@@ -160,6 +160,9 @@ pub fn build(args: &BuildArgs) -> Result<Built> {
         &args.version,
         args.update_root.as_deref(),
     )?;
+    if let Some(image) = &variant.pause_image {
+        crate::pause::install(&root, &workspace, arch, image, epoch)?;
+    }
     let mut prune = variant.prune.clone();
     prune.extend(["boot/*".to_owned(), "usr/lib/systemd/boot".to_owned()]);
     let modules_root = format!("usr/lib/modules/{kernel_release}/kernel");

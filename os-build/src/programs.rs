@@ -152,6 +152,7 @@ const PROGRAMS: &[Program] = &[
             "agents/cluster-agent/units/berth-cluster-agent.service",
             "agents/cluster-agent/units/ecs.service",
             "agents/cluster-agent/units/ecs-block-imds.service",
+            "agents/cluster-agent/units/berth-pause-image.service",
         ],
         private_units: &["agents/cluster-agent/units/kubelet.service"],
         data: &[

@@ -78,6 +78,17 @@ struct Fragment {
     artifacts: Vec<ArtifactFragment>,
     /// The SELinux policy (see `selinux.rs`); absent: the image has none.
     selinux: Option<SelinuxFragment>,
+    /// The pod sandbox image os-build builds into the root (see `pause.rs`).
+    pause_image: Option<PauseImage>,
+}
+
+/// `[pause-image]`: the image reference containerd knows the pause image by, and where in
+/// the root its OCI archive goes.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct PauseImage {
+    pub name: String,
+    pub path: String,
 }
 
 /// `[selinux]`: the CIL sources of the policy and its contexts files, relative to the
@@ -224,6 +235,8 @@ pub struct Variant {
     pub artifacts: Vec<Artifact>,
     /// The SELinux policy, if the variant has one.
     pub selinux: Option<Selinux>,
+    /// The pod sandbox image to build, on Kubernetes variants.
+    pub pause_image: Option<PauseImage>,
     /// Every file merged, in order; the variant file last.
     pub sources: Vec<PathBuf>,
 }
@@ -378,6 +391,9 @@ fn merge(into: &mut Fragment, from: Fragment) {
         p.private_mib = parts.private_mib.or(p.private_mib);
         p.data_mib = parts.data_mib.or(p.data_mib);
     }
+    if from.pause_image.is_some() {
+        into.pause_image = from.pause_image;
+    }
     if let Some(se) = from.selinux {
         let s = into.selinux.get_or_insert_with(SelinuxFragment::default);
         if se.mode.is_some() {
@@ -526,6 +542,24 @@ fn resolve(
             })
         }
     };
+    if let Some(image) = &merged.pause_image {
+        if !image.path.starts_with('/') || image.path.contains("..") || image.path.ends_with('/') {
+            return Err(invalid(
+                "pause-image.path",
+                "must be an absolute file path inside the image, without `..`".into(),
+            ));
+        }
+        let tagged = image
+            .name
+            .rsplit_once(':')
+            .is_some_and(|(repo, tag)| !repo.is_empty() && !tag.is_empty() && !tag.contains('/'));
+        if !tagged {
+            return Err(invalid(
+                "pause-image.name",
+                format!("`{}` must be <repository>:<tag>", image.name),
+            ));
+        }
+    }
     let systemd = merged.systemd.unwrap_or_default();
     Ok(Variant {
         name: name.to_owned(),
@@ -550,6 +584,7 @@ fn resolve(
         files: merged.files,
         artifacts,
         selinux,
+        pause_image: merged.pause_image,
         sources,
     })
 }
@@ -766,6 +801,38 @@ mod tests {
                 let v = load(&dir, &name, arch).unwrap_or_else(|e| panic!("{name}/{arch}: {e}"));
                 assert!(!v.packages.is_empty());
             }
+        }
+    }
+
+    #[test]
+    fn every_kubernetes_variant_ships_a_pause_image() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../variants");
+        for name in list(&dir) {
+            let v = load(&dir, &name, Arch::X86_64).unwrap();
+            // Kubernetes variants are the ones with containerd but no docker.
+            let kubernetes = v.packages.iter().any(|p| p == "containerd")
+                && !v.packages.iter().any(|p| p == "docker.io");
+            assert_eq!(v.pause_image.is_some(), kubernetes, "{name}");
+        }
+        let tmp = tempfile::tempdir().unwrap();
+        write(tmp.path(), "shared/base.toml", BASE);
+        for (image, key) in [
+            (
+                "name = \"pause\"\npath = \"/usr/share/p.tar\"",
+                "pause-image.name",
+            ),
+            (
+                "name = \"p:1\"\npath = \"usr/share/p.tar\"",
+                "pause-image.path",
+            ),
+        ] {
+            write(
+                tmp.path(),
+                "v/variant.toml",
+                &format!("include = [\"../shared/base.toml\"]\n[pause-image]\n{image}\n"),
+            );
+            let e = load(tmp.path(), "v", Arch::X86_64).unwrap_err();
+            assert!(e.to_string().contains(key), "{e}");
         }
     }
 

@@ -77,6 +77,7 @@ fn ecs_instance_renders_and_starts_docker_and_the_agent_x86_64() -> Result<()> {
         &[
             "ECS user data (cluster, privileged, awsvpc-block-imds, attributes) from the IMDSv2 emulator",
             "/etc/ecs/ecs.config (0600): cluster, privileged allowed, IMDS block, attributes with berth.variant",
+            "ecs.config names are all read by the ECS agent; logging drivers default with awslogs; SELinux capable; no task ENI",
             "docker started by the agent, active and answering GET /_ping and /version on /run/docker.sock",
             "ecs-block-imds.service (DROP to 169.254.169.254 in DOCKER-USER) active before the agent",
             "ecs.service started with ExecStart /usr/bin/amazon-ecs-agent and EnvironmentFile /etc/ecs/ecs.config",
@@ -163,9 +164,42 @@ fn ecs_instance_renders_and_starts_docker_and_the_agent_x86_64() -> Result<()> {
     checks.equal("user data state", report.get("user-data-state"), "applied");
     checks.equal("ECS_CLUSTER", report.get("ecs-cluster"), "berth-ecs");
     checks.equal(
-        "ECS_PRIVILEGED_DISABLED (allow-privileged-containers = true)",
-        report.get("ecs-privileged-disabled"),
+        "ECS_DISABLE_PRIVILEGED (allow-privileged-containers = true)",
+        report.get("ecs-disable-privileged"),
         "false",
+    );
+    checks.equal(
+        "ECS_AVAILABLE_LOGGING_DRIVERS (default: Bottlerocket's, awslogs included)",
+        report.get("ecs-logging-drivers"),
+        r#"["json-file","awslogs","none"]"#,
+    );
+    checks.equal(
+        "ECS_SELINUX_CAPABLE (docker labels containers)",
+        report.get("ecs-selinux-capable"),
+        "true",
+    );
+    // Every name in the file is one the targeted agent reads (the list the cluster agent's
+    // tests use); awsvpc is not offered (no CNI plugins ship).
+    let reads = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../agents/cluster-agent/data/ecs-agent-environment.txt"
+    ))?;
+    let reads: Vec<&str> = reads
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .collect();
+    let names = report.get("ecs-config-names").unwrap_or_default();
+    let unknown: Vec<&str> = names.split(',').filter(|n| !reads.contains(n)).collect();
+    checks.check(
+        "every ecs.config name is one the ECS agent reads",
+        names.split(',').count() > 15 && unknown.is_empty(),
+        format!("unknown {unknown:?} in {names}"),
+    );
+    checks.check(
+        "ECS_ENABLE_TASK_ENI is not written (awsvpc tasks cannot run)",
+        !names.split(',').any(|n| n == "ECS_ENABLE_TASK_ENI"),
+        names,
     );
     checks.equal(
         "ECS_AWSVPC_BLOCK_IMDS",

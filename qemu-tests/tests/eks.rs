@@ -6,6 +6,16 @@
 //! is started with the rendered flags and fails to exec the missing binary; `/os` lists the
 //! missing artifacts.
 //!
+//! The cluster is IPv6 (issue 17, item 4): user data names its service CIDR
+//! (`fd00:ec2::/108`) and the IMDS emulator serves the primary interface's IPv6 address, so
+//! boot-config generates the node IP from it and the agent derives cluster DNS from the CIDR.
+//! The pod sandbox (item 5): the image's pause archive is imported into containerd's k8s.io
+//! namespace before kubelet starts, and the running CRI plugin (asked over gRPC by the probe)
+//! has it as its sandbox image, pinned, with nodeadm's containerd defaults (item 8: CDI,
+//! discard_unpacked_layers, the agent's base runtime spec with the 65536/1048576 open-files
+//! limit). A live `apiclient set oci-defaults...` rewrites the base spec and restarts
+//! containerd.
+//!
 //! Then, on the running node: `apiclient report cis-k8s` (Level 1 and 2, JSON) passes every
 //! automated CIS Kubernetes worker check except the kube-proxy ones (known gap: no kube-proxy
 //! on the host, they skip with that reason); bad node labels and taints are refused at
@@ -33,10 +43,18 @@ const CONTAINERD_ACTIVE: &str =
 const KUBELET_STARTED: &str = r#"cluster_agent::boot: started unit="?kubelet\.service"#;
 const KUBELET_COMMAND: &str = r#"cluster_agent::boot: command unit="?kubelet\.service"#;
 const KUBELET_EXEC_FAILED: &str = r#"cluster_agent::boot: .*kubelet cannot run"#;
+const PAUSE_IMPORTED: &str =
+    r#"cluster_agent::boot: started and active unit="?berth-pause-image\.service"#;
+/// The sandbox image the variant ships (variants/shared/k8s.toml).
+const PAUSE_IMAGE: &str = "localhost/berth/pause:1";
 // berth-cluster-agent apply, run by boot-config's kubernetes service after a live change.
 const LIVE_CHANGED: &str =
     r#"cluster_agent::live: changed path="?/etc/kubernetes/kubelet/config\.json"#;
 const LIVE_RESTARTED: &str = r#"cluster_agent::live: restarted unit="?kubelet\.service"#;
+const LIVE_SPEC_CHANGED: &str =
+    r#"cluster_agent::live: changed path="?/etc/containerd/base-runtime-spec\.json"#;
+const LIVE_CONTAINERD_RESTARTED: &str =
+    r#"cluster_agent::live: restarted unit="?containerd\.service"#;
 /// Automated CIS Kubernetes worker checks that cannot pass on this host, with the reason the
 /// report must give. kube-proxy runs as a DaemonSet on EKS, not on the host.
 const CIS_K8S_KNOWN_GAPS: [(&str, &str, &str); 3] = [
@@ -49,11 +67,14 @@ const CONFIGURED_DEADLINE: Duration = Duration::from_secs(360);
 const STEP_DEADLINE: Duration = Duration::from_secs(240);
 const REGION: &str = "eu-central-1";
 const MAC: &str = "02:00:0a:00:01:17";
+/// The primary interface's IPv6 address (IMDS ipv6s): the node IP of this IPv6 cluster.
+const NODE_IPV6: &str = "2600:1f14:abc:de00::1234";
 
 const USER_DATA: &str = r#"[settings.kubernetes]
 cluster-name = "berth-eks"
 api-server = "https://0123456789ABCDEF0123456789ABCDEF.gr7.eu-central-1.eks.amazonaws.com"
 cluster-certificate = "LS0tLS1CRUdJTiBDRVJUSUZJQ0FURS0tLS0tCk1JSUJzekNDQVZtZ0F3SUJBZ0lVQnc9PQotLS0tLUVORCBDRVJUSUZJQ0FURS0tLS0tCg=="
+service-cidr = "fd00:ec2::/108"
 "#;
 
 #[test]
@@ -64,8 +85,11 @@ fn eks_node_renders_and_starts_containerd_and_kubelet_x86_64() -> Result<()> {
         &name,
         &[
             "EKS user data (cluster-name, api-server, cluster-certificate) from the IMDSv2 emulator",
-            "kubelet config: max-pods 29 for m5.large, provider id, cluster DNS from the VPC CIDR",
-            "kubelet flags: node IP and hostname override from IMDS",
+            "IPv6 cluster (service-cidr fd00:ec2::/108): cluster DNS fd00:ec2::a; max-pods 29 for m5.large, provider id",
+            "kubelet flags: node IP = the primary interface's IPv6 address (generated from IMDS ipv6s), hostname override, --runtime-cgroups",
+            "pause image imported (berth-pause-image.service) after containerd, before kubelet",
+            "running CRI plugin (gRPC Status/ImageStatus): sandbox image localhost/berth/pause:1 in k8s.io, pinned; CDI, discard_unpacked_layers, base runtime spec",
+            "base runtime spec: RLIMIT_NOFILE 65536/1048576, mode 0644; live oci-defaults change rewrites it and restarts containerd",
             "kubeconfig (0600) names the API server; cluster CA and ECR provider config written",
             "containerd started by the agent, active and answering HTTP/2 on its socket",
             "kubelet.service started with ExecStart $KUBELET_ARGS from the rendered environment file",
@@ -85,10 +109,13 @@ fn eks_node_renders_and_starts_containerd_and_kubelet_x86_64() -> Result<()> {
 
     let mut config = imds::Config::instance(REGION);
     config.user_data = Some(USER_DATA.into());
-    // The VPC is in 10/8, so the cluster DNS is EKS's 172.20.0.10 (no service CIDR given).
     config.meta_data.insert(
         format!("network/interfaces/macs/{MAC}/vpc-ipv4-cidr-blocks"),
         "10.0.0.0/16".into(),
+    );
+    config.meta_data.insert(
+        format!("network/interfaces/macs/{MAC}/ipv6s"),
+        format!("{NODE_IPV6} 2600:1f14:abc:de00::5678"),
     );
     let facts = config.meta_data.clone();
     let emulator = Imds::start(config)?;
@@ -119,13 +146,27 @@ fn eks_node_renders_and_starts_containerd_and_kubelet_x86_64() -> Result<()> {
     let kubelet = vm
         .wait_for_line(KUBELET_STARTED, STEP_DEADLINE)
         .context("berth-cluster-agent did not report kubelet.service started")?;
+    let pause = vm
+        .wait_for_line(PAUSE_IMPORTED, STEP_DEADLINE)
+        .context("berth-cluster-agent did not report berth-pause-image.service active")?;
     let banner = vm.wait_for_line(markers::KERNEL_BANNER, STEP_DEADLINE)?;
     let since_kernel = |l: &qemu_tests::Line| (l.elapsed - banner.elapsed).as_secs_f64();
     println!(
-        "  host clock from the kernel banner: configured.target {:.1}s, containerd active {:.1}s, kubelet.service started {:.1}s",
+        "  host clock from the kernel banner: configured.target {:.1}s, containerd active {:.1}s, pause image imported {:.1}s, kubelet.service started {:.1}s",
         since_kernel(&configured),
         since_kernel(&containerd),
+        since_kernel(&pause),
         since_kernel(&kubelet)
+    );
+    checks.check(
+        "the pause image is imported after containerd is active and before kubelet starts",
+        containerd.elapsed <= pause.elapsed && pause.elapsed <= kubelet.elapsed,
+        format!(
+            "containerd {:.1}s, pause {:.1}s, kubelet {:.1}s",
+            since_kernel(&containerd),
+            since_kernel(&pause),
+            since_kernel(&kubelet)
+        ),
     );
 
     vm.wait_for_line(markers::PROBE_END, STEP_DEADLINE)
@@ -145,9 +186,9 @@ fn eks_node_renders_and_starts_containerd_and_kubelet_x86_64() -> Result<()> {
         &format!("aws:///{REGION}a/{}", facts["instance-id"]),
     );
     checks.equal(
-        "kubelet clusterDNS",
+        "kubelet clusterDNS: the tenth address of the IPv6 service CIDR",
         report.get("kubelet-cluster-dns"),
-        "172.20.0.10",
+        "fd00:ec2::a",
     );
     checks.equal(
         "kubelet cgroupDriver",
@@ -156,7 +197,8 @@ fn eks_node_renders_and_starts_containerd_and_kubelet_x86_64() -> Result<()> {
     );
     let args = report.get("kubelet-args").unwrap_or_default();
     for flag in [
-        "--node-ip=10.0.1.23".to_string(),
+        format!("--node-ip={NODE_IPV6}"),
+        "--runtime-cgroups=/runtime.slice/containerd.service".to_string(),
         format!("--hostname-override={}", facts["local-hostname"]),
         "--cloud-provider=external".to_string(),
         "--kubeconfig=/var/lib/kubelet/kubeconfig".to_string(),
@@ -184,6 +226,44 @@ fn eks_node_renders_and_starts_containerd_and_kubelet_x86_64() -> Result<()> {
         "containerd answers on /run/containerd/containerd.sock",
         report.get("containerd-socket"),
         "http2",
+    );
+    // The pod sandbox and nodeadm's containerd defaults, as rendered and as the running CRI
+    // plugin reports them.
+    checks.equal(
+        "config.toml sandbox_image",
+        report.get("containerd-sandbox-image"),
+        PAUSE_IMAGE,
+    );
+    checks.equal(
+        "CRI: sandbox image of the running plugin",
+        report.get("cri-sandbox-image"),
+        PAUSE_IMAGE,
+    );
+    checks.equal(
+        "CRI: the pause image is in the k8s.io store, pinned",
+        report.get("cri-sandbox-image-status"),
+        &format!("{PAUSE_IMAGE} pinned=true"),
+    );
+    checks.equal("CRI: enable_cdi", report.get("cri-enable-cdi"), "true");
+    checks.equal(
+        "CRI: discard_unpacked_layers",
+        report.get("cri-discard-unpacked-layers"),
+        "true",
+    );
+    checks.equal(
+        "CRI: runc base runtime spec",
+        report.get("cri-runc-base-runtime-spec"),
+        "/etc/containerd/base-runtime-spec.json",
+    );
+    checks.equal(
+        "base runtime spec RLIMIT_NOFILE (nodeadm's)",
+        report.get("base-spec-nofile"),
+        "65536/1048576",
+    );
+    checks.equal(
+        "base runtime spec mode",
+        report.get("base-spec-mode"),
+        "644",
     );
     checks.equal(
         "probe: missing artifacts",
@@ -239,12 +319,49 @@ fn eks_node_renders_and_starts_containerd_and_kubelet_x86_64() -> Result<()> {
         "aws-k8s-1.33-test",
     );
 
+    let live = api.run(&["get", "settings.kubernetes.node-ip"])?;
+    checks.check(
+        "settings.kubernetes.node-ip generated from the primary interface's IPv6 address",
+        String::from_utf8_lossy(&live.stdout).contains(NODE_IPV6),
+        String::from_utf8_lossy(&live.stdout).trim().to_string(),
+    );
+
     cis_and_live_apply(&vm, &api, &started, &mut checks)?;
+    live_oci_defaults(&vm, &api, &mut checks)?;
 
     vm.power_off(Duration::from_secs(90))?;
     checks
         .finish()
         .map_err(|e| anyhow::anyhow!("{e}\n{}", vm.tail(80)))
+}
+
+/// A live settings.oci-defaults change: the agent rewrites the base runtime spec and restarts
+/// containerd (which reads it only at start).
+fn live_oci_defaults(vm: &qemu_tests::RunningVm, api: &Api, checks: &mut Checks) -> Result<()> {
+    let t0 = vm.elapsed();
+    let out = api.run(&[
+        "set",
+        r#"oci-defaults.resource-limits.max-open-files={"hard-limit": 1048576, "soft-limit": 4096}"#,
+    ])?;
+    checks.check(
+        "apiclient set oci-defaults.resource-limits.max-open-files",
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).trim().to_string(),
+    );
+    let restarted = vm
+        .wait_for_line(LIVE_CONTAINERD_RESTARTED, STEP_DEADLINE)
+        .context("berth-cluster-agent apply did not report containerd.service restarted")?;
+    println!(
+        "  apiclient set oci-defaults -> containerd.service restarted: {:.2}s (host clock)",
+        restarted.elapsed.saturating_sub(t0).as_secs_f64()
+    );
+    let changed = vm.first_complete_line(LIVE_SPEC_CHANGED)?;
+    checks.check(
+        "the agent rewrote /etc/containerd/base-runtime-spec.json",
+        !changed.is_empty(),
+        &changed,
+    );
+    Ok(())
 }
 
 /// One result of a JSON CIS report (`kind` is `cis` or `cis-k8s`): id, automated, status,

@@ -544,6 +544,33 @@ fn interface_pattern(s: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// A network in CIDR notation whose tenth address lies inside it (where the cluster DNS
+/// service lives): the network address itself (no host bits set), prefix at most /28 (IPv4)
+/// or /124 (IPv6).
+fn service_cidr(s: &str) -> Result<(), String> {
+    let bad = || format!("'{s}' is not a CIDR such as 10.100.0.0/16 or fd00:ec2::/108");
+    let (addr, prefix) = s.split_once('/').ok_or_else(bad)?;
+    let addr: IpAddr = addr.parse().map_err(|_| bad())?;
+    let prefix: u32 = prefix.parse().map_err(|_| bad())?;
+    let (bits, max) = match addr {
+        IpAddr::V4(a) => (u128::from(u32::from(a)), 32),
+        IpAddr::V6(a) => (u128::from(a), 128),
+    };
+    if prefix > max - 4 {
+        return Err(format!(
+            "'{s}': the prefix must be at most /{} so the network holds the cluster DNS address (the tenth)",
+            max - 4
+        ));
+    }
+    let host_bits = max - prefix;
+    if bits & ((1u128 << host_bits) - 1) != 0 {
+        return Err(format!(
+            "'{s}' has host bits set; write the network address (e.g. 10.100.0.0/16)"
+        ));
+    }
+    Ok(())
+}
+
 fn non_empty(s: &str) -> Result<(), String> {
     if s.is_empty() {
         Err("value must not be empty".to_string())
@@ -638,6 +665,9 @@ validated_string!(
 validated_string!(
     /// A network interface name, or a prefix and `*` (nftables' wildcard).
     InterfacePattern, interface_pattern);
+validated_string!(
+    /// A Kubernetes service CIDR: a network address and prefix, IPv4 or IPv6.
+    ServiceCidr, service_cidr);
 
 /// A bounded integer newtype.
 macro_rules! bounded_int {
@@ -760,6 +790,47 @@ pub enum TopologyManagerPolicy {
     SingleNumaNode,
 }
 
+/// `ip-family`: the cluster's IP family (EKS's `ipFamily`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum IpFamily {
+    Ipv4,
+    Ipv6,
+}
+
+impl IpFamily {
+    /// The family of `ip`.
+    pub fn of(ip: IpAddr) -> IpFamily {
+        if ip.is_ipv6() {
+            IpFamily::Ipv6
+        } else {
+            IpFamily::Ipv4
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            IpFamily::Ipv4 => "ipv4",
+            IpFamily::Ipv6 => "ipv6",
+        }
+    }
+}
+
+/// `settings.kubernetes.vpc-cni`: how the cluster's Amazon VPC CNI hands out pod addresses,
+/// as the node needs to know it to size max-pods (the EKS max-pods calculator's
+/// `--cni-prefix-delegation-enabled` and `--cni-custom-networking-enabled`). These do not
+/// configure the CNI, which the cluster runs.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct VpcCni {
+    /// `ENABLE_PREFIX_DELEGATION`: each ENI slot holds a /28 prefix (16 pod addresses).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub prefix_delegation: Option<bool>,
+    /// `AWS_VPC_K8S_CNI_CUSTOM_NETWORK_CFG`: pods use secondary ENIs only, never the primary.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub custom_networking: Option<bool>,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields)]
 pub struct StaticPod {
@@ -863,7 +934,62 @@ pub struct Kubernetes {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub shutdown_grace_period: Option<NonEmpty>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    pub shutdown_grace_period_for_critical_pods: Option<NonEmpty>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub log_level: Option<Percent>,
+    /// The cluster's service CIDR (nodeadm's `cluster.cidr`): cluster DNS and IP family.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub service_cidr: Option<ServiceCidr>,
+    /// The cluster's IP family; follows `service-cidr` when unset.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ip_family: Option<IpFamily>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub vpc_cni: Option<VpcCni>,
+}
+
+impl ServiceCidr {
+    /// The network address and prefix length (checked when the value was made).
+    pub fn network(&self) -> (IpAddr, u8) {
+        let (addr, prefix) = self
+            .0
+            .split_once('/')
+            .expect("a ServiceCidr was checked to hold a '/'");
+        (
+            addr.parse()
+                .expect("a ServiceCidr was checked to hold an address"),
+            prefix
+                .parse()
+                .expect("a ServiceCidr was checked to hold a prefix"),
+        )
+    }
+
+    pub fn family(&self) -> IpFamily {
+        IpFamily::of(self.network().0)
+    }
+}
+
+impl Kubernetes {
+    /// The cluster's IP family: `ip-family` when set, else that of `service-cidr`; `None`
+    /// when neither is set. Fails, naming both keys, when they disagree.
+    pub fn cluster_ip_family(&self) -> Result<Option<IpFamily>, ModelError> {
+        let from_cidr = self.service_cidr.as_ref().map(ServiceCidr::family);
+        match (self.ip_family, from_cidr) {
+            (Some(set), Some(cidr)) if set != cidr => Err(ModelError {
+                key: "settings.kubernetes.ip-family".to_string(),
+                reason: format!(
+                    "'{}' contradicts settings.kubernetes.service-cidr '{}', an {} network; \
+                     change or remove one of them",
+                    set.name(),
+                    self.service_cidr
+                        .as_ref()
+                        .map(AsRef::as_ref)
+                        .unwrap_or_default(),
+                    cidr.name()
+                ),
+            }),
+            (set, cidr) => Ok(set.or(cidr)),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -1085,11 +1211,55 @@ pub struct ContainerRegistry {
     pub credentials: Option<Vec<RegistryCredential>>,
 }
 
+/// A resource limit of `settings.oci-defaults.resource-limits` (Bottlerocket's shape): `-1`
+/// means unlimited; the soft limit may not exceed the hard one.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+#[serde(
+    rename_all = "kebab-case",
+    deny_unknown_fields,
+    try_from = "RawResourceLimit"
+)]
 pub struct ResourceLimit {
     pub hard_limit: i64,
     pub soft_limit: i64,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+struct RawResourceLimit {
+    hard_limit: i64,
+    soft_limit: i64,
+}
+
+impl ResourceLimit {
+    /// The limit as the kernel takes it: `-1` is `RLIM_INFINITY`.
+    pub fn as_rlimit(value: i64) -> u64 {
+        u64::try_from(value).unwrap_or(u64::MAX)
+    }
+}
+
+impl TryFrom<RawResourceLimit> for ResourceLimit {
+    type Error = String;
+    fn try_from(raw: RawResourceLimit) -> Result<Self, String> {
+        for (name, v) in [
+            ("hard-limit", raw.hard_limit),
+            ("soft-limit", raw.soft_limit),
+        ] {
+            if v < -1 {
+                return Err(format!("{name} {v} must be -1 (unlimited) or at least 0"));
+            }
+        }
+        if ResourceLimit::as_rlimit(raw.soft_limit) > ResourceLimit::as_rlimit(raw.hard_limit) {
+            return Err(format!(
+                "soft-limit {} is above hard-limit {}; the soft limit may not exceed the hard one",
+                raw.soft_limit, raw.hard_limit
+            ));
+        }
+        Ok(ResourceLimit {
+            hard_limit: raw.hard_limit,
+            soft_limit: raw.soft_limit,
+        })
+    }
 }
 
 /// `settings.oci-defaults`.
@@ -1346,6 +1516,22 @@ mod tests {
         assert_eq!(e.key, "settings.network.firewall.enabled");
         let e = err(json!({"network": {"firewall": {"inbound-ports": [22]}}}));
         assert_eq!(e.key, "settings.network.firewall.inbound-ports");
+
+        // Resource limits: -1 is unlimited, soft at most hard.
+        let limit = |hard: i64, soft: i64| json!({"oci-defaults": {"resource-limits": {"max-open-files": {"hard-limit": hard, "soft-limit": soft}}}});
+        for (hard, soft, why) in [
+            (1024, 2048, "soft-limit 2048 is above hard-limit 1024"),
+            (1024, -1, "soft-limit -1 is above hard-limit 1024"),
+            (-2, 0, "hard-limit -2 must be -1"),
+        ] {
+            let e = err(limit(hard, soft));
+            assert_eq!(
+                e.key,
+                "settings.oci-defaults.resource-limits.max-open-files"
+            );
+            assert!(e.reason.contains(why), "{hard}/{soft}: {}", e.reason);
+        }
+        Settings::from_json(&limit(-1, 65536)).expect("unlimited hard limit");
     }
 
     #[test]
@@ -1402,6 +1588,54 @@ mod tests {
         let e = typed_patch(&k("kubernetes.pod-pids-limit"), "-2").unwrap_err();
         assert_eq!(e.key, "settings.kubernetes.pod-pids-limit");
         assert!(e.to_string().contains("out of range -1..=4194304"), "{e}");
+    }
+
+    #[test]
+    fn service_cidrs_and_the_ip_family() {
+        let k8s = |v: serde_json::Value| {
+            Settings::from_json(&json!({ "kubernetes": v }))
+                .map(|s| s.kubernetes.expect("kubernetes"))
+        };
+        for ok in [
+            "10.100.0.0/16",
+            "172.20.0.0/16",
+            "fd00:ec2::/108",
+            "10.0.0.0/28",
+        ] {
+            let k = k8s(json!({ "service-cidr": ok })).expect(ok);
+            assert_eq!(k.service_cidr.as_ref().map(AsRef::as_ref), Some(ok));
+        }
+        for (bad, why) in [
+            ("10.100.0.0", "not a CIDR"),
+            ("10.100.3.0/16", "host bits set"),
+            ("10.100.0.0/29", "at most /28"),
+            ("fd00::/125", "at most /124"),
+            ("x/16", "not a CIDR"),
+        ] {
+            let e = k8s(json!({ "service-cidr": bad })).expect_err(bad);
+            assert_eq!(e.key, "settings.kubernetes.service-cidr");
+            assert!(e.reason.contains(why), "{bad}: {}", e.reason);
+        }
+        let family = |v| k8s(v).expect("valid").cluster_ip_family();
+        assert_eq!(family(json!({})).unwrap(), None);
+        assert_eq!(
+            family(json!({"service-cidr": "fd00:ec2::/108"})).unwrap(),
+            Some(IpFamily::Ipv6)
+        );
+        assert_eq!(
+            family(json!({"ip-family": "ipv6"})).unwrap(),
+            Some(IpFamily::Ipv6)
+        );
+        assert_eq!(
+            family(json!({"ip-family": "ipv4", "service-cidr": "10.100.0.0/16"})).unwrap(),
+            Some(IpFamily::Ipv4)
+        );
+        let e = family(json!({"ip-family": "ipv4", "service-cidr": "fd00:ec2::/108"}))
+            .expect_err("contradiction");
+        assert_eq!(e.key, "settings.kubernetes.ip-family");
+        assert!(e.reason.contains("an ipv6 network"), "{}", e.reason);
+        let e = k8s(json!({"ip-family": "ipv5"})).expect_err("bad family");
+        assert_eq!(e.key, "settings.kubernetes.ip-family");
     }
 
     #[test]

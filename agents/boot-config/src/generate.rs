@@ -11,7 +11,7 @@
 //! |---|---|---|---|
 //! | `network.hostname` | IMDS `local-hostname` (first name) | kernel host name, or `berth-<machine id, 12 hex>` when it is `localhost`/unset | always |
 //! | `aws.region` | IMDS `placement/region` (identity document as fallback) | - | aws |
-//! | `kubernetes.node-ip` | IMDS `local-ipv4` | address of the interface of the default route | `settings.kubernetes` exists |
+//! | `kubernetes.node-ip` | IMDS `local-ipv4`; on an IPv6 cluster (`kubernetes.ip-family`, else `kubernetes.service-cidr`) the first `ipv6s` of the primary interface | address of the interface of the default route | `settings.kubernetes` exists |
 //! | `kubernetes.provider-id` | `aws:///<availability zone>/<instance id>` | - | aws and `settings.kubernetes` exists |
 //! | `updates.seed` | random in `0..2048`, drawn once | the same | always |
 //!
@@ -131,6 +131,16 @@ impl Facts {
         primary_address(ROUTE_WAIT).map(|a| a.map(|ip| ip.to_string()))
     }
 
+    /// The node IP of an IPv6 cluster: the first IPv6 address of the primary interface, as
+    /// nodeadm picks it.
+    fn node_ipv6(&mut self) -> Result<Option<String>> {
+        let Some(mac) = self.meta("mac")? else {
+            return Ok(None);
+        };
+        let ips = self.meta(&format!("network/interfaces/macs/{}/ipv6s", mac.trim()))?;
+        Ok(ips.and_then(|v| v.split_whitespace().next().map(str::to_string)))
+    }
+
     fn provider_id(&mut self) -> Result<Option<String>> {
         let az = self.meta("placement/availability-zone")?;
         let id = self.meta("instance-id")?;
@@ -197,7 +207,12 @@ fn generators(facts: &Facts, live: &Value) -> Vec<(&'static str, Generator)> {
         out.push(("aws.region", Generator::Fact(Facts::region)));
     }
     if kubernetes {
-        out.push(("kubernetes.node-ip", Generator::Fact(Facts::node_ip)));
+        let node_ip = if aws && ipv6_cluster(live) {
+            Facts::node_ipv6
+        } else {
+            Facts::node_ip
+        };
+        out.push(("kubernetes.node-ip", Generator::Fact(node_ip)));
     }
     if kubernetes && aws {
         out.push((
@@ -206,6 +221,16 @@ fn generators(facts: &Facts, live: &Value) -> Vec<(&'static str, Generator)> {
         ));
     }
     out
+}
+
+/// Whether the live settings describe an IPv6 cluster (the settings model's rule: the
+/// `ip-family`, else the service CIDR's). Settings that contradict each other count as IPv4
+/// here; the cluster agent refuses them, naming both keys.
+fn ipv6_cluster(live: &Value) -> bool {
+    live.get("kubernetes")
+        .and_then(|k| serde_json::from_value::<settings_api::model::Kubernetes>(k.clone()).ok())
+        .and_then(|k| k.cluster_ip_family().ok().flatten())
+        == Some(settings_api::model::IpFamily::Ipv6)
 }
 
 fn lookup<'a>(settings: &'a Value, key: &str) -> Option<&'a Value> {

@@ -888,6 +888,73 @@ mod tests {
         );
     }
 
+    /// Kubernetes nodes get the pause image the variant ships as sandbox image (or the one
+    /// the user names), nodeadm's CDI and discard_unpacked_layers, and the cluster agent's
+    /// base runtime spec; other hosts' containerd config has none of it.
+    #[test]
+    fn kubernetes_nodes_get_the_sandbox_image_and_nodeadms_containerd_defaults() {
+        let (root, md) = fixture_root();
+        let r = Renderer {
+            metadata: &md,
+            root: root.path(),
+        };
+        let containerd = ["containerd".to_string()];
+        let cri = |s: &Value| -> toml::Table {
+            r.render(s, &containerd).unwrap();
+            let t: toml::Table =
+                toml::from_str(&read(&root, "etc/containerd/config.toml")).unwrap();
+            t["plugins"]["io.containerd.grpc.v1.cri"]
+                .as_table()
+                .unwrap()
+                .clone()
+        };
+        let mut s = settings();
+        s["kubernetes"] = json!({"cluster-name": "c"});
+        let node = cri(&s);
+        golden(
+            "containerd-config-kubernetes.toml",
+            &read(&root, "etc/containerd/config.toml"),
+        );
+        assert_eq!(
+            node["sandbox_image"].as_str(),
+            Some("localhost/berth/pause:1")
+        );
+        assert_eq!(node["enable_cdi"].as_bool(), Some(true));
+        assert_eq!(
+            node["containerd"]["discard_unpacked_layers"].as_bool(),
+            Some(true)
+        );
+        assert_eq!(
+            node["containerd"]["runtimes"]["runc"]["base_runtime_spec"].as_str(),
+            Some("/etc/containerd/base-runtime-spec.json")
+        );
+        s["kubernetes"]["pod-infra-container-image"] =
+            json!("123456789012.dkr.ecr.us-west-2.amazonaws.com/eks/pause:3.10");
+        assert_eq!(
+            cri(&s)["sandbox_image"].as_str(),
+            Some("123456789012.dkr.ecr.us-west-2.amazonaws.com/eks/pause:3.10")
+        );
+        let other = cri(&settings());
+        for key in ["sandbox_image", "enable_cdi"] {
+            assert!(other.get(key).is_none(), "{key}");
+        }
+        assert!(other["containerd"]["runtimes"]["runc"]
+            .get("base_runtime_spec")
+            .is_none());
+        // A live change of the image re-renders containerd's config (and runs the agent).
+        let services = md.affected_services(
+            &settings_api::key::Key::parse_setting("kubernetes.pod-infra-container-image").unwrap(),
+        );
+        assert_eq!(
+            services,
+            ["containerd".to_string(), "kubernetes".to_string()].into()
+        );
+        let services = md.affected_services(
+            &settings_api::key::Key::parse_setting("oci-defaults.capabilities.net-raw").unwrap(),
+        );
+        assert_eq!(services, ["kubernetes".to_string()].into());
+    }
+
     #[test]
     fn firewall_ruleset_exists_only_while_enabled() {
         let (root, md) = fixture_root();

@@ -268,3 +268,42 @@ fn ec2_user_data_and_generators_end_to_end() {
         .filter(|r| r.method == "GET")
         .all(|r| r.valid_token));
 }
+
+/// Item 4 of issue 17: on an IPv6 cluster the generated node IP is the IPv6 address of the
+/// primary interface (IMDS `ipv6s`), not `local-ipv4`; on an IPv4 cluster it stays IPv4.
+#[test]
+fn the_node_ip_follows_the_clusters_ip_family() {
+    let mut config = emulator::Config::instance("us-west-2");
+    config.meta_data.insert(
+        "network/interfaces/macs/02:00:0a:00:01:17/ipv6s".into(),
+        "2600:1f14:abc:de00::1234 2600:1f14:abc:de00::5678".into(),
+    );
+    let imds = emulator::Imds::start(config).unwrap();
+    for (kubernetes, want) in [
+        (
+            json!({"cluster-name": "v6", "service-cidr": "fd00:ec2::/108"}),
+            "2600:1f14:abc:de00::1234",
+        ),
+        (
+            json!({"cluster-name": "v6", "ip-family": "ipv6"}),
+            "2600:1f14:abc:de00::1234",
+        ),
+        (
+            json!({"cluster-name": "v4", "service-cidr": "10.100.0.0/16"}),
+            "10.0.1.23",
+        ),
+        (json!({"cluster-name": "v4"}), "10.0.1.23"),
+    ] {
+        let api = Api::start(json!({}));
+        api.set(json!({ "kubernetes": kubernetes.clone() }));
+        let dir = tempfile::tempdir().unwrap();
+        let root = host_root(dir.path());
+        let mut facts = Facts::new(root, aws(), imds.endpoint(), retry(10_000));
+        generate::run(&api.socket, &mut facts, &dir.path().join("generated.json")).unwrap();
+        assert_eq!(
+            api.settings()["kubernetes"]["node-ip"],
+            want,
+            "{kubernetes}"
+        );
+    }
+}

@@ -19,6 +19,8 @@ use std::time::{Duration, Instant};
 /// containerd, then kubelet (kubelet needs the CRI socket).
 pub const CONTAINERD_UNIT: &str = "containerd.service";
 pub const KUBELET_UNIT: &str = "kubelet.service";
+/// Imports the pause image into containerd, between containerd and kubelet.
+pub const PAUSE_IMAGE_UNIT: &str = "berth-pause-image.service";
 /// docker, then the ECS agent (the agent needs the docker socket).
 pub const DOCKER_UNIT: &str = "docker.service";
 pub const ECS_UNIT: &str = "ecs.service";
@@ -41,13 +43,22 @@ struct Join {
     display: &'static str,
 }
 
-/// The joins the settings ask for: Kubernetes first, then ECS.
-fn joins(settings: &Settings) -> Vec<Join> {
+/// The joins the settings ask for: Kubernetes first, then ECS. `root` is the host tree.
+fn joins(settings: &Settings, root: &Path) -> Vec<Join> {
     let mut out = Vec::new();
     if settings.kubernetes.is_some() {
+        let mut then = Vec::new();
+        if root.join(paths::PAUSE_IMAGE_ARCHIVE).is_file() {
+            then.push(PAUSE_IMAGE_UNIT);
+        } else {
+            tracing::warn!(
+                archive = %paths::host(paths::PAUSE_IMAGE_ARCHIVE),
+                "this image ships no pause image; containerd will pull its sandbox_image"
+            );
+        }
         out.push(Join {
             runtime: CONTAINERD_UNIT,
-            then: Vec::new(),
+            then,
             agent: KUBELET_UNIT,
             binary: "usr/bin/kubelet",
             display: "kubelet",
@@ -146,7 +157,7 @@ pub fn apply(
     let Some(units) = units else {
         return Ok(outcome);
     };
-    for join in joins(settings) {
+    for join in joins(settings, &args.root) {
         start_join(args, units, &join, &mut outcome)?;
     }
     Ok(outcome)
@@ -326,7 +337,18 @@ mod tests {
         let out = apply(&args(dir.path()), &settings(), &facts(), Some(&units)).unwrap();
         assert_eq!(
             *units.started.lock().unwrap(),
-            [CONTAINERD_UNIT, KUBELET_UNIT]
+            [CONTAINERD_UNIT, KUBELET_UNIT],
+            "no pause image in this tree: nothing to import"
+        );
+        // With the image's pause archive: imported after containerd, before kubelet.
+        let archive = dir.path().join(paths::PAUSE_IMAGE_ARCHIVE);
+        std::fs::create_dir_all(archive.parent().unwrap()).unwrap();
+        std::fs::write(&archive, "").unwrap();
+        let units = RecordingUnits::default();
+        apply(&args(dir.path()), &settings(), &facts(), Some(&units)).unwrap();
+        assert_eq!(
+            *units.started.lock().unwrap(),
+            [CONTAINERD_UNIT, PAUSE_IMAGE_UNIT, KUBELET_UNIT]
         );
         let config: serde_json::Value = serde_json::from_str(
             &std::fs::read_to_string(dir.path().join(paths::KUBELET_CONFIG)).unwrap(),

@@ -27,8 +27,6 @@ pub struct Facts {
     pub local_ipv4: Option<IpAddr>,
     /// Primary IPv6 address of the primary interface, used as node IP on IPv6 clusters.
     pub ipv6: Option<IpAddr>,
-    /// The cluster's Kubernetes service CIDR (`10.100.0.0/16`, `fd00:ec2::/108`).
-    pub service_cidr: Option<String>,
     /// The VPC's IPv4 CIDR blocks (IMDS `vpc-ipv4-cidr-blocks`), for the cluster DNS
     /// fallback when the service CIDR is not known.
     pub vpc_ipv4_cidr_blocks: Option<Vec<String>>,

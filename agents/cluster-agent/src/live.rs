@@ -3,15 +3,15 @@
 //! `apiclient set ecs...` is committed. It renders the files again from the live settings
 //! and the facts the boot step recorded, writes them only when they differ from the files in
 //! place, and restarts the agent that reads them (kubelet for kubelet's files, the ECS agent
-//! for `/etc/ecs/ecs.config`) when it was started at this boot. containerd's configuration
-//! is boot-config's (`containerd` service) and docker's is static, so neither runtime is
-//! restarted here.
+//! for `/etc/ecs/ecs.config`, containerd for its base runtime spec, which it reads only when
+//! it starts) when it was started at this boot. containerd's config.toml is boot-config's
+//! (`containerd` service) and docker's configuration is static.
 //!
 //! Before the boot step has run at this boot (no facts record in `/run`, for example while
 //! user data is applied at first boot) there is nothing to update: the boot step renders
 //! the settings then.
 
-use crate::boot::{self, ECS_UNIT, KUBELET_UNIT};
+use crate::boot::{self, CONTAINERD_UNIT, ECS_UNIT, KUBELET_UNIT};
 use crate::facts::Facts;
 use crate::units::{UnitState, Units};
 use crate::{input, output, paths, render, version::KubeletVersion};
@@ -42,7 +42,8 @@ pub struct ApplyArgs {
 pub struct Applied {
     /// Files whose contents or mode changed (host paths under the root).
     pub changed: Vec<PathBuf>,
-    /// The units restarted (kubelet.service, ecs.service), with their state after it.
+    /// The units restarted (containerd.service, kubelet.service, ecs.service), with their
+    /// state after it.
     pub restarted: Vec<(&'static str, UnitState)>,
 }
 
@@ -92,7 +93,12 @@ pub fn apply(args: &ApplyArgs, settings: &Settings, units: &dyn Units) -> Result
         }
     }
     let ecs_changed = changed.iter().any(|f| f.path == paths::ECS_CONFIG);
-    let kubelet_changed = changed.iter().any(|f| f.path != paths::ECS_CONFIG);
+    let spec_changed = changed
+        .iter()
+        .any(|f| f.path == paths::CONTAINERD_BASE_RUNTIME_SPEC);
+    let kubelet_changed = changed
+        .iter()
+        .any(|f| f.path != paths::ECS_CONFIG && f.path != paths::CONTAINERD_BASE_RUNTIME_SPEC);
     let changed: Vec<PathBuf> = changed.iter().map(|f| args.root.join(&f.path)).collect();
     // All files, all or nothing (unchanged ones are rewritten with the same bytes).
     output::write_all(&args.root, &files)?;
@@ -100,7 +106,13 @@ pub fn apply(args: &ApplyArgs, settings: &Settings, units: &dyn Units) -> Result
         changed,
         restarted: Vec::new(),
     };
-    for (unit, needed) in [(KUBELET_UNIT, kubelet_changed), (ECS_UNIT, ecs_changed)] {
+    // containerd first: kubelet talks to it. Pods keep running through a containerd restart
+    // (their shims stay); containers started afterwards get the new base spec.
+    for (unit, needed) in [
+        (CONTAINERD_UNIT, spec_changed),
+        (KUBELET_UNIT, kubelet_changed),
+        (ECS_UNIT, ecs_changed),
+    ] {
         if needed {
             if let Some(state) = restart_if_started(units, unit)? {
                 applied.restarted.push((unit, state));
@@ -334,6 +346,25 @@ mod tests {
         assert_eq!(*units.restarted.lock().unwrap(), [ECS_UNIT]);
         assert_eq!(applied.restarted.len(), 1);
         assert_eq!(applied.restarted[0].0, ECS_UNIT);
+    }
+
+    #[test]
+    fn changed_oci_defaults_rewrite_the_base_spec_and_restart_only_containerd() {
+        let dir = booted(110);
+        let units = started_kubelet();
+        let mut s = settings(110);
+        s.oci_defaults = boot::settings_from(&serde_json::json!({
+            "oci-defaults": {"resource-limits": {"max-open-files": {"hard-limit": 4096, "soft-limit": 1024}}}
+        }))
+        .unwrap()
+        .oci_defaults;
+        let applied = apply(&args(dir.path()), &s, &units).unwrap();
+        let spec = dir.path().join(paths::CONTAINERD_BASE_RUNTIME_SPEC);
+        assert_eq!(applied.changed, std::slice::from_ref(&spec));
+        assert!(std::fs::read_to_string(&spec)
+            .unwrap()
+            .contains("\"soft\": 1024"));
+        assert_eq!(*units.restarted.lock().unwrap(), [CONTAINERD_UNIT]);
     }
 
     #[test]

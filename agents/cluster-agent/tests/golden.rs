@@ -82,6 +82,9 @@ fn check_case(case: &Path, update: bool) -> Result<()> {
         );
     }
     let actual = tree(out.path())?;
+    if let Some((_, contents)) = actual.get("etc/ecs/ecs.config") {
+        check_ecs_names(&name, contents)?;
+    }
     let golden_dir = crate_dir().join("tests/golden").join(&*name);
     if update {
         let _ = fs::remove_dir_all(&golden_dir);
@@ -108,6 +111,24 @@ fn check_case(case: &Path, update: bool) -> Result<()> {
             String::from_utf8_lossy(&expected),
             "{name}: {path} differs from its golden file"
         );
+    }
+    Ok(())
+}
+
+/// Every variable the binary wrote to ecs.config is one the targeted ECS agent reads
+/// (`data/ecs-agent-environment.txt`): a misspelt name is a setting that silently does nothing.
+fn check_ecs_names(case: &str, config: &[u8]) -> Result<()> {
+    let list = fs::read_to_string(crate_dir().join("data/ecs-agent-environment.txt"))?;
+    let reads: Vec<&str> = list
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .collect();
+    for line in String::from_utf8_lossy(config).lines() {
+        let name = line.split_once('=').map_or(line, |(n, _)| n);
+        if !reads.contains(&name) {
+            bail!("{case}: ecs.config sets {name}, which the ECS agent does not read");
+        }
     }
     Ok(())
 }

@@ -108,6 +108,73 @@ fn mode(root: &Path, rel: &str) -> Option<String> {
     ))
 }
 
+/// What containerd's CRI plugin says about itself (`Status` and `ImageStatus` over gRPC):
+/// its sandbox image, CDI, discard_unpacked_layers and runc's base runtime spec from the
+/// effective configuration, and the sandbox image as the CRI store holds it. `None`s when
+/// containerd is not running here.
+fn cri_facts(root: &Path) -> Vec<(&'static str, Option<String>)> {
+    let socket = root.join("run/containerd/containerd.sock");
+    let keys = [
+        "cri-sandbox-image",
+        "cri-enable-cdi",
+        "cri-discard-unpacked-layers",
+        "cri-runc-base-runtime-spec",
+        "cri-sandbox-image-status",
+    ];
+    if !socket.exists() {
+        return keys.into_iter().map(|k| (k, None)).collect();
+    }
+    let config = match crate::cri::status_info(&socket) {
+        Ok(info) => info.get("config").cloned().unwrap_or_default(),
+        Err(e) => {
+            let error = Some(format!("error: {e}"));
+            return keys.into_iter().map(|k| (k, error.clone())).collect();
+        }
+    };
+    let field = |key: &str| json_scalar(&config, key);
+    let sandbox = field("sandboxImage");
+    // runc's entry in the runtimes map (the deprecated default runtime comes first, empty).
+    let runc = config
+        .find("\"runc\":{")
+        .and_then(|at| json_scalar(&config[at..], "baseRuntimeSpec"));
+    let status = sandbox
+        .as_deref()
+        .map(|image| match crate::cri::image_status(&socket, image) {
+            Ok(Some(found)) => format!("{} pinned={}", found.tags.join(","), found.pinned),
+            Ok(None) => "absent".to_string(),
+            Err(e) => format!("error: {e}"),
+        });
+    vec![
+        (keys[0], sandbox),
+        (keys[1], field("enableCDI")),
+        (keys[2], field("discardUnpackedLayers")),
+        (keys[3], runc),
+        (keys[4], status),
+    ]
+}
+
+/// `soft/hard` of RLIMIT_NOFILE in a runtime spec (JSON text).
+fn nofile(spec: &str) -> Option<String> {
+    let at = spec.find("\"RLIMIT_NOFILE\"")?;
+    // The entry is one JSON object; its fields may come before or after the type.
+    let start = spec[..at].rfind('{')?;
+    let end = at + spec[at..].find('}')?;
+    let entry = &spec[start..=end];
+    Some(format!(
+        "{}/{}",
+        json_scalar(entry, "soft")?,
+        json_scalar(entry, "hard")?
+    ))
+}
+
+/// The names set in a systemd environment file, comma-separated.
+fn env_names(text: &str) -> String {
+    text.lines()
+        .filter_map(|l| l.split_once('=').map(|(name, _)| name))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
 /// The cluster facts, in print order (`None` prints as `none`).
 pub fn facts(root: &Path) -> Vec<(&'static str, Option<String>)> {
     let config = read(root, "etc/kubernetes/kubelet/config.json");
@@ -130,10 +197,12 @@ pub fn facts(root: &Path) -> Vec<(&'static str, Option<String>)> {
             .collect::<Vec<_>>()
             .join(",")
     });
+    let containerd_config = read(root, "etc/containerd/config.toml");
+    let base_spec = read(root, "etc/containerd/base-runtime-spec.json");
     let ecs_config = read(root, "etc/ecs/ecs.config");
     let ecs = |name: &str| ecs_config.as_deref().and_then(|t| env_value(t, name));
     let (docker_ping, docker_version) = docker(root);
-    vec![
+    let mut out = vec![
         ("kubelet-max-pods", field("maxPods")),
         ("kubelet-provider-id", field("providerID")),
         (
@@ -187,10 +256,29 @@ pub fn facts(root: &Path) -> Vec<(&'static str, Option<String>)> {
             mode(root, "etc/eks/image-credential-provider/config.json"),
         ),
         ("containerd-socket", containerd),
+        (
+            "containerd-sandbox-image",
+            containerd_config.as_deref().and_then(|c| {
+                c.lines()
+                    .find_map(|l| l.trim().strip_prefix("sandbox_image = "))
+                    .map(|v| v.trim_matches('"').to_string())
+            }),
+        ),
+        ("base-spec-nofile", base_spec.as_deref().and_then(nofile)),
+        (
+            "base-spec-mode",
+            mode(root, "etc/containerd/base-runtime-spec.json"),
+        ),
+    ];
+    out.extend(cri_facts(root));
+    out.extend([
         ("ecs-cluster", ecs("ECS_CLUSTER")),
         ("ecs-instance-attributes", ecs("ECS_INSTANCE_ATTRIBUTES")),
         ("ecs-awsvpc-block-imds", ecs("ECS_AWSVPC_BLOCK_IMDS")),
-        ("ecs-privileged-disabled", ecs("ECS_PRIVILEGED_DISABLED")),
+        ("ecs-disable-privileged", ecs("ECS_DISABLE_PRIVILEGED")),
+        ("ecs-logging-drivers", ecs("ECS_AVAILABLE_LOGGING_DRIVERS")),
+        ("ecs-selinux-capable", ecs("ECS_SELINUX_CAPABLE")),
+        ("ecs-config-names", ecs_config.as_deref().map(env_names)),
         ("ecs-config-mode", mode(root, "etc/ecs/ecs.config")),
         ("docker-ping", docker_ping),
         ("docker-version", docker_version),
@@ -199,7 +287,8 @@ pub fn facts(root: &Path) -> Vec<(&'static str, Option<String>)> {
             read(root, "proc/sys/net/ipv4/conf/all/route_localnet").map(|v| v.trim().to_string()),
         ),
         ("missing-artifacts", missing),
-    ]
+    ]);
+    out
 }
 
 #[cfg(test)]
@@ -242,6 +331,14 @@ mod tests {
         };
         write("etc/kubernetes/kubelet/config.json", CONFIG);
         write(
+            "etc/containerd/config.toml",
+            "[plugins.\"io.containerd.grpc.v1.cri\"]\nsandbox_image = \"localhost/berth/pause:1\"\n",
+        );
+        write(
+            "etc/containerd/base-runtime-spec.json",
+            "{\n    \"process\": {\n        \"rlimits\": [\n            {\n                \"hard\": 1048576,\n                \"soft\": 65536,\n                \"type\": \"RLIMIT_NOFILE\"\n            }\n        ]\n    }\n}\n",
+        );
+        write(
             "etc/kubernetes/kubelet/environment",
             "KUBELET_ARGS=--node-ip=10.0.1.23 --config=/etc/kubernetes/kubelet/config.json\n",
         );
@@ -257,6 +354,12 @@ mod tests {
         );
         assert_eq!(facts["missing-artifacts"].as_deref(), Some("kubelet,ecr"));
         assert_eq!(facts["containerd-socket"], None);
+        assert_eq!(
+            facts["containerd-sandbox-image"].as_deref(),
+            Some("localhost/berth/pause:1")
+        );
+        assert_eq!(facts["base-spec-nofile"].as_deref(), Some("65536/1048576"));
+        assert_eq!(facts["cri-sandbox-image"], None, "no containerd here");
         assert_eq!(facts["bootstrap-kubeconfig-token-id"], None);
         write(
             "var/lib/kubelet/bootstrap-kubeconfig",
@@ -309,7 +412,11 @@ mod tests {
             facts["ecs-instance-attributes"].as_deref(),
             Some(r#"{"berth.variant":"aws-ecs"}"#)
         );
-        assert_eq!(facts["ecs-privileged-disabled"], None);
+        assert_eq!(facts["ecs-disable-privileged"], None);
+        assert_eq!(
+            facts["ecs-config-names"].as_deref(),
+            Some("ECS_AWSVPC_BLOCK_IMDS,ECS_CLUSTER,ECS_INSTANCE_ATTRIBUTES")
+        );
         assert_eq!(facts["docker-ping"].as_deref(), Some("OK"));
         assert_eq!(facts["docker-version"].as_deref(), Some("26.1.5+dfsg1"));
     }

@@ -3,6 +3,7 @@
 //! on fixture trees.
 
 pub mod cluster;
+pub mod cri;
 pub mod dm;
 
 use std::collections::BTreeMap;

@@ -1,12 +1,17 @@
-//! max-pods from the instance type, as nodeadm computes it for the AWS VPC CNI without
-//! prefix delegation: `ENIs x (IPv4 addresses per ENI - 1) + 2`.
+//! max-pods from the instance type, as nodeadm computes it for the AWS VPC CNI:
+//! `ENIs x (IPv4 addresses per ENI - 1) + 2`.
 //!
 //! Each ENI's primary address is the node's, not a pod's (hence `- 1`); the `+ 2` counts
 //! kube-proxy and the VPC CNI's aws-node, which use host networking and take no address.
 //! The table is nodeadm's `instance-info.jsonl` (see `data/NOTICE.md`); an instance type it
 //! does not list gets kubelet's default of 110, as nodeadm does when it cannot ask EC2.
-//! nodeadm applies no cap here: the 110/250 caps belong to prefix delegation, which the
-//! settings model does not expose.
+//! nodeadm applies no cap to the table's value.
+//!
+//! When `settings.kubernetes.vpc-cni` says how the cluster's CNI hands out addresses, the
+//! EKS max-pods calculator's rules apply instead (`--cni-prefix-delegation-enabled`,
+//! `--cni-custom-networking-enabled`): with prefix delegation each address slot holds a
+//! /28 prefix (16 pods); with custom networking the primary ENI carries no pods; and the
+//! result is capped at 110 pods, or 250 on instances with more than 30 vCPUs.
 
 use serde::Deserialize;
 
@@ -48,6 +53,46 @@ pub fn for_instance_type(instance_type: Option<&str>) -> u32 {
         })
 }
 
+/// How the cluster's VPC CNI assigns pod addresses (`settings.kubernetes.vpc-cni`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Cni {
+    pub prefix_delegation: bool,
+    pub custom_networking: bool,
+}
+
+/// Addresses one prefix-delegation slot holds (a /28).
+const ADDRESSES_PER_PREFIX: u32 = 16;
+/// The max-pods calculator's ceilings, and the vCPU count above which the higher applies.
+const CEILING_LOW_CPU: u32 = 110;
+const CEILING_HIGH_CPU: u32 = 250;
+const HIGH_CPU_ABOVE: u32 = 30;
+
+/// max-pods by the EKS max-pods calculator's rules for `cni`, on a host with `cpus` vCPUs;
+/// the plain table value when neither input is on. `None` when the calculator's ceiling
+/// needs the vCPU count and `cpus` is unknown.
+pub fn with_cni(instance_type: Option<&str>, cni: Cni, cpus: Option<u32>) -> Option<u32> {
+    if cni == Cni::default() {
+        return Some(for_instance_type(instance_type));
+    }
+    let Some(info) = instance_type.and_then(lookup) else {
+        return Some(DEFAULT_MAX_PODS);
+    };
+    let enis = info.default_max_enis - u32::from(cni.custom_networking).min(info.default_max_enis);
+    let per_slot = if cni.prefix_delegation {
+        ADDRESSES_PER_PREFIX
+    } else {
+        1
+    };
+    let pods =
+        enis * info.ipv4_addresses_per_interface.saturating_sub(1) * per_slot + HOST_NETWORK_PODS;
+    let ceiling = if cpus? > HIGH_CPU_ABOVE {
+        CEILING_HIGH_CPU
+    } else {
+        CEILING_LOW_CPU
+    };
+    Some(pods.min(ceiling))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -71,6 +116,40 @@ mod tests {
         assert_eq!(for_instance_type(Some("t3.micro")), 4);
         // m5.24xlarge: 15 x 50 -> 737, no cap without prefix delegation.
         assert_eq!(for_instance_type(Some("m5.24xlarge")), 737);
+    }
+
+    #[test]
+    fn prefix_delegation_and_custom_networking_follow_the_calculator() {
+        let pd = Cni {
+            prefix_delegation: true,
+            custom_networking: false,
+        };
+        let cn = Cni {
+            prefix_delegation: false,
+            custom_networking: true,
+        };
+        let both = Cni {
+            prefix_delegation: true,
+            custom_networking: true,
+        };
+        // m5.large, 2 vCPUs: 3 x 9 x 16 + 2 = 434, capped at 110.
+        assert_eq!(with_cni(Some("m5.large"), pd, Some(2)), Some(110));
+        // m5.24xlarge, 96 vCPUs: 15 x 49 x 16 + 2, capped at 250.
+        assert_eq!(with_cni(Some("m5.24xlarge"), pd, Some(96)), Some(250));
+        // t3.micro: 2 x 1 x 16 + 2 = 34, under the cap.
+        assert_eq!(with_cni(Some("t3.micro"), pd, Some(2)), Some(34));
+        // Custom networking: the primary ENI carries no pods: (3 - 1) x 9 + 2 = 20.
+        assert_eq!(with_cni(Some("m5.large"), cn, Some(2)), Some(20));
+        // c6g.4xlarge, both: (8 - 1) x 29 x 16 + 2 = 3250, 16 vCPUs: capped at 110.
+        assert_eq!(with_cni(Some("c6g.4xlarge"), both, Some(16)), Some(110));
+        // Neither input: the table, uncapped, no vCPU count needed.
+        assert_eq!(
+            with_cni(Some("m5.24xlarge"), Cni::default(), None),
+            Some(737)
+        );
+        // The ceiling needs the vCPU count.
+        assert_eq!(with_cni(Some("m5.large"), pd, None), None);
+        assert_eq!(with_cni(Some("x99.nonexistent"), pd, None), Some(110));
     }
 
     #[test]

@@ -1,57 +1,18 @@
 //! Cluster DNS address and node IP.
 
+use settings_api::model::ServiceCidr;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-/// A service CIDR that does not parse.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
-#[error("'{0}' is not a CIDR such as 10.100.0.0/16 or fd00:ec2::/108")]
-pub struct CidrError(String);
-
-/// A parsed CIDR: network address and prefix length.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Cidr {
-    pub addr: IpAddr,
-    pub prefix: u8,
-}
-
-impl std::str::FromStr for Cidr {
-    type Err = CidrError;
-
-    fn from_str(s: &str) -> Result<Cidr, CidrError> {
-        let err = || CidrError(s.to_string());
-        let (addr, prefix) = s.split_once('/').ok_or_else(err)?;
-        let addr: IpAddr = addr.parse().map_err(|_| err())?;
-        let prefix: u8 = prefix.parse().map_err(|_| err())?;
-        let max = if addr.is_ipv4() { 32 } else { 128 };
-        if prefix > max {
-            return Err(err());
-        }
-        Ok(Cidr { addr, prefix })
-    }
-}
-
-impl Cidr {
-    /// The tenth address of the network: where EKS (and kubeadm) put the kube-dns service.
-    ///
-    /// nodeadm builds it as text (the IPv4 CIDR up to its last dot plus `.10`, the IPv6
-    /// prefix plus `a`); for the network addresses EKS allows both are the same address, and
-    /// counting from the masked network address stays right for a CIDR written with host
-    /// bits set.
-    pub fn tenth_address(&self) -> IpAddr {
-        match self.addr {
-            IpAddr::V4(a) => {
-                let mask = u32::MAX
-                    .checked_shl(32 - u32::from(self.prefix))
-                    .unwrap_or(0);
-                IpAddr::V4(Ipv4Addr::from((u32::from(a) & mask).wrapping_add(10)))
-            }
-            IpAddr::V6(a) => {
-                let mask = u128::MAX
-                    .checked_shl(128 - u32::from(self.prefix))
-                    .unwrap_or(0);
-                IpAddr::V6(Ipv6Addr::from((u128::from(a) & mask).wrapping_add(10)))
-            }
-        }
+/// The tenth address of the service network: where EKS (and kubeadm) put the kube-dns
+/// service.
+///
+/// nodeadm builds it as text (the IPv4 CIDR up to its last dot plus `.10`, the IPv6 prefix
+/// plus `a`); the settings model only takes a network address (no host bits) with room for a
+/// tenth address, and for those both rules give the same address.
+pub fn tenth_address(cidr: &ServiceCidr) -> IpAddr {
+    match cidr.network().0 {
+        IpAddr::V4(a) => IpAddr::V4(Ipv4Addr::from(u32::from(a) + 10)),
+        IpAddr::V6(a) => IpAddr::V6(Ipv6Addr::from(u128::from(a) + 10)),
     }
 }
 
@@ -81,10 +42,8 @@ mod tests {
     use super::*;
 
     fn dns(cidr: &str) -> String {
-        cidr.parse::<Cidr>()
-            .expect(cidr)
-            .tenth_address()
-            .to_string()
+        let cidr = ServiceCidr::try_from(cidr.to_string()).expect(cidr);
+        tenth_address(&cidr).to_string()
     }
 
     #[test]
@@ -95,21 +54,6 @@ mod tests {
         // nodeadm: IPv6 prefix + "a".
         assert_eq!(dns("fd00:ec2::/108"), "fd00:ec2::a");
         assert_eq!(dns("fd30:1c53:5f8a::/108"), "fd30:1c53:5f8a::a");
-        // Host bits set: counted from the network address.
-        assert_eq!(dns("10.100.3.7/16"), "10.100.0.10");
-    }
-
-    #[test]
-    fn bad_cidrs_are_rejected() {
-        for s in [
-            "10.100.0.0",
-            "10.100.0.0/33",
-            "fd00::/129",
-            "x/16",
-            "10.100.0.0/x",
-        ] {
-            assert!(s.parse::<Cidr>().is_err(), "{s}");
-        }
     }
 
     #[test]

@@ -12,9 +12,11 @@ use settings_api::model::Kubernetes;
 /// The ECR provider's binary name, also its name in the config.
 const ECR: &str = "ecr-credential-provider";
 
-/// nodeadm's ECR registry patterns: commercial, dual-stack, China, FIPS and the isolated
-/// and sovereign partitions.
-const ECR_IMAGES: [&str; 10] = [
+/// nodeadm's ECR registry patterns: commercial, dual-stack, China, FIPS, the isolated and
+/// sovereign partitions (C2S, SC2S, the UK's ADC, ISO-F's `csp.hci.ic.gov`, the European
+/// Sovereign Cloud), and ECR Public, so that pulls from `public.ecr.aws` authenticate (and get
+/// the authenticated pull rate).
+const ECR_IMAGES: [&str; 12] = [
     "*.dkr.ecr.*.amazonaws.com",
     "*.dkr-ecr.*.on.aws",
     "*.dkr.ecr.*.amazonaws.com.cn",
@@ -24,8 +26,14 @@ const ECR_IMAGES: [&str; 10] = [
     "*.dkr.ecr.*.c2s.ic.gov",
     "*.dkr.ecr.*.sc2s.sgov.gov",
     "*.dkr.ecr.*.cloud.adc-e.uk",
+    "*.dkr.ecr.*.csp.hci.ic.gov",
     "*.dkr.ecr.*.amazonaws.eu",
+    "public.ecr.aws",
 ];
+
+/// ECR Public's second host name, from 1.32 (the ECR credential provider of that release
+/// line knows its token endpoint).
+const ECR_PUBLIC_SINCE_1_32: &str = "ecr-public.aws.com";
 
 /// nodeadm's cache duration for ECR tokens (they live 12 hours).
 const DEFAULT_CACHE: &str = "12h";
@@ -61,7 +69,7 @@ pub fn file(
             ECR,
             p.and_then(|p| p.image_patterns.as_ref())
                 .map(|v| v.iter().map(|s| s.as_ref().to_string()).collect())
-                .unwrap_or_else(|| ECR_IMAGES.iter().map(|s| s.to_string()).collect()),
+                .unwrap_or_else(|| ecr_images(version)),
             cache(p, ECR)?,
             provider_api,
         ));
@@ -103,6 +111,15 @@ pub fn file(
     )))
 }
 
+/// The ECR provider's default patterns for `version`.
+fn ecr_images(version: KubeletVersion) -> Vec<String> {
+    let mut images: Vec<String> = ECR_IMAGES.iter().map(|s| s.to_string()).collect();
+    if version.at_least(32) {
+        images.push(ECR_PUBLIC_SINCE_1_32.to_string());
+    }
+    images
+}
+
 fn cache(
     p: Option<&settings_api::model::CredentialProvider>,
     name: &str,
@@ -126,4 +143,20 @@ fn provider(name: &str, images: Vec<String>, cache: String, api: &str) -> Value 
         "defaultCacheDuration": cache,
         "apiVersion": api,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ecr_public_is_matched_and_its_second_host_from_1_32() {
+        let old = ecr_images(KubeletVersion::new(31));
+        assert!(old.iter().any(|p| p == "public.ecr.aws"));
+        assert!(old.iter().any(|p| p == "*.dkr.ecr.*.csp.hci.ic.gov"));
+        assert!(!old.iter().any(|p| p == "ecr-public.aws.com"));
+        let new = ecr_images(KubeletVersion::new(32));
+        assert_eq!(new.last().map(String::as_str), Some("ecr-public.aws.com"));
+        assert_eq!(new.len(), old.len() + 1);
+    }
 }

@@ -30,6 +30,16 @@ const TLS_CIPHER_SUITES: [&str; 6] = [
 /// unlimited, CIS Kubernetes 4.2.13 asks for a limit (README, deliberate difference 11).
 pub const DEFAULT_POD_PIDS_LIMIT: i64 = 4096;
 
+/// nodeadm's graceful node shutdown defaults from 1.34: pods get two and a half minutes,
+/// the last thirty seconds of them kept for critical pods.
+const SHUTDOWN_GRACE_PERIOD_1_34: &str = "2m30s";
+const SHUTDOWN_GRACE_PERIOD_CRITICAL_PODS_1_34: &str = "30s";
+
+/// The cgroup containerd runs in (`containerd-berth.conf`: `Slice=runtime.slice`), passed as
+/// `--runtime-cgroups` as nodeadm and Bottlerocket do, so kubelet accounts the runtime's
+/// usage to kube-reserved.
+const RUNTIME_CGROUPS: &str = "/runtime.slice/containerd.service";
+
 /// Grace period given to each soft eviction threshold. Kubelet refuses a soft threshold
 /// without one and the settings model has no key for it (Bottlerocket's
 /// `eviction-soft-grace-period`), so every soft threshold gets this.
@@ -112,6 +122,10 @@ pub fn config(
     if version.at_least(33) {
         // EKS turns dynamic resource allocation on from 1.33.
         gates.insert("DynamicResourceAllocation".into(), true.into());
+    }
+    if version.at_least(34) {
+        // and, from 1.34, CSI drivers may update a node's attachable volume count.
+        gates.insert("MutableCSINodeAllocatableCount".into(), true.into());
     }
     if version.at_least(22) && !version.at_least(27) {
         // API priority and fairness: 1.27 raised kubelet's own defaults to 50/100.
@@ -236,9 +250,8 @@ pub fn config(
     if let Some(b) = k8s.server_tls_bootstrap {
         obj.insert("serverTLSBootstrap".into(), b.into());
     }
-    if let Some(period) = &k8s.shutdown_grace_period {
-        crate::duration::check(period.as_ref()).map_err(|r| invalid("shutdown-grace-period", r))?;
-        obj.insert("shutdownGracePeriod".into(), period.as_ref().into());
+    for (field, value) in shutdown(k8s, version)? {
+        obj.insert(field.into(), value.into());
     }
     if let Some(level) = k8s.log_level {
         obj.insert("logging".into(), json!({ "verbosity": i64::from(level) }));
@@ -250,6 +263,70 @@ pub fn config(
         );
     }
     Ok(c)
+}
+
+/// `shutdownGracePeriod` and `shutdownGracePeriodCriticalPods`: the settings, else nodeadm's
+/// defaults from 1.34 (kubelet's, off, before). Kubelet refuses a critical-pods period longer
+/// than the whole period, and one without the whole period does nothing, so both are errors
+/// here, naming the setting to change.
+fn shutdown(
+    k8s: &Kubernetes,
+    version: KubeletVersion,
+) -> Result<Vec<(&'static str, String)>, RenderError> {
+    const GRACE: &str = "shutdown-grace-period";
+    const CRITICAL: &str = "shutdown-grace-period-for-critical-pods";
+    let defaults = version.at_least(34);
+    let user_grace = k8s.shutdown_grace_period.as_ref().map(|v| v.as_ref());
+    let user_critical = k8s
+        .shutdown_grace_period_for_critical_pods
+        .as_ref()
+        .map(|v| v.as_ref());
+    let grace = user_grace.or(defaults.then_some(SHUTDOWN_GRACE_PERIOD_1_34));
+    let critical = user_critical.or(defaults.then_some(SHUTDOWN_GRACE_PERIOD_CRITICAL_PODS_1_34));
+    let grace_nanos = grace
+        .map(|g| crate::duration::parse(g).map_err(|r| invalid(GRACE, r)))
+        .transpose()?;
+    let critical_nanos = critical
+        .map(|c| crate::duration::parse(c).map_err(|r| invalid(CRITICAL, r)))
+        .transpose()?;
+    match (grace_nanos, critical_nanos) {
+        (None, Some(_)) => {
+            return Err(invalid(
+                CRITICAL,
+                format!(
+                "'{}' needs settings.kubernetes.{GRACE}, the whole shutdown delay it is part of",
+                critical.unwrap_or_default()
+            ),
+            ))
+        }
+        (Some(g), Some(c)) if c > g => {
+            let g_text = grace.unwrap_or_default();
+            let c_text = critical.unwrap_or_default();
+            return Err(if user_critical.is_some() {
+                invalid(
+                    CRITICAL,
+                    format!("'{c_text}' is longer than {GRACE} '{g_text}'; it is a part of it"),
+                )
+            } else {
+                invalid(
+                    GRACE,
+                    format!(
+                        "'{g_text}' is shorter than the {c_text} kept for critical pods by default \
+                         from 1.34; set {CRITICAL} too (at most '{g_text}')"
+                    ),
+                )
+            });
+        }
+        _ => {}
+    }
+    let mut out = Vec::new();
+    if let Some(g) = grace {
+        out.push(("shutdownGracePeriod", g.to_string()));
+    }
+    if let Some(c) = critical {
+        out.push(("shutdownGracePeriodCriticalPods", c.to_string()));
+    }
+    Ok(out)
 }
 
 /// `config.json`, readable by root only (CIS Kubernetes 4.1.9; nodeadm writes it 0644).
@@ -298,6 +375,7 @@ pub fn flags(
     if let Some(ip) = node.node_ip {
         f.insert("node-ip", ip.to_string());
     }
+    f.insert("runtime-cgroups", RUNTIME_CGROUPS.to_string());
     if credential_providers {
         f.insert(
             "image-credential-provider-bin-dir",
@@ -325,10 +403,14 @@ pub fn flags(
     }
     if !version.at_least(29) {
         // Before 1.29 kubelet's image GC honoured this flag to keep the sandbox image; from
-        // 1.29 the runtime pins it and kubelet ignores the flag, so nodeadm drops it.
-        if let Some(image) = &k8s.pod_infra_container_image {
-            f.insert("pod-infra-container-image", image.as_ref().to_string());
-        }
+        // 1.29 the runtime pins it (the image carries containerd's pinned label) and kubelet
+        // ignores the flag, so nodeadm drops it. The image is containerd's sandbox_image:
+        // the setting, else the pause image the variant ships.
+        let image = k8s
+            .pod_infra_container_image
+            .as_ref()
+            .map_or(paths::PAUSE_IMAGE, |i| i.as_ref());
+        f.insert("pod-infra-container-image", image.to_string());
     }
     f
 }

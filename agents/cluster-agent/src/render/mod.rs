@@ -1,6 +1,7 @@
 //! Settings + facts + kubelet version -> the files to write. Pure: nothing here touches the
 //! host, so every rule is testable and a bad input fails before any file is written.
 
+mod containerd;
 mod credential_provider;
 mod ecs;
 mod kubeconfig;
@@ -79,6 +80,9 @@ pub fn render(
         let has_providers = providers.is_some();
         files.extend(providers);
         files.extend(kubelet::static_pod_files(k8s)?);
+        files.push(containerd::base_runtime_spec_file(
+            settings.oci_defaults.as_ref(),
+        )?);
         files.push(kubelet::environment_file(
             k8s,
             &node,
@@ -179,7 +183,11 @@ mod tests {
         let files = render(&s, &f, KubeletVersion::new(33)).expect("render");
         assert_eq!(
             paths(&files),
-            vec![crate::paths::KUBELET_CONFIG, crate::paths::KUBELET_ENV]
+            vec![
+                crate::paths::CONTAINERD_BASE_RUNTIME_SPEC,
+                crate::paths::KUBELET_CONFIG,
+                crate::paths::KUBELET_ENV
+            ]
         );
         let config = text(&files, crate::paths::KUBELET_CONFIG);
         assert!(config.contains("\"AlwaysAllow\""), "{config}");
@@ -192,11 +200,8 @@ mod tests {
 
     #[test]
     fn ipv6_clusters_need_the_ipv6_fact() {
-        let f = Facts {
-            service_cidr: Some("fd00:ec2::/108".into()),
-            ..facts()
-        };
-        let err = render(&settings(json!({})), &f, KubeletVersion::new(33)).expect_err("no ipv6");
+        let s = settings(json!({ "service-cidr": "fd00:ec2::/108" }));
+        let err = render(&s, &facts(), KubeletVersion::new(33)).expect_err("no ipv6");
         assert!(err.to_string().contains("fact 'ipv6'"), "{err}");
     }
 

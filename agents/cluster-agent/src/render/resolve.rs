@@ -2,11 +2,11 @@
 //! nodeadm would derive from the instance facts.
 
 use super::RenderError;
-use crate::derive::network::{self, Cidr};
+use crate::derive::network;
 use crate::derive::{maxpods, reserved};
 use crate::facts::Facts;
 use crate::version::KubeletVersion;
-use settings_api::model::{AuthenticationMode, ClusterDnsIp, Kubernetes, Settings};
+use settings_api::model::{AuthenticationMode, ClusterDnsIp, IpFamily, Kubernetes, Settings};
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 
@@ -41,6 +41,16 @@ const CLUSTER_NAME: &str = "settings.kubernetes.cluster-name";
 const API_SERVER: &str = "settings.kubernetes.api-server";
 const CERTIFICATE: &str = "settings.kubernetes.cluster-certificate";
 const TOKEN: &str = "settings.kubernetes.bootstrap-token";
+const SERVICE_CIDR: &str = "settings.kubernetes.service-cidr";
+
+/// Where the cluster's IP family comes from, for error messages.
+fn family_source(k8s: &Kubernetes) -> String {
+    match (&k8s.ip_family, &k8s.service_cidr) {
+        (Some(_), _) => "settings.kubernetes.ip-family".to_string(),
+        (None, Some(cidr)) => format!("settings.kubernetes.service-cidr {}", cidr.as_ref()),
+        (None, None) => "no family set".to_string(),
+    }
+}
 
 /// Checks a fact that ends up in a flag or a kubeconfig: one non-empty word.
 fn word(key: &'static str, value: Option<&str>) -> Result<(), RenderError> {
@@ -135,37 +145,61 @@ pub fn resolve(
     };
     let on_aws = matches!(auth, Auth::Aws { .. });
 
-    let service_cidr = facts
-        .service_cidr
-        .as_deref()
-        .map(|s| {
-            s.parse::<Cidr>().map_err(|e| RenderError::InvalidFact {
-                key: "service-cidr",
-                reason: e.to_string(),
-            })
-        })
-        .transpose()?;
-    let ipv6_cluster = service_cidr.is_some_and(|c| c.addr.is_ipv6());
+    // The cluster's IP family decides the node IP and must agree with every address given.
+    let family = k8s
+        .cluster_ip_family()
+        .map_err(|e| RenderError::InvalidSetting {
+            key: e.key,
+            reason: e.reason,
+        })?;
+    let check_family = |key: &str, ip: IpAddr| match family {
+        Some(f) if IpFamily::of(ip) != f => Err(RenderError::InvalidSetting {
+            key: format!("settings.kubernetes.{key}"),
+            reason: format!(
+                "{ip} is an {} address but the cluster is {} ({}); use an {} address",
+                IpFamily::of(ip).name(),
+                f.name(),
+                family_source(k8s),
+                f.name()
+            ),
+        }),
+        _ => Ok(()),
+    };
 
     let cluster_dns = match &k8s.cluster_dns_ip {
         Some(ClusterDnsIp::Scalar(ip)) => vec![*ip],
         Some(ClusterDnsIp::Vector(ips)) => ips.clone(),
-        None => vec![match service_cidr {
-            Some(cidr) => cidr.tenth_address(),
-            None if on_aws => network::fallback_cluster_dns(
+        None => vec![match (&k8s.service_cidr, family) {
+            (Some(cidr), _) => network::tenth_address(cidr),
+            (None, Some(IpFamily::Ipv6)) => {
+                return Err(RenderError::MissingSetting {
+                    key: SERVICE_CIDR,
+                    hint: "an IPv6 cluster's DNS address is the tenth of its service CIDR, \
+                           which EKS picks itself; set service-cidr (aws eks describe-cluster: \
+                           kubernetesNetworkConfig.serviceIpv6Cidr) or cluster-dns-ip",
+                })
+            }
+            (None, _) if on_aws => network::fallback_cluster_dns(
                 facts.vpc_ipv4_cidr_blocks.as_deref().unwrap_or_default(),
                 facts.local_ipv4,
             ),
-            None => network::KUBEADM_CLUSTER_DNS,
+            (None, _) => network::KUBEADM_CLUSTER_DNS,
         }],
     };
+    for ip in &cluster_dns {
+        check_family("cluster-dns-ip", *ip)?;
+    }
 
-    // nodeadm: the IPv6 address on IPv6 clusters, the private IPv4 address otherwise.
+    // nodeadm: the IPv6 address of the primary interface on IPv6 clusters, the private
+    // IPv4 address otherwise.
     let node_ip = match k8s.node_ip {
-        Some(ip) => Some(ip),
-        None if ipv6_cluster => Some(facts.ipv6.ok_or(RenderError::MissingFact {
+        Some(ip) => {
+            check_family("node-ip", ip)?;
+            Some(ip)
+        }
+        None if family == Some(IpFamily::Ipv6) => Some(facts.ipv6.ok_or(RenderError::MissingFact {
             key: "ipv6",
-            hint: "the service CIDR is IPv6, so the node registers with its IPv6 address",
+            hint: "the cluster is IPv6, so the node registers with the IPv6 address of its primary interface (IMDS ipv6s); or set settings.kubernetes.node-ip",
         })?),
         None if on_aws => Some(facts.local_ipv4.ok_or(RenderError::MissingFact {
             key: "local-ipv4",
@@ -225,7 +259,19 @@ pub fn resolve(
             key: "settings.kubernetes.max-pods".to_string(),
             reason: "out of range".to_string(),
         })?,
-        None => maxpods::for_instance_type(facts.instance_type.as_deref()),
+        None => {
+            let cni = k8s.vpc_cni.as_ref();
+            let cni = maxpods::Cni {
+                prefix_delegation: cni.and_then(|c| c.prefix_delegation).unwrap_or(false),
+                custom_networking: cni.and_then(|c| c.custom_networking).unwrap_or(false),
+            };
+            maxpods::with_cni(facts.instance_type.as_deref(), cni, facts.cpus).ok_or(
+                RenderError::MissingFact {
+                    key: "cpus",
+                    hint: "with settings.kubernetes.vpc-cni, max-pods is capped by the vCPU count (110, or 250 above 30 vCPUs); or set settings.kubernetes.max-pods",
+                },
+            )?
+        }
     };
 
     let user_reserved: BTreeMap<String, String> = k8s
