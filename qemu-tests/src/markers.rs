@@ -31,3 +31,6 @@ pub const KERNEL_RESTART: &str = r"reboot: Restarting system";
 pub const PROBE_LINE: &str = r"berth-probe(?:\[\d+\])?: (?:berth-probe: )?(.*)$";
 /// The probe's last line.
 pub const PROBE_END: &str = r"berth-probe(?:\[\d+\])?: (?:berth-probe: )?end\s*$";
+/// systemd's status line once the settings API is up: apiserver.service is `Type=notify` and
+/// tells systemd it is ready after it listens on /run/api.sock.
+pub const API_READY: &str = r"Started apiserver\.service";
