@@ -56,15 +56,32 @@ api-server = "https://0123456789ABCDEF0123456789ABCDEF.gr7.eu-central-1.eks.amaz
 cluster-certificate = "LS0tLS1CRUdJTiBDRVJUSUZJQ0FURS0tLS0tCk1JSUJzekNDQVZtZ0F3SUJBZ0lVQnc9PQotLS0tLUVORCBDRVJUSUZJQ0FURS0tLS0tCg=="
 "#;
 
+/// The instance the node pretends to be: an m5.large, or its Graviton peer on aarch64. Both
+/// take 29 pods (3 ENIs x (10 - 1) + 2).
+fn instance_type(arch: Arch) -> &'static str {
+    match arch {
+        Arch::X86_64 => "m5.large",
+        Arch::Aarch64 => "m6g.large",
+    }
+}
+
 #[test]
 fn eks_node_renders_and_starts_containerd_and_kubelet_x86_64() -> Result<()> {
-    let arch = Arch::X86_64;
+    eks_node_renders_and_starts_containerd_and_kubelet(Arch::X86_64)
+}
+
+#[test]
+fn eks_node_renders_and_starts_containerd_and_kubelet_aarch64() -> Result<()> {
+    eks_node_renders_and_starts_containerd_and_kubelet(Arch::Aarch64)
+}
+
+fn eks_node_renders_and_starts_containerd_and_kubelet(arch: Arch) -> Result<()> {
     let name = format!("eks_{arch}");
     let Some(_lock) = scenario::begin(
         &name,
         &[
             "EKS user data (cluster-name, api-server, cluster-certificate) from the IMDSv2 emulator",
-            "kubelet config: max-pods 29 for m5.large, provider id, cluster DNS from the VPC CIDR",
+            "kubelet config: max-pods 29 for m5.large (m6g.large on aarch64), provider id, cluster DNS from the VPC CIDR",
             "kubelet flags: node IP and hostname override from IMDS",
             "kubeconfig (0600) names the API server; cluster CA and ECR provider config written",
             "containerd started by the agent, active and answering HTTP/2 on its socket",
@@ -84,6 +101,9 @@ fn eks_node_renders_and_starts_containerd_and_kubelet_x86_64() -> Result<()> {
     let api = Api::forward(build_apiclient(target_tmp)?, dir.path().join("api.sock"))?;
 
     let mut config = imds::Config::instance(REGION);
+    config
+        .meta_data
+        .insert("instance-type".into(), instance_type(arch).into());
     config.user_data = Some(USER_DATA.into());
     // The VPC is in 10/8, so the cluster DNS is EKS's 172.20.0.10 (no service CIDR given).
     config.meta_data.insert(
@@ -103,7 +123,7 @@ fn eks_node_renders_and_starts_containerd_and_kubelet_x86_64() -> Result<()> {
         .disk(&image.qcow2)
         .memory_mib(2048)
         .fw_cfg_string(PROBE_FW_CFG, "1")
-        .smbios_system("Amazon EC2", "m5.large")
+        .smbios_system("Amazon EC2", instance_type(arch))
         .net_user([api.hostfwd()])
         .net_options(emulator.guestfwd(relay))
         .serial_log(&log)
@@ -135,7 +155,7 @@ fn eks_node_renders_and_starts_containerd_and_kubelet_x86_64() -> Result<()> {
     })?;
     checks.equal("user data state", report.get("user-data-state"), "applied");
     checks.equal(
-        "kubelet maxPods (m5.large)",
+        format!("kubelet maxPods ({})", instance_type(arch)),
         report.get("kubelet-max-pods"),
         "29",
     );
