@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use crate::arch::Arch;
-use crate::programs::Program;
+use crate::programs::{self, Program};
 
 #[derive(Debug, thiserror::Error)]
 pub enum BinariesError {
@@ -22,13 +22,12 @@ pub enum BinariesError {
     Missing(PathBuf),
 }
 
-/// Builds the cargo packages of `programs` in release mode for `arch`; returns the
-/// directory holding the binaries.
-pub fn build(
-    workspace: &Path,
-    arch: Arch,
-    programs: &[&Program],
-) -> Result<PathBuf, BinariesError> {
+/// Builds every program an image can hold ([`programs::all`]) in release mode for `arch`,
+/// and checks that those of `wanted` are there; returns the directory holding the
+/// binaries. Always the whole set, whatever the variant asks for: cargo resolves the
+/// dependencies' features per invocation, so one set means one build per architecture that
+/// every later variant finds done (`os-build programs` makes it ahead of the builds).
+pub fn build(workspace: &Path, arch: Arch, wanted: &[&Program]) -> Result<PathBuf, BinariesError> {
     let host = Arch::host();
     let (cargo, target_dir) = if host == Some(arch) {
         (
@@ -52,7 +51,8 @@ pub fn build(
             "--target",
             arch.rust_target(),
         ]);
-    let mut packages: Vec<&str> = programs.iter().map(|p| p.package).collect();
+    let mut packages: Vec<&str> = programs::all().iter().map(|p| p.package).collect();
+    packages.sort_unstable();
     packages.dedup();
     for package in packages {
         cmd.args(["-p", package]);
@@ -80,7 +80,7 @@ pub fn build(
         });
     }
     let out = target_dir.join(arch.rust_target()).join("release");
-    for program in programs {
+    for program in wanted {
         let bin = out.join(program.name);
         if !bin.is_file() {
             return Err(BinariesError::Missing(bin));

@@ -21,6 +21,9 @@ pub struct Cli {
 pub enum Command {
     /// Build a variant: root file system, verity, UKIs, GPT disk (raw, qcow2), manifest.
     Build(BuildArgs),
+    /// Build every Berth program an image can hold for one architecture (what `build` does
+    /// first), so that several builds after it find them built.
+    Programs(ProgramsArgs),
     /// List the variants under variants/.
     ListVariants,
     /// Compare os-build's dm-verity hashing with `veritysetup format` on the same image.
@@ -268,6 +271,22 @@ pub struct BuildArgs {
     /// Secure Boot on; manifest.json says "secure_boot": "unsigned").
     #[arg(long, conflicts_with = "secure_boot_keys")]
     pub allow_unsigned: bool,
+    /// Keep each Debian root mmdebstrap makes in this folder, and start from a kept one when
+    /// a build asks for the same packages (same arch, mirror and options) instead of running
+    /// mmdebstrap again. For builds that belong together, e.g. one test run: a kept root
+    /// keeps the package versions of the day it was made.
+    #[arg(long)]
+    pub root_cache: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct ProgramsArgs {
+    /// Target architecture.
+    #[arg(long, value_enum, default_value = "x86_64")]
+    pub arch: Arch,
+    /// Workspace root (holds variants/ and Cargo.toml); found from the current folder.
+    #[arg(long)]
+    pub workspace: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -297,6 +316,7 @@ mod tests {
             PathBuf::from("/var/cache/berth/artifacts")
         );
         assert!(!args.allow_missing_artifacts);
+        assert_eq!(args.root_cache, None);
     }
 
     #[test]
@@ -371,6 +391,15 @@ mod tests {
             "0"
         ])
         .is_err());
+    }
+
+    #[test]
+    fn programs_takes_an_arch() {
+        let cli = Cli::try_parse_from(["os-build", "programs", "--arch", "aarch64"]).unwrap();
+        let Command::Programs(args) = cli.command else {
+            panic!("not programs")
+        };
+        assert_eq!(args.arch, Arch::Aarch64);
     }
 
     #[test]

@@ -25,6 +25,7 @@ pub mod pipeline;
 pub mod programs;
 pub mod progress;
 pub mod repo;
+pub mod rootcache;
 pub mod rootfs;
 pub mod secureboot;
 pub mod selinux;
@@ -37,6 +38,15 @@ use anyhow::Result;
 pub fn run(cli: cli::Cli) -> Result<()> {
     match cli.command {
         cli::Command::Build(args) => pipeline::build(&args).map(|_| ()),
+        cli::Command::Programs(args) => {
+            let workspace = pipeline::find_workspace(args.workspace.as_deref())?;
+            if arch::Arch::host() != Some(args.arch) {
+                hosttools::check(hosttools::CROSS_TOOLS)?;
+            }
+            let dir = binaries::build(&workspace, args.arch, &programs::all())?;
+            println!("{}", dir.display());
+            Ok(())
+        }
         cli::Command::ListVariants => {
             let workspace = pipeline::find_workspace(None)?;
             for name in variant::list(&workspace.join("variants")) {

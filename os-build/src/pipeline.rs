@@ -16,8 +16,8 @@ use crate::manifest::{self, Manifest};
 use crate::progress::Progress;
 use crate::variant::{ImageFormat, Variant};
 use crate::{
-    artifacts, binaries, disk, erofs, esp, hosttools, initramfs, lockfile, ova, programs, rootfs,
-    secureboot, selinux, uki, variant, verity,
+    artifacts, binaries, disk, erofs, esp, hosttools, initramfs, lockfile, ova, programs,
+    rootcache, rootfs, secureboot, selinux, uki, variant, verity,
 };
 
 /// Timestamps inside the image (files, EROFS, cpio) unless SOURCE_DATE_EPOCH says otherwise.
@@ -116,15 +116,19 @@ pub fn build(args: &BuildArgs) -> Result<Built> {
     ));
     let root = work.join("root");
     let cache = args.cache_dir.join(arch.debian());
-    rootfs::mmdebstrap(&rootfs::MmdebstrapRun {
-        arch,
-        variant: &variant,
-        mirror: &args.mirror,
-        cache: &cache,
-        target: &root,
-        log: &out.join("mmdebstrap.log"),
-        source_date_epoch: epoch,
-    })?;
+    let origin = rootcache::assemble(
+        args.root_cache.as_deref(),
+        &rootfs::MmdebstrapRun {
+            arch,
+            variant: &variant,
+            mirror: &args.mirror,
+            cache: &cache,
+            target: &root,
+            log: &out.join("mmdebstrap.log"),
+            source_date_epoch: epoch,
+        },
+    )?;
+    tracing::info!(?origin, "Debian root");
 
     progress.step("checking the package lock");
     let lock_path = workspace

@@ -186,6 +186,11 @@ pub fn find(name: &str) -> Option<&'static Program> {
     PROGRAMS.iter().find(|p| p.name == name)
 }
 
+/// Every program an image can hold, early-init first.
+pub fn all() -> Vec<&'static Program> {
+    std::iter::once(&EARLY_INIT).chain(PROGRAMS).collect()
+}
+
 pub fn names() -> Vec<&'static str> {
     PROGRAMS.iter().map(|p| p.name).collect()
 }

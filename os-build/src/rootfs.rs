@@ -58,21 +58,20 @@ pub struct MmdebstrapRun<'a> {
 }
 
 /// Packages every image needs at build time besides the variant's: the kernel, and
-/// systemd-boot's EFI binaries (taken out of the root into the ESP and UKIs).
+/// systemd-boot's EFI binaries (taken out of the root into the ESP and UKIs). Sorted and
+/// without duplicates: apt does not care about the order, and the same set must give the
+/// same [`recipe`].
 fn packages(run: &MmdebstrapRun<'_>) -> Vec<String> {
     let mut pkgs = run.variant.packages.clone();
     pkgs.push(run.variant.kernel_package.clone());
     pkgs.push("systemd-boot-efi".into());
+    pkgs.sort();
+    pkgs.dedup();
     pkgs
 }
 
-pub fn mmdebstrap(run: &MmdebstrapRun<'_>) -> Result<(), RootfsError> {
-    if run.target.exists() {
-        std::fs::remove_dir_all(run.target).map_err(io("remove old root", run.target))?;
-    }
-    std::fs::create_dir_all(run.cache).map_err(io("create package cache", run.cache))?;
-    std::fs::create_dir_all(run.target).map_err(io("create", run.target))?;
-    let log = std::fs::File::create(run.log).map_err(io("create log", run.log))?;
+/// The mmdebstrap command for `run`, output not yet redirected.
+fn command(run: &MmdebstrapRun<'_>) -> Command {
     let cache = run.cache.display().to_string();
     let mut cmd = Command::new("mmdebstrap");
     cmd.env("SOURCE_DATE_EPOCH", run.source_date_epoch.to_string())
@@ -102,8 +101,40 @@ pub fn mmdebstrap(run: &MmdebstrapRun<'_>) -> Result<(), RootfsError> {
         .arg("--skip=essential/unlink")
         .arg(SUITE)
         .arg(run.target)
-        .arg(run.mirror)
-        .stdout(log.try_clone().map_err(io("open log", run.log))?)
+        .arg(run.mirror);
+    cmd
+}
+
+/// What decides the root mmdebstrap makes for `run`, as a sha256 (hex): its program,
+/// arguments and environment, the target folder left out. Two runs with the same recipe
+/// against the same state of the archive make the same root (`--root-cache`).
+pub fn recipe(run: &MmdebstrapRun<'_>) -> String {
+    use sha2::{Digest, Sha256};
+    let cmd = command(run);
+    let mut hash = Sha256::new();
+    hash.update(cmd.get_program().as_encoded_bytes());
+    for arg in cmd.get_args().filter(|a| Path::new(a) != run.target) {
+        hash.update(b"\0arg ");
+        hash.update(arg.as_encoded_bytes());
+    }
+    for (key, value) in cmd.get_envs() {
+        hash.update(b"\0env ");
+        hash.update(key.as_encoded_bytes());
+        hash.update(b"=");
+        hash.update(value.unwrap_or_default().as_encoded_bytes());
+    }
+    hex::encode(hash.finalize())
+}
+
+pub fn mmdebstrap(run: &MmdebstrapRun<'_>) -> Result<(), RootfsError> {
+    if run.target.exists() {
+        std::fs::remove_dir_all(run.target).map_err(io("remove old root", run.target))?;
+    }
+    std::fs::create_dir_all(run.cache).map_err(io("create package cache", run.cache))?;
+    std::fs::create_dir_all(run.target).map_err(io("create", run.target))?;
+    let log = std::fs::File::create(run.log).map_err(io("create log", run.log))?;
+    let mut cmd = command(run);
+    cmd.stdout(log.try_clone().map_err(io("open log", run.log))?)
         .stderr(log);
     let status = cmd.status().map_err(|source| RootfsError::Spawn {
         tool: "mmdebstrap",

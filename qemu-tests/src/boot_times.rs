@@ -59,6 +59,28 @@ impl BootTimes {
     }
 }
 
+/// Host-clock time from the first boot's kernel banner to the first line after it that
+/// matches `marker`, e.g. [`markers::API_READY`]: kernel -> settings API up.
+pub fn since_kernel(lines: &[Line], marker: &'static str) -> Result<Duration, BootTimesError> {
+    #[allow(clippy::expect_used)]
+    let (banner, re) = (
+        Regex::new(markers::KERNEL_BANNER).expect("markers are valid regexes"),
+        Regex::new(marker).expect("markers are valid regexes"),
+    );
+    let kernel =
+        lines
+            .iter()
+            .find(|l| banner.is_match(&l.text))
+            .ok_or(BootTimesError::MissingMarker {
+                marker: markers::KERNEL_BANNER,
+            })?;
+    lines
+        .iter()
+        .find(|l| l.index > kernel.index && re.is_match(&l.text))
+        .map(|l| l.elapsed - kernel.elapsed)
+        .ok_or(BootTimesError::MissingMarker { marker })
+}
+
 /// A table of boot times, one row per architecture, for the test output.
 pub fn table(rows: &[(Arch, BootTimes)]) -> String {
     let mut out = String::new();
@@ -121,6 +143,33 @@ mod tests {
             Some("x86_64       4.00s     2.50s      1.50s     12.00s    20.00s")
         );
         Ok(())
+    }
+
+    #[test]
+    fn kernel_to_api_ready() {
+        let lines = [
+            line(
+                0,
+                1_000,
+                "[  OK  ] Started apiserver.service - from an earlier boot?",
+            ),
+            line(1, 4_000, "[    0.000000] Linux version 6.12.48+deb13-amd64"),
+            line(
+                2,
+                19_500,
+                "[  OK  ] Started apiserver.service - Berth settings API server.",
+            ),
+        ];
+        assert_eq!(
+            since_kernel(&lines, markers::API_READY),
+            Ok(Duration::from_millis(15_500))
+        );
+        assert_eq!(
+            since_kernel(&lines[..2], markers::API_READY),
+            Err(BootTimesError::MissingMarker {
+                marker: markers::API_READY
+            })
+        );
     }
 
     #[test]

@@ -43,3 +43,6 @@ pub const LOCKDOWN_SECURE_BOOT: &str = r"Kernel is locked down from EFI Secure B
 /// The firmware refusing an image whose signature it does not trust, as the firmware's boot
 /// manager (BdsDxe) or systemd-boot reports the EFI status.
 pub const SECURE_BOOT_REFUSED: &str = r"(?i)access denied|security violation";
+/// systemd's status line once the settings API is up: apiserver.service is `Type=notify` and
+/// tells systemd it is ready after it listens on /run/api.sock.
+pub const API_READY: &str = r"Started apiserver\.service";

@@ -21,3 +21,7 @@ pub const BUILD_DIR_VAR: &str = "BERTH_BUILD_DIR";
 /// Environment variable that keeps each VM's temporary directory (overlay, firmware vars,
 /// QEMU stderr) after the VM is gone, for debugging.
 pub const KEEP_VAR: &str = "BERTH_KEEP_VM_DIR";
+/// Environment variable: how many QEMU scenarios may run at once (default 1).
+pub const SLOTS_VAR: &str = "BERTH_QEMU_SLOTS";
+/// Environment variable: a file each scenario appends its name and time to when it ends.
+pub const SCENARIO_TIMES_VAR: &str = "BERTH_SCENARIO_TIMES";

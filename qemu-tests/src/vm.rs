@@ -220,7 +220,7 @@ impl VmBuilder {
             name: format!("berth-{arch}"),
             disks: Vec::new(),
             memory_mib: 1024,
-            cpus: 2,
+            cpus: crate::scenario::default_vcpus(),
             cpu_model: cpu_model.to_owned(),
             firmware: (PathBuf::from(code), PathBuf::from(vars)),
             fw_cfg: Vec::new(),
@@ -1059,7 +1059,9 @@ mod tests {
 
     #[test]
     fn x86_64_uses_q35_ovmf_virtio_and_tcg() {
+        // The vCPU default depends on the host and BERTH_QEMU_SLOTS (scenario::default_vcpus).
         let b = Vm::builder(Arch::X86_64)
+            .cpus(2)
             .disk("/images/disk.qcow2")
             .memory_mib(2048)
             .fw_cfg_string("opt/org.berth/probe", "1")

@@ -209,6 +209,13 @@ fn boot(arch: Arch) -> Result<()> {
         }
         Err(e) => checks.check("boot phases on the console", false, e),
     }
+    match boot_times::since_kernel(&lines, markers::API_READY) {
+        Ok(api) => println!(
+            "  kernel -> settings API ready (apiserver.service started): {:.2}s",
+            api.as_secs_f64()
+        ),
+        Err(e) => checks.check("settings API started on the console", false, e),
+    }
 
     let tail = vm.tail(40);
     // Not a check of this scenario (yet): a guest that ignores the power button costs

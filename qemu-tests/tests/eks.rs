@@ -77,15 +77,32 @@ cluster-certificate = "LS0tLS1CRUdJTiBDRVJUSUZJQ0FURS0tLS0tCk1JSUJzekNDQVZtZ0F3S
 service-cidr = "fd00:ec2::/108"
 "#;
 
+/// The instance the node pretends to be: an m5.large, or its Graviton peer on aarch64. Both
+/// take 29 pods (3 ENIs x (10 - 1) + 2).
+fn instance_type(arch: Arch) -> &'static str {
+    match arch {
+        Arch::X86_64 => "m5.large",
+        Arch::Aarch64 => "m6g.large",
+    }
+}
+
 #[test]
 fn eks_node_renders_and_starts_containerd_and_kubelet_x86_64() -> Result<()> {
-    let arch = Arch::X86_64;
+    eks_node_renders_and_starts_containerd_and_kubelet(Arch::X86_64)
+}
+
+#[test]
+fn eks_node_renders_and_starts_containerd_and_kubelet_aarch64() -> Result<()> {
+    eks_node_renders_and_starts_containerd_and_kubelet(Arch::Aarch64)
+}
+
+fn eks_node_renders_and_starts_containerd_and_kubelet(arch: Arch) -> Result<()> {
     let name = format!("eks_{arch}");
     let Some(_lock) = scenario::begin(
         &name,
         &[
             "EKS user data (cluster-name, api-server, cluster-certificate) from the IMDSv2 emulator",
-            "IPv6 cluster (service-cidr fd00:ec2::/108): cluster DNS fd00:ec2::a; max-pods 29 for m5.large, provider id",
+            "IPv6 cluster (service-cidr fd00:ec2::/108): cluster DNS fd00:ec2::a; max-pods 29 for m5.large (m6g.large on aarch64), provider id",
             "kubelet flags: node IP = the primary interface's IPv6 address (generated from IMDS ipv6s), hostname override, --runtime-cgroups",
             "pause image imported (berth-pause-image.service) after containerd, before kubelet",
             "running CRI plugin (gRPC Status/ImageStatus): sandbox image localhost/berth/pause:1 in k8s.io, pinned; CDI, discard_unpacked_layers, base runtime spec",
@@ -108,6 +125,9 @@ fn eks_node_renders_and_starts_containerd_and_kubelet_x86_64() -> Result<()> {
     let api = Api::forward(build_apiclient(target_tmp)?, dir.path().join("api.sock"))?;
 
     let mut config = imds::Config::instance(REGION);
+    config
+        .meta_data
+        .insert("instance-type".into(), instance_type(arch).into());
     config.user_data = Some(USER_DATA.into());
     config.meta_data.insert(
         format!("network/interfaces/macs/{MAC}/vpc-ipv4-cidr-blocks"),
@@ -130,7 +150,7 @@ fn eks_node_renders_and_starts_containerd_and_kubelet_x86_64() -> Result<()> {
         .disk(&image.qcow2)
         .memory_mib(2048)
         .fw_cfg_string(PROBE_FW_CFG, "1")
-        .smbios_system("Amazon EC2", "m5.large")
+        .smbios_system("Amazon EC2", instance_type(arch))
         .net_user([api.hostfwd()])
         .net_options(emulator.guestfwd(relay))
         .serial_log(&log)
@@ -176,7 +196,7 @@ fn eks_node_renders_and_starts_containerd_and_kubelet_x86_64() -> Result<()> {
     })?;
     checks.equal("user data state", report.get("user-data-state"), "applied");
     checks.equal(
-        "kubelet maxPods (m5.large)",
+        format!("kubelet maxPods ({})", instance_type(arch)),
         report.get("kubelet-max-pods"),
         "29",
     );

@@ -1,8 +1,9 @@
-//! Signed A/B updates (docs/updates.md), end to end on the qemu-test image: the update
-//! repository that scripts/test.sh builds (`build/update-repo`, offering the v2 build in
-//! `build/update-v2`) is served from the host loopback and reached by the guest at
-//! 10.0.2.100 through QEMU's user network (guestfwd + tcp-relay). Everything the guest does
-//! is driven with the real apiclient through the test API bridge.
+//! Signed A/B updates (docs/updates.md), end to end on the qemu-test image, on x86_64 and
+//! aarch64: the update repository that scripts/test.sh builds for the architecture
+//! (`build/update-repo/<arch>`, offering the v2 build in `build/update-v2`) is served from the
+//! host loopback and reached by the guest at 10.0.2.100 through QEMU's user network
+//! (guestfwd + tcp-relay). Everything the guest does is driven with the real apiclient
+//! through the test API bridge.
 //!
 //! One machine, four power-ons, each starting from the disk the previous one left:
 //! 1. v1 boots (its UKI is marked good by the health gate; early-init gave the disk its own
@@ -100,7 +101,10 @@ impl Machine {
         self.power_on_with(name, disk, &Extras::default())
     }
 
+    /// `extras`: a second disk, or the ESP not mounted (qemu-test's fw_cfg switches).
     fn power_on_with(&self, name: &str, disk: &Path, extras: &Extras<'_>) -> Result<RunningVm> {
+        // Both architectures' scenarios may run at once: their logs must not collide.
+        let name = &format!("update_{}_{name}", self.arch);
         let log = serial_log(name);
         println!("  {name}: serial log {}", log.display());
         let relay = Path::new(env!("CARGO_BIN_EXE_tcp-relay"));
@@ -401,9 +405,17 @@ fn tampering_is_refused(machine: &Machine, repo: &Path, checks: &mut Checks) -> 
 
 #[test]
 fn update_rollback_power_cut_and_update_x86_64() -> Result<()> {
-    let arch = Arch::X86_64;
+    update_rollback_power_cut_and_update(Arch::X86_64)
+}
+
+#[test]
+fn update_rollback_power_cut_and_update_aarch64() -> Result<()> {
+    update_rollback_power_cut_and_update(Arch::Aarch64)
+}
+
+fn update_rollback_power_cut_and_update(arch: Arch) -> Result<()> {
     let Some(_lock) = scenario::begin(
-        "update_x86_64",
+        &format!("update_{arch}"),
         &[
             "v1 boots and its health gate marks the UKI good",
             "apiclient update check offers v2 from the signed repository served by the host",
@@ -437,7 +449,7 @@ fn update_rollback_power_cut_and_update_x86_64() -> Result<()> {
         "  v1 {v1_version} ({}), v2 {v2_version}",
         v1.qcow2.display()
     );
-    let repo = build.join("update-repo");
+    let repo = build.join("update-repo").join(arch.as_str());
     ensure!(
         repo.join("metadata/timestamp.json").is_file(),
         "no update repository at {} (scripts/test.sh builds it)",
@@ -466,7 +478,7 @@ fn update_rollback_power_cut_and_update_x86_64() -> Result<()> {
     let mut checks = Checks::new();
 
     // 1. v1; apply; power off; corrupt root-b.
-    let vm = machine.power_on("update_1_v1", &v1.qcow2)?;
+    let vm = machine.power_on("1_v1", &v1.qcow2)?;
     let (at, report) = healthy_boot(&vm, 1, BOOT_DEADLINE)?;
     println!("  v1 healthy after {at:.1}s");
     checks.equal("v1 boots from slot a", report.get("slot"), "a");
@@ -505,7 +517,7 @@ fn update_rollback_power_cut_and_update_x86_64() -> Result<()> {
     poke(&disk1, private.offset() + 1024 + 56, 0x00)?;
 
     // 2. The corrupted slot falls back to v1 by itself; then a power cut during apply.
-    let vm = machine.power_on("update_2_fallback", &disk1)?;
+    let vm = machine.power_on("2_fallback", &disk1)?;
     let started = Instant::now();
     let (at, report) = healthy_boot(&vm, 1, FALLBACK_DEADLINE)?;
     let kernels = vm.count_matches(markers::KERNEL_BANNER)?;
@@ -597,7 +609,7 @@ fn update_rollback_power_cut_and_update_x86_64() -> Result<()> {
 
     // 3. v1 again with a clone of the image attached; apply --reboot; v2 healthy.
     let vm = machine.power_on_with(
-        "update_3_v2",
+        "3_v2",
         &disk2,
         &Extras {
             second_disk: Some(&v1.qcow2),
@@ -687,7 +699,7 @@ fn update_rollback_power_cut_and_update_x86_64() -> Result<()> {
     let disk3 = machine.keep_disk(&vm, "after-second-apply")?;
     drop(vm);
     let vm = machine.power_on_with(
-        "update_4_no_esp",
+        "4_no_esp",
         &disk3,
         &Extras {
             no_esp: true,
