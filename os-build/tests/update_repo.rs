@@ -15,9 +15,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
+use boot_contract::Slot;
 use os_build::manifest::artifact;
 use updater::choose::VersionLock;
-use updater::manifest::Slot;
 use updater::repo::RepoSource;
 use updater::state::UpdateState;
 use updater::Config;

@@ -28,6 +28,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
+use boot_contract::{Partition, Slot};
 use qemu_tests::api::{build_apiclient, Api};
 use qemu_tests::file_server::FileServer;
 use qemu_tests::{gpt, markers, scenario, Arch, Checks, Image, ProbeReport, RunningVm, Vm};
@@ -317,7 +318,7 @@ fn update_rollback_power_cut_and_update_x86_64() -> Result<()> {
         "no update repository at {} (scripts/test.sh builds it)",
         repo.display()
     );
-    let root_b = gpt::find(&v1.raw()?, "root-b")?;
+    let root_b = gpt::find(&v1.raw()?, Partition::Root(Slot::B))?;
 
     let work = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR"))?;
     let user_data = work.path().join("user-data.toml");

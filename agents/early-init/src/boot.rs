@@ -8,9 +8,10 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{bail, Context};
+use boot_contract::cmdline::VERITY_BLOCK_SIZE as VERITY_BLOCK;
+use boot_contract::{Cmdline, Partition};
 use rustix::mount::MountFlags;
 
-use crate::cmdline::{self, Cmdline};
 use crate::devices::{self, SlotDisk};
 use crate::etc_seed::copy_tree;
 use crate::fatal::say;
@@ -19,9 +20,6 @@ use crate::modules::InitrdConfig;
 use crate::paths;
 use crate::storage;
 use crate::sys::DmTarget;
-
-/// Verity data and hash block size (docs/boot.md).
-const VERITY_BLOCK: u64 = 4096;
 
 pub struct Boot<H> {
     /// `/` on the machine; a temp dir in tests.
@@ -82,8 +80,9 @@ impl<H: Host> Boot<H> {
         .with_context(|| format!("find the partitions of slot {}", cmdline.slot))?;
         let root_dev = self.verity(&cmdline, &disk).with_context(|| {
             format!(
-                "set up dm-verity over root-{0} and verity-{0}",
-                cmdline.slot
+                "set up dm-verity over {} and {}",
+                Partition::Root(cmdline.slot),
+                Partition::Verity(cmdline.slot)
             )
         })?;
         self.mount(&root_dev, paths::SYSROOT, "erofs", MountFlags::RDONLY, "")?;
@@ -152,9 +151,7 @@ impl<H: Host> Boot<H> {
     }
 
     fn cmdline(&self) -> anyhow::Result<Cmdline> {
-        let path = self.path("/proc/cmdline");
-        let text = fs::read_to_string(&path).context("read /proc/cmdline")?;
-        cmdline::parse(&text).context("check the kernel command line")
+        read_cmdline(&self.root)
     }
 
     fn verity(&mut self, c: &Cmdline, disk: &SlotDisk) -> anyhow::Result<String> {
@@ -238,8 +235,11 @@ impl<H: Host> Boot<H> {
 
     fn private(&mut self, disk: &SlotDisk) -> anyhow::Result<()> {
         let dev = Path::new("/dev").join(&disk.private.name);
-        self.ensure_ext4(&self.path(&dev.to_string_lossy()), "private")
-            .context("prepare private")?;
+        self.ensure_ext4(
+            &self.path(&dev.to_string_lossy()),
+            Partition::Private.label(),
+        )
+        .context("prepare private")?;
         let flags = MountFlags::NOSUID | MountFlags::NODEV | MountFlags::NOEXEC;
         self.mount(
             &dev.to_string_lossy(),
@@ -266,7 +266,7 @@ impl<H: Host> Boot<H> {
         let disk_dev = self.path(&format!("/dev/{}", disk.disk));
         // Growing is best effort: a host that cannot grow `data` still boots, with the space
         // it has, rather than rebooting in a loop until both slots are marked bad.
-        match self.host.grow_partition(&disk_dev, "data") {
+        match self.host.grow_partition(&disk_dev, Partition::Data.label()) {
             Ok(Some(g)) => say(&format!(
                 "data partition grown to {} MiB",
                 g.length / (1024 * 1024)
@@ -276,7 +276,7 @@ impl<H: Host> Boot<H> {
                 "warning: cannot grow the data partition: {e:#}; keeping its size"
             )),
         }
-        self.ensure_ext4(&self.path(&dev_s), "data")
+        self.ensure_ext4(&self.path(&dev_s), Partition::Data.label())
             .context("prepare data")?;
         let info = storage::read_ext4(&self.path(&dev_s))?;
         let part_bytes = self.partition_bytes(&disk.data.name)?;
@@ -327,6 +327,12 @@ impl<H: Host> Boot<H> {
 
 /// Copies `image` (if it exists) to a temporary sibling of `local`, then renames it into
 /// place, so an interrupted first boot seeds again.
+/// The boot contract's parameters of `<root>/proc/cmdline`.
+pub fn read_cmdline(root: &Path) -> anyhow::Result<Cmdline> {
+    let text = fs::read_to_string(root.join("proc/cmdline")).context("read /proc/cmdline")?;
+    Cmdline::parse(&text).context("check the kernel command line")
+}
+
 fn seed_dir(image: &Path, local: &Path) -> anyhow::Result<()> {
     let tmp = local.with_extension("seeding");
     if tmp.exists() {

@@ -4,13 +4,13 @@
 
 use std::path::{Path, PathBuf};
 
+use boot_contract::{Partition, Slot};
 use clap::{Args, Parser, Subcommand};
 use semver::Version;
 use url::Url;
 
 use crate::choose::VersionLock;
 use crate::host::{self, HostError};
-use crate::manifest::Slot;
 use crate::repo::RepoSource;
 use crate::Config;
 
@@ -158,7 +158,7 @@ pub struct UpdaterArgs {
     pub seed: u32,
     /// The inactive slot, the one to write (default: the other one than `berth.slot=` on
     /// /proc/cmdline).
-    #[arg(long, value_enum, env = "BERTH_UPDATES_SLOT")]
+    #[arg(long, env = "BERTH_UPDATES_SLOT")]
     pub slot: Option<Slot>,
     /// The inactive slot's root partition (default /dev/disk/by-partlabel/root-SLOT).
     #[arg(long)]
@@ -187,7 +187,7 @@ impl UpdaterArgs {
             Some(v) => v.clone(),
             None => host::version(host_root)?,
         };
-        let part = |label: &str| PathBuf::from(format!("/dev/disk/by-partlabel/{label}-{slot}"));
+        let part = |partition: Partition| PathBuf::from(partition.by_partlabel());
         Ok(Config {
             source: RepoSource {
                 metadata_url: self.metadata_url.clone(),
@@ -205,11 +205,14 @@ impl UpdaterArgs {
             ignore_waves: self.ignore_waves,
             seed: self.seed,
             slot,
-            root_partition: self.root_partition.clone().unwrap_or_else(|| part("root")),
+            root_partition: self
+                .root_partition
+                .clone()
+                .unwrap_or_else(|| part(Partition::Root(slot))),
             verity_partition: self
                 .verity_partition
                 .clone()
-                .unwrap_or_else(|| part("verity")),
+                .unwrap_or_else(|| part(Partition::Verity(slot))),
             esp: self.esp.clone(),
         })
     }

@@ -19,15 +19,12 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use boot_contract::{efi, Slot, UkiName};
 use semver::Version;
 
 use crate::host::{self, HostError};
-use crate::manifest::Slot;
 use crate::slot::{self, SlotError};
 use crate::state::{self, BootOutcome, BootReport, FailedUpdate, StateError, Status, UpdateState};
-
-/// systemd-boot's vendor GUID for its EFI variables.
-pub const LOADER_GUID: &str = "4a67b082-0a4c-41cf-b6c7-440b29bb8c4f";
 
 #[derive(Debug, thiserror::Error)]
 pub enum HealthError {
@@ -148,25 +145,9 @@ pub struct Booted {
     pub counted: Option<PathBuf>,
 }
 
-/// Reads a UTF-16 string EFI variable of systemd-boot from efivarfs.
-pub fn loader_variable(host_root: &Path, name: &str) -> Option<String> {
-    let path = host_root
-        .join("sys/firmware/efi/efivars")
-        .join(format!("{name}-{LOADER_GUID}"));
-    let bytes = std::fs::read(path).ok()?;
-    // 4 bytes of attributes, then UTF-16LE, usually NUL-terminated.
-    let units: Vec<u16> = bytes
-        .get(4..)?
-        .chunks_exact(2)
-        .map(|c| u16::from_le_bytes([c[0], c[1]]))
-        .take_while(|&u| u != 0)
-        .collect();
-    String::from_utf16(&units).ok()
-}
-
 impl Booted {
     pub fn read(host_root: &Path) -> Result<Booted, HealthError> {
-        let counted = loader_variable(host_root, "LoaderBootCountPath").map(|p| {
+        let counted = efi::LOADER_BOOT_COUNT_PATH.read_string(host_root).map(|p| {
             PathBuf::from(
                 p.trim_start_matches('\\')
                     .replace('\\', "/")
@@ -183,22 +164,16 @@ impl Booted {
 
 /// The counter of a counted UKI name: `berth-1.0.0+2-1.efi` -> (tries left, tries done).
 pub fn boot_counter(file_name: &str) -> Option<(u32, u32)> {
-    let stem = file_name.strip_suffix(".efi")?;
-    let (_, counter) = stem.rsplit_once('+')?;
-    let (left, done) = match counter.split_once('-') {
-        Some((l, d)) => (l, d),
-        None => (counter, "0"),
-    };
-    Some((left.parse().ok()?, done.parse().ok()?))
+    let counter = UkiName::parse(file_name)?.counter?;
+    Some((counter.left, counter.done.unwrap_or(0)))
 }
 
 /// The good name of a counted UKI: its counter removed (`berth-1.0.0+2-1.efi` ->
 /// `berth-1.0.0.efi`).
 pub fn blessed_name(file_name: &str) -> Option<String> {
-    boot_counter(file_name)?;
-    let stem = file_name.strip_suffix(".efi")?;
-    let (name, _) = stem.rsplit_once('+')?;
-    Some(format!("{name}.efi"))
+    let name = UkiName::parse(file_name)?;
+    name.counter?;
+    Some(name.blessed().to_string())
 }
 
 /// Waits until every unit is active; the reason of the first that fails or is late.
@@ -388,6 +363,7 @@ mod tests {
 
     use super::*;
     use crate::state::Chosen;
+    use boot_contract::uki;
 
     /// Units with fixed states; records reboots.
     #[derive(Default)]
@@ -430,7 +406,7 @@ mod tests {
         fn new(slot: &str, version: &str, entry: Option<&str>) -> Host {
             let dir = tempfile::tempdir().unwrap();
             let root = dir.path().join("root");
-            for d in ["usr/lib", "proc", "sys/firmware/efi/efivars"] {
+            for d in ["usr/lib", "proc", efi::EFIVARS_DIR] {
                 std::fs::create_dir_all(root.join(d)).unwrap();
             }
             std::fs::write(
@@ -439,18 +415,12 @@ mod tests {
             )
             .unwrap();
             std::fs::write(root.join("proc/cmdline"), format!("berth.slot={slot}\n")).unwrap();
-            std::fs::create_dir_all(dir.path().join("esp/EFI/Linux")).unwrap();
+            std::fs::create_dir_all(dir.path().join("esp").join(uki::DIR)).unwrap();
             let host = Host { dir };
             if let Some(entry) = entry {
-                let mut bytes = vec![7, 0, 0, 0];
-                for u in format!("\\EFI\\Linux\\{entry}\0").encode_utf16() {
-                    bytes.extend(u.to_le_bytes());
-                }
                 std::fs::write(
-                    root.join(format!(
-                        "sys/firmware/efi/efivars/LoaderBootCountPath-{LOADER_GUID}"
-                    )),
-                    bytes,
+                    efi::LOADER_BOOT_COUNT_PATH.path(&root),
+                    efi::encode_string(&format!("\\EFI\\Linux\\{entry}")),
                 )
                 .unwrap();
             }
@@ -458,7 +428,7 @@ mod tests {
         }
 
         fn uki(&self, name: &str) -> &Host {
-            std::fs::write(self.esp().join("EFI/Linux").join(name), name).unwrap();
+            std::fs::write(self.esp().join(uki::DIR).join(name), name).unwrap();
             self
         }
 
@@ -467,7 +437,7 @@ mod tests {
         }
 
         fn ukis(&self) -> Vec<String> {
-            let mut names: Vec<String> = std::fs::read_dir(self.esp().join("EFI/Linux"))
+            let mut names: Vec<String> = std::fs::read_dir(self.esp().join(uki::DIR))
                 .unwrap()
                 .map(|e| e.unwrap().file_name().into_string().unwrap())
                 .collect();

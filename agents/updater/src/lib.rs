@@ -14,10 +14,11 @@ pub mod state;
 
 use std::path::{Path, PathBuf};
 
+use boot_contract::Slot;
 use semver::Version;
 
 use crate::choose::{Policy, VersionLock};
-use crate::manifest::{Image, Slot, Update};
+use crate::manifest::{Image, Update};
 use crate::repo::RepoSource;
 use crate::state::{Chosen, CommandName, CommandResult, Status, UpdateState};
 
@@ -331,7 +332,7 @@ pub fn rollback(state_dir: &Path, esp: &Path, running: &Version) -> Result<Statu
         .and_then(|()| Ok(slot::prefer_other_uki(esp, running)?))
         .and_then(|other| {
             other.ok_or_else(|| UpdaterError::NoOtherSlot {
-                dir: esp.join("EFI/Linux"),
+                dir: esp.join(boot_contract::uki::DIR),
                 running: running.clone(),
             })
         });
