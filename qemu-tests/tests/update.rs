@@ -39,8 +39,8 @@ const PROBE_FW_CFG: &str = "opt/org.berth/probe";
 const USER_DATA_FW_CFG: &str = "opt/org.berth/user-data";
 /// Where the guest finds the repository (forwarded to the host's file server).
 const REPO_IP: &str = "10.0.2.100";
-const HEALTHY: &str = r"health gate passed";
-const GATE_FAILED_REBOOTING: &str = r"health gate failed on a trial boot; rebooting";
+const HEALTHY: &str = markers::HEALTH_GATE_PASSED;
+const GATE_FAILED_REBOOTING: &str = markers::HEALTH_GATE_FAILED_REBOOTING;
 const FAIL_GATE_FW_CFG: &str = "opt/org.berth/fail-health-gate";
 const BOOT_DEADLINE: Duration = Duration::from_secs(300);
 const STEP_DEADLINE: Duration = Duration::from_secs(120);

@@ -216,6 +216,7 @@ impl Renderer<'_> {
                     None => 0o644,
                 };
                 write_atomic(&dest, text.as_bytes(), mode)?;
+                // marker: qemu-tests/src/markers.rs
                 tracing::info!(file = %file.path, service = %name, "rendered");
                 plan.written.push(dest);
             }
@@ -441,6 +442,7 @@ impl Renderer<'_> {
                 path: path.clone(),
                 source,
             })?;
+        // marker: qemu-tests/src/markers.rs
         tracing::info!(hostname = %name, "host name set");
         Ok(())
     }

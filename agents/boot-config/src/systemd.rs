@@ -92,6 +92,7 @@ impl Units for DbusUnits {
             // start job of a unit waiting for configured.target.
             match &before {
                 None => {
+                    // marker: qemu-tests/src/markers.rs
                     tracing::info!(unit, "not loaded; not restarted");
                     return Ok(());
                 }
@@ -116,6 +117,7 @@ impl Units for DbusUnits {
         loop {
             let (now, entered) = self.state(unit)?;
             if now == "active" && entered > since {
+                // marker: qemu-tests/src/markers.rs
                 tracing::info!(
                     unit,
                     seconds = format!("{:.2}", started.elapsed().as_secs_f64()),

@@ -165,6 +165,7 @@ fn start_join(
         let state = units
             .start_and_wait(unit, RUNTIME_DEADLINE)
             .with_context(|| format!("{unit} did not start"))?;
+        // marker: qemu-tests/src/markers.rs
         tracing::info!(
             unit = *unit,
             seconds = format!("{:.2}", t.elapsed().as_secs_f64()),
@@ -178,6 +179,7 @@ fn start_join(
     let state = units
         .start(agent)
         .with_context(|| format!("cannot start {agent}"))?;
+    // marker: qemu-tests/src/markers.rs
     tracing::info!(
         unit = agent,
         seconds = format!("{:.2}", t.elapsed().as_secs_f64()),
@@ -186,6 +188,7 @@ fn start_join(
         "started"
     );
     // A line of its own: console lines are cut at the kernel's limit.
+    // marker: qemu-tests/src/markers.rs
     tracing::info!(
         unit = agent,
         exec_start = %state.exec_start,
@@ -198,6 +201,7 @@ fn start_join(
         // rendered configuration and fails to exec. Say so plainly once, with systemd's
         // verdict, instead of leaving only systemd's exec error at every restart in the journal.
         let failed = wait_for_exit(units, agent, EXEC_FAILURE_WAIT);
+        // marker: qemu-tests/src/markers.rs
         tracing::warn!(
             unit = agent,
             exec_main_status = failed.exec_main_status,

@@ -86,6 +86,7 @@ pub fn apply(args: &ApplyArgs, settings: &Settings, units: &dyn Units) -> Result
     for file in &changed {
         if file.path == paths::KUBELET_CONFIG {
             let keys = changed_keys(&args.root.join(&file.path), &file.contents);
+            // marker: qemu-tests/src/markers.rs
             tracing::info!(path = %paths::host(&file.path), keys = %keys.join(","), "changed");
         } else {
             tracing::info!(path = %paths::host(&file.path), "changed");
@@ -126,6 +127,7 @@ fn restart_if_started(units: &dyn Units, unit: &'static str) -> Result<Option<Un
     let after = units
         .restart(unit)
         .with_context(|| format!("cannot restart {unit}"))?;
+    // marker: qemu-tests/src/markers.rs
     tracing::info!(
         unit,
         invocation = %after.invocation_id,

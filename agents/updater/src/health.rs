@@ -234,6 +234,7 @@ pub fn run(gate: &Gate, units: &dyn Units) -> Result<Status, HealthError> {
                 status.uki = None;
                 status.failed_update = None;
             }
+            // marker: qemu-tests/src/markers.rs
             tracing::info!(slot = %booted.slot, version = %booted.version, blessed, "health gate passed");
             status.last_boot = Some(BootReport {
                 outcome: BootOutcome::Healthy,
@@ -265,6 +266,7 @@ pub fn run(gate: &Gate, units: &dyn Units) -> Result<Status, HealthError> {
             });
             status.store(&gate.state_dir)?;
             if trial {
+                // marker: qemu-tests/src/markers.rs
                 tracing::error!(%reason, "health gate failed on a trial boot; rebooting");
                 units.reboot()?;
             }
