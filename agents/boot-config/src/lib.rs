@@ -10,14 +10,14 @@
 
 pub mod configdrive;
 pub mod generate;
-pub mod imds;
 pub mod ovfenv;
 pub mod paths;
-pub mod platform;
 pub mod render;
 pub mod systemd;
 pub mod userdata;
 pub mod vmware;
+
+pub use host::{imds, platform};
 
 use anyhow::{Context, Result};
 use clap::{Args as ClapArgs, Parser, Subcommand};

@@ -76,7 +76,7 @@ pub struct BootArgs {
     #[arg(long, default_value = settings_api::paths::API_SOCKET)]
     pub socket_path: PathBuf,
     /// Instance metadata service (`host:port`), read on EC2 only.
-    #[arg(long, default_value = boot_config::imds::DEFAULT_ENDPOINT)]
+    #[arg(long, default_value = host::imds::DEFAULT_ENDPOINT)]
     pub imds_endpoint: String,
     /// Host root: facts are read from it, files are written under it.
     #[arg(long, default_value = "/")]
@@ -109,13 +109,13 @@ pub fn run(args: &BootArgs) -> Result<Outcome> {
         );
         return Ok(Outcome::default());
     }
-    let platform = boot_config::platform::detect(&args.root);
+    let platform = host::platform::detect(&args.root);
     tracing::info!(platform = platform.platform.name(), reason = %platform.reason, "gathering instance facts");
     let facts = hostfacts::gather(
         platform.platform,
         &args.root,
         &args.imds_endpoint,
-        boot_config::imds::Retry::default(),
+        host::imds::Retry::default(),
     )?;
     if args.no_start {
         return apply(args, &settings, &facts, None);
