@@ -13,7 +13,6 @@ pub mod generate;
 pub mod ovfenv;
 pub mod paths;
 pub mod render;
-pub mod systemd;
 pub mod userdata;
 pub mod vmware;
 
@@ -180,7 +179,7 @@ pub fn run(args: Args) -> Result<()> {
             } else {
                 render::Mode::Live
             };
-            let units = systemd::DbusUnits::connect()?;
+            let units = host::systemd::DbusSystemd::connect()?;
             renderer.finish(&settings, &plan, &units, mode)?;
             Ok(())
         }

@@ -9,9 +9,9 @@
 //! format stays apiserver's own business.
 
 use crate::facts::Facts;
-use crate::units::{UnitState, Units};
 use crate::{hostfacts, output, paths, render, version::KubeletVersion};
 use anyhow::{Context, Result};
+use host::systemd::{self, Job, Systemd, SystemdError, UnitState};
 use settings_api::model::Settings;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -120,7 +120,7 @@ pub fn run(args: &BootArgs) -> Result<Outcome> {
     if args.no_start {
         return apply(args, &settings, &facts, None);
     }
-    let units = crate::units::DbusUnits::connect()?;
+    let units = systemd::DbusSystemd::connect()?;
     apply(args, &settings, &facts, Some(&units))
 }
 
@@ -129,7 +129,7 @@ pub fn apply(
     args: &BootArgs,
     settings: &Settings,
     facts: &Facts,
-    units: Option<&dyn Units>,
+    units: Option<&dyn Systemd>,
 ) -> Result<Outcome> {
     let files = render::render(settings, facts, args.kubelet_version)
         .context("cannot render the cluster configuration from the live settings")?;
@@ -156,14 +156,13 @@ pub fn apply(
 /// agent, logging each with its time; says plainly when the agent's binary is missing.
 fn start_join(
     args: &BootArgs,
-    units: &dyn Units,
+    units: &dyn Systemd,
     join: &Join,
     outcome: &mut Outcome,
 ) -> Result<()> {
     for unit in std::iter::once(&join.runtime).chain(&join.then) {
         let t = Instant::now();
-        let state = units
-            .start_and_wait(unit, RUNTIME_DEADLINE)
+        let state = systemd::start_and_wait(units, unit, RUNTIME_DEADLINE)
             .with_context(|| format!("{unit} did not start"))?;
         // marker: qemu-tests/src/markers.rs
         tracing::info!(
@@ -176,9 +175,13 @@ fn start_join(
 
     let agent = join.agent;
     let t = Instant::now();
-    let state = units
-        .start(agent)
-        .with_context(|| format!("cannot start {agent}"))?;
+    let state = match units.run(Job::Start, agent, AGENT_START_DEADLINE) {
+        Ok(state) => state,
+        // The agent's own failure (a missing binary, a refused ExecStartPre=) is reported
+        // below with systemd's verdict; the boot step has done its part.
+        Err(SystemdError::JobFailed { .. }) => units.state(agent)?,
+        Err(e) => return Err(e).with_context(|| format!("cannot start {agent}")),
+    };
     // marker: qemu-tests/src/markers.rs
     tracing::info!(
         unit = agent,
@@ -229,11 +232,14 @@ fn join_status(status: &[i32]) -> String {
         .join(",")
 }
 
+/// How long systemd may take to run an agent's start job (its ExecStartPre= commands).
+const AGENT_START_DEADLINE: Duration = Duration::from_secs(30);
+
 /// How long to watch an agent's unit fail to exec its missing binary.
 const EXEC_FAILURE_WAIT: Duration = Duration::from_secs(15);
 
 /// The unit's state once its main process has exited (or after `wait`).
-fn wait_for_exit(units: &dyn Units, unit: &str, wait: Duration) -> UnitState {
+fn wait_for_exit(units: &dyn Systemd, unit: &str, wait: Duration) -> UnitState {
     let started = Instant::now();
     loop {
         let state = units.state(unit).unwrap_or_default();
@@ -272,8 +278,8 @@ fn write_record(path: &Path, facts: &Facts) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::units::RecordingUnits;
     use clap::Parser;
+    use host::systemd::RecordingSystemd;
 
     #[derive(Parser)]
     struct Wrap {
@@ -311,6 +317,16 @@ mod tests {
         }
     }
 
+    /// The units started, in order.
+    fn started(units: &RecordingSystemd) -> Vec<String> {
+        units
+            .jobs()
+            .into_iter()
+            .filter(|(job, _)| *job == Job::Start)
+            .map(|(_, unit)| unit)
+            .collect()
+    }
+
     #[test]
     fn boot_args_default_to_the_host_paths() {
         let a = Wrap::try_parse_from(["x"]).unwrap().boot;
@@ -326,12 +342,9 @@ mod tests {
         // An image with its kubelet: no wait for an exec failure.
         std::fs::create_dir_all(dir.path().join("usr/bin")).unwrap();
         std::fs::write(dir.path().join("usr/bin/kubelet"), "").unwrap();
-        let units = RecordingUnits::default();
+        let units = RecordingSystemd::default();
         let out = apply(&args(dir.path()), &settings(), &facts(), Some(&units)).unwrap();
-        assert_eq!(
-            *units.started.lock().unwrap(),
-            [CONTAINERD_UNIT, KUBELET_UNIT]
-        );
+        assert_eq!(started(&units), [CONTAINERD_UNIT, KUBELET_UNIT]);
         let config: serde_json::Value = serde_json::from_str(
             &std::fs::read_to_string(dir.path().join(paths::KUBELET_CONFIG)).unwrap(),
         )
@@ -366,10 +379,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir_all(dir.path().join("usr/bin")).unwrap();
         std::fs::write(dir.path().join("usr/bin/amazon-ecs-agent"), "").unwrap();
-        let units = RecordingUnits::default();
+        let units = RecordingSystemd::default();
         let s = ecs_settings(serde_json::json!({}));
         let out = apply(&args(dir.path()), &s, &facts(), Some(&units)).unwrap();
-        assert_eq!(*units.started.lock().unwrap(), [DOCKER_UNIT, ECS_UNIT]);
+        assert_eq!(started(&units), [DOCKER_UNIT, ECS_UNIT]);
         let config = std::fs::read_to_string(dir.path().join(paths::ECS_CONFIG)).unwrap();
         assert!(config.contains("ECS_CLUSTER=berth-ecs\n"), "{config}");
         assert!(config.contains("ECS_AWSVPC_BLOCK_IMDS=false\n"), "{config}");
@@ -383,11 +396,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir_all(dir.path().join("usr/bin")).unwrap();
         std::fs::write(dir.path().join("usr/bin/amazon-ecs-agent"), "").unwrap();
-        let units = RecordingUnits::default();
+        let units = RecordingSystemd::default();
         let s = ecs_settings(serde_json::json!({"awsvpc-block-imds": true}));
         apply(&args(dir.path()), &s, &facts(), Some(&units)).unwrap();
         assert_eq!(
-            *units.started.lock().unwrap(),
+            started(&units),
             [DOCKER_UNIT, ECS_BLOCK_IMDS_UNIT, ECS_UNIT]
         );
         let config = std::fs::read_to_string(dir.path().join(paths::ECS_CONFIG)).unwrap();
@@ -398,33 +411,35 @@ mod tests {
     fn a_missing_agent_binary_still_starts_the_unit_and_reports_its_exit() {
         let dir = tempfile::tempdir().unwrap();
         // systemd's verdict for a missing binary: 203/EXEC, so the wait ends at once.
-        let units = RecordingUnits {
-            state: UnitState {
+        let units = RecordingSystemd::default();
+        units.set(
+            ECS_UNIT,
+            UnitState {
+                load: "loaded".into(),
                 active: "activating".into(),
                 result: "exit-code".into(),
                 exec_main_status: 203,
                 ..UnitState::default()
             },
-            ..RecordingUnits::default()
-        };
+        );
         let s = ecs_settings(serde_json::json!({}));
-        let started = Instant::now();
+        let t0 = Instant::now();
         let out = apply(&args(dir.path()), &s, &facts(), Some(&units)).unwrap();
-        assert!(started.elapsed() < EXEC_FAILURE_WAIT);
+        assert!(t0.elapsed() < EXEC_FAILURE_WAIT);
         assert_eq!(out.started.last().unwrap().1.exec_main_status, 203);
-        assert_eq!(*units.started.lock().unwrap(), [DOCKER_UNIT, ECS_UNIT]);
+        assert_eq!(started(&units), [DOCKER_UNIT, ECS_UNIT]);
     }
 
     #[test]
     fn bad_settings_write_nothing_and_start_nothing() {
         let dir = tempfile::tempdir().unwrap();
-        let units = RecordingUnits::default();
+        let units = RecordingSystemd::default();
         let mut f = facts();
         f.region = None;
         let v = serde_json::json!({"kubernetes": {"cluster-name": "c"}});
         let s = settings_from(&v).unwrap();
         let err = apply(&args(dir.path()), &s, &f, Some(&units)).unwrap_err();
-        assert!(units.started.lock().unwrap().is_empty(), "{err:#}");
+        assert!(units.calls().is_empty(), "{err:#}");
         assert!(!dir.path().join(paths::KUBELET_CONFIG).exists());
     }
 }

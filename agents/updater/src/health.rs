@@ -19,6 +19,7 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use ::host::systemd::{Systemd, SystemdError};
 use boot_contract::{efi, Slot, UkiName};
 use semver::Version;
 
@@ -41,82 +42,14 @@ pub enum HealthError {
         #[source]
         source: std::io::Error,
     },
-    #[error("cannot ask systemd about {unit}: {reason}")]
-    Units { unit: String, reason: String },
+    #[error(transparent)]
+    Systemd(#[from] SystemdError),
     #[error("the health gate of slot {slot} ({version}) failed: {reason}")]
     GateFailed {
         slot: Slot,
         version: Version,
         reason: String,
     },
-}
-
-/// What the gate asks of systemd.
-pub trait Units {
-    /// `ActiveState` of `unit` (`active`, `activating`, `failed`, `inactive`, …).
-    fn active_state(&self, unit: &str) -> Result<String, HealthError>;
-    /// Starts `reboot.target`.
-    fn reboot(&self) -> Result<(), HealthError>;
-}
-
-/// systemd's manager on the system bus.
-pub struct DbusUnits {
-    conn: zbus::blocking::Connection,
-}
-
-impl DbusUnits {
-    pub fn connect() -> Result<DbusUnits, HealthError> {
-        let conn = zbus::blocking::Connection::system().map_err(|e| HealthError::Units {
-            unit: "the system bus".into(),
-            reason: e.to_string(),
-        })?;
-        Ok(DbusUnits { conn })
-    }
-
-    fn manager(&self) -> Result<zbus::blocking::Proxy<'_>, zbus::Error> {
-        zbus::blocking::Proxy::new(
-            &self.conn,
-            "org.freedesktop.systemd1",
-            "/org/freedesktop/systemd1",
-            "org.freedesktop.systemd1.Manager",
-        )
-    }
-}
-
-impl Units for DbusUnits {
-    fn active_state(&self, unit: &str) -> Result<String, HealthError> {
-        let err = |e: zbus::Error| HealthError::Units {
-            unit: unit.to_owned(),
-            reason: e.to_string(),
-        };
-        // LoadUnit rather than GetUnit: a unit nothing pulled in is simply inactive.
-        let path: zbus::zvariant::OwnedObjectPath = self
-            .manager()
-            .map_err(err)?
-            .call("LoadUnit", &(unit,))
-            .map_err(err)?;
-        let proxy = zbus::blocking::Proxy::new(
-            &self.conn,
-            "org.freedesktop.systemd1",
-            path.as_str(),
-            "org.freedesktop.systemd1.Unit",
-        )
-        .map_err(err)?;
-        proxy.get_property("ActiveState").map_err(err)
-    }
-
-    fn reboot(&self) -> Result<(), HealthError> {
-        let err = |e: zbus::Error| HealthError::Units {
-            unit: "reboot.target".into(),
-            reason: e.to_string(),
-        };
-        let _job: zbus::zvariant::OwnedObjectPath = self
-            .manager()
-            .map_err(err)?
-            .call("StartUnit", &("reboot.target", "replace-irreversibly"))
-            .map_err(err)?;
-        Ok(())
-    }
 }
 
 /// Inputs of one gate run.
@@ -176,12 +109,13 @@ pub fn blessed_name(file_name: &str) -> Option<String> {
     Some(name.blessed().to_string())
 }
 
-/// Waits until every unit is active; the reason of the first that fails or is late.
-pub fn wait_for_units(units: &dyn Units, gate: &Gate) -> Result<(), String> {
+/// Waits until every unit is active; the reason of the first that fails or is late. Polls
+/// the units' state: the gate waits for the boot to bring them up, not for a job of its own.
+pub fn wait_for_units(units: &dyn Systemd, gate: &Gate) -> Result<(), String> {
     let deadline = Instant::now() + gate.timeout;
     for unit in &gate.units {
         loop {
-            let state = units.active_state(unit).map_err(|e| e.to_string())?;
+            let state = units.state(unit).map_err(|e| e.to_string())?.active;
             match state.as_str() {
                 "active" => break,
                 "failed" => return Err(format!("{unit} failed")),
@@ -200,7 +134,7 @@ pub fn wait_for_units(units: &dyn Units, gate: &Gate) -> Result<(), String> {
 
 /// Runs the gate: reports a fallen-back update, checks the units, marks a trial boot good or
 /// reboots it. Returns the state as stored; `Err(GateFailed)` when the gate failed.
-pub fn run(gate: &Gate, units: &dyn Units) -> Result<Status, HealthError> {
+pub fn run(gate: &Gate, units: &dyn Systemd) -> Result<Status, HealthError> {
     let booted = Booted::read(&gate.host_root)?;
     let entry = booted
         .counted
@@ -360,43 +294,17 @@ fn take_lock(dir: &Path, timeout: Duration) -> Result<state::Lock, HealthError> 
 
 #[cfg(test)]
 mod tests {
-    use std::cell::RefCell;
-    use std::collections::BTreeMap;
-
     use super::*;
     use crate::state::Chosen;
+    use ::host::systemd::{Call, RecordingSystemd, UnitState};
     use boot_contract::uki;
 
-    /// Units with fixed states; records reboots.
-    #[derive(Default)]
-    struct FakeUnits {
-        states: BTreeMap<String, String>,
-        reboots: RefCell<u32>,
+    fn healthy() -> RecordingSystemd {
+        RecordingSystemd::with_active(&["configured.target", "apiserver.service"])
     }
 
-    impl Units for FakeUnits {
-        fn active_state(&self, unit: &str) -> Result<String, HealthError> {
-            Ok(self
-                .states
-                .get(unit)
-                .cloned()
-                .unwrap_or_else(|| "inactive".into()))
-        }
-        fn reboot(&self) -> Result<(), HealthError> {
-            *self.reboots.borrow_mut() += 1;
-            Ok(())
-        }
-    }
-
-    fn healthy() -> FakeUnits {
-        FakeUnits {
-            states: [
-                ("configured.target".to_owned(), "active".to_owned()),
-                ("apiserver.service".to_owned(), "active".to_owned()),
-            ]
-            .into(),
-            ..FakeUnits::default()
-        }
+    fn reboots(units: &RecordingSystemd) -> usize {
+        units.calls().iter().filter(|c| **c == Call::Reboot).count()
     }
 
     struct Host {
@@ -500,7 +408,7 @@ mod tests {
         let boot = status.last_boot.unwrap();
         assert_eq!(boot.outcome, BootOutcome::Healthy);
         assert!(boot.blessed);
-        assert_eq!(*units.reboots.borrow(), 0);
+        assert_eq!(reboots(&units), 0);
         assert_eq!(
             Status::load(&host.gate().state_dir).unwrap().state,
             UpdateState::Idle
@@ -512,13 +420,18 @@ mod tests {
         let host = Host::new("b", "2.0.0", Some("berth-2.0.0+1-2.efi"));
         host.uki("berth-1.0.0.efi").uki("berth-2.0.0+1-2.efi");
         host.ready_for("2.0.0", Slot::B);
-        let mut units = healthy();
-        units
-            .states
-            .insert("apiserver.service".into(), "failed".into());
+        let units = healthy();
+        units.set(
+            "apiserver.service",
+            UnitState {
+                load: "loaded".into(),
+                active: "failed".into(),
+                ..UnitState::default()
+            },
+        );
         let err = run(&host.gate(), &units).unwrap_err().to_string();
         assert!(err.contains("apiserver.service failed"), "{err}");
-        assert_eq!(*units.reboots.borrow(), 1);
+        assert_eq!(reboots(&units), 1);
         assert_eq!(host.ukis(), ["berth-1.0.0.efi", "berth-2.0.0+1-2.efi"]);
         let status = Status::load(&host.gate().state_dir).unwrap();
         assert_eq!(status.state, UpdateState::Ready);
@@ -528,12 +441,12 @@ mod tests {
     #[test]
     fn a_unit_that_never_comes_up_fails_the_gate_after_the_timeout() {
         let host = Host::new("a", "1.0.0", None);
-        let mut units = healthy();
-        units.states.remove("configured.target");
+        let units = healthy();
+        units.states.lock().unwrap().remove("configured.target");
         let err = run(&host.gate(), &units).unwrap_err().to_string();
         assert!(err.contains("configured.target is inactive"), "{err}");
         // Not a trial boot: nothing to fall back to, so no reboot.
-        assert_eq!(*units.reboots.borrow(), 0);
+        assert_eq!(reboots(&units), 0);
     }
 
     #[test]
