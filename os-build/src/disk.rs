@@ -7,6 +7,7 @@ use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
+use boot_contract::Partition;
 use serde::Serialize;
 use uuid::{uuid, Uuid};
 
@@ -60,32 +61,36 @@ pub struct Layout {
 }
 
 impl Layout {
-    pub fn get(&self, name: &str) -> &PartitionEntry {
+    pub fn get(&self, partition: Partition) -> &PartitionEntry {
         self.partitions
             .iter()
-            .find(|p| p.name == name)
-            .expect("layout has every partition name it is asked for")
+            .find(|p| p.name == partition.label())
+            .expect("layout has every partition of the contract")
+    }
+}
+
+/// Partition type and size (MiB) of each partition.
+fn type_and_size(arch: Arch, sizes: &Partitions, partition: Partition) -> (Uuid, u64) {
+    match partition {
+        Partition::Esp => (ESP_TYPE, sizes.esp_mib),
+        Partition::Root(_) => (arch.root_type(), sizes.root_mib),
+        Partition::Verity(_) => (arch.root_verity_type(), sizes.verity_mib),
+        Partition::Private => (LINUX_DATA_TYPE, sizes.private_mib),
+        Partition::Data => (LINUX_DATA_TYPE, sizes.data_mib),
     }
 }
 
 /// Partition layout for a variant: 1 MiB aligned, in the order of docs/boot.md.
 /// GUIDs derive from `identity` (variant, arch, version) so builds are reproducible.
 pub fn layout(arch: Arch, sizes: &Partitions, identity: &str) -> Layout {
-    let parts: [(&'static str, Uuid, u64); 7] = [
-        ("ESP", ESP_TYPE, sizes.esp_mib),
-        ("root-a", arch.root_type(), sizes.root_mib),
-        ("verity-a", arch.root_verity_type(), sizes.verity_mib),
-        ("root-b", arch.root_type(), sizes.root_mib),
-        ("verity-b", arch.root_verity_type(), sizes.verity_mib),
-        ("private", LINUX_DATA_TYPE, sizes.private_mib),
-        ("data", LINUX_DATA_TYPE, sizes.data_mib),
-    ];
     let mut offset = MIB;
     let mut partitions = Vec::new();
-    for (i, (name, type_guid, mib)) in parts.into_iter().enumerate() {
+    for partition in Partition::LAYOUT {
+        let (type_guid, mib) = type_and_size(arch, sizes, partition);
+        let name = partition.label();
         let size = mib * MIB;
         partitions.push(PartitionEntry {
-            number: i as u32 + 1,
+            number: partition.number(),
             name,
             type_guid,
             guid: Uuid::new_v5(&BERTH_NAMESPACE, format!("{identity}/{name}").as_bytes()),
@@ -108,22 +113,22 @@ pub fn layout(arch: Arch, sizes: &Partitions, identity: &str) -> Layout {
 pub fn write_raw(
     out: &Path,
     layout: &Layout,
-    contents: &[(&'static str, &Path)],
+    contents: &[(Partition, &Path)],
 ) -> Result<(), DiskError> {
     let werr = |source| DiskError::Write {
         path: out.to_owned(),
         source,
     };
-    for (name, image) in contents {
+    for (partition, image) in contents {
         let size = std::fs::metadata(image).map_err(werr)?.len();
-        let part = layout.get(name);
+        let part = layout.get(*partition);
         if size > part.size {
             return Err(DiskError::TooBig {
                 what: image.to_path_buf(),
                 size,
                 partition: part.name,
                 capacity: part.size,
-                key: size_key(part.name),
+                key: size_key(*partition),
             });
         }
     }
@@ -175,13 +180,13 @@ pub fn write_raw(
         .map_err(|e| gpt_err(e.to_string()))?;
     let mut file = disk.write().map_err(|e| gpt_err(e.to_string()))?;
 
-    for (name, image) in contents {
-        let part = layout.get(name);
+    for (partition, image) in contents {
+        let part = layout.get(*partition);
         let mut src = File::open(image).map_err(werr)?;
         file.seek(SeekFrom::Start(part.offset)).map_err(werr)?;
         copy_sparse(&mut src, &mut file).map_err(werr)?;
     }
-    file.seek(SeekFrom::Start(layout.get("private").offset))
+    file.seek(SeekFrom::Start(layout.get(Partition::Private).offset))
         .map_err(werr)?;
     file.write_all(early_init::storage::NEVER_FORMATTED)
         .map_err(werr)?;
@@ -207,19 +212,20 @@ fn copy_sparse(src: &mut File, dst: &mut File) -> std::io::Result<()> {
     }
 }
 
-fn size_key(name: &str) -> &'static str {
-    match name {
-        "ESP" => "esp-mib",
-        "root-a" | "root-b" => "root-mib",
-        "verity-a" | "verity-b" => "verity-mib",
-        "private" => "private-mib",
-        _ => "data-mib",
+fn size_key(partition: Partition) -> &'static str {
+    match partition {
+        Partition::Esp => "esp-mib",
+        Partition::Root(_) => "root-mib",
+        Partition::Verity(_) => "verity-mib",
+        Partition::Private => "private-mib",
+        Partition::Data => "data-mib",
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use boot_contract::Slot;
 
     fn sizes() -> Partitions {
         Partitions {
@@ -254,7 +260,7 @@ mod tests {
         let root = dir.path().join("root.img");
         std::fs::write(&root, vec![0x5au8; 3 * 4096]).unwrap();
         let out = dir.path().join("disk.raw");
-        write_raw(&out, &l, &[("root-a", &root)]).unwrap();
+        write_raw(&out, &l, &[(Partition::Root(Slot::A), &root)]).unwrap();
         let disk = gpt::GptConfig::new().open(&out).unwrap();
         let names: Vec<_> = disk.partitions().values().map(|p| p.name.clone()).collect();
         assert_eq!(
@@ -263,12 +269,12 @@ mod tests {
         );
         let root_a = &disk.partitions()[&2];
         assert_eq!(root_a.part_type_guid.guid, Arch::Aarch64.root_type());
-        assert_eq!(root_a.part_guid, l.get("root-a").guid);
+        assert_eq!(root_a.part_guid, l.get(Partition::Root(Slot::A)).guid);
         let bytes = std::fs::read(&out).unwrap();
-        let at = l.get("root-a").offset as usize;
+        let at = l.get(Partition::Root(Slot::A)).offset as usize;
         assert_eq!(&bytes[at..at + 3 * 4096], &vec![0x5au8; 3 * 4096][..]);
         // private starts with the marker early-init formats on (first boot only).
-        let private = l.get("private").offset as usize;
+        let private = l.get(Partition::Private).offset as usize;
         let marker = early_init::storage::NEVER_FORMATTED;
         assert_eq!(&bytes[private..private + marker.len()], marker);
         // sfdisk, when present, reads the same table.
@@ -291,7 +297,12 @@ mod tests {
         let l = layout(Arch::X86_64, &sizes(), "t");
         let big = dir.path().join("big.img");
         File::create(&big).unwrap().set_len(9 * MIB).unwrap();
-        let err = write_raw(&dir.path().join("d"), &l, &[("root-a", &big)]).unwrap_err();
+        let err = write_raw(
+            &dir.path().join("d"),
+            &l,
+            &[(Partition::Root(Slot::A), &big)],
+        )
+        .unwrap_err();
         assert!(err.to_string().contains("partitions.root-mib"), "{err}");
     }
 }

@@ -56,12 +56,10 @@ static FIXED_TIME: FixedTime = FixedTime;
 /// part of the verified chain).
 pub const LOADER_CONF: &str = "timeout 0\neditor no\nauto-entries no\nauto-firmware no\n";
 
-/// Name of a slot's UKI on the ESP, with boot counting: `EFI/Linux/berth-<version>+3.efi`.
-pub fn uki_path(version: &str, tries: Option<u32>) -> String {
-    match tries {
-        Some(n) => format!("EFI/Linux/berth-{version}+{n}.efi"),
-        None => format!("EFI/Linux/berth-{version}.efi"),
-    }
+/// Where os-build puts slot A's UKI on a new image: with boot tries, named as the updater
+/// names the UKIs it installs (docs/boot.md).
+pub fn initial_uki_path(version: &str) -> String {
+    boot_contract::UkiName::fresh(version).esp_path()
 }
 
 #[derive(Debug)]
@@ -111,7 +109,7 @@ pub fn build(out: &Path, size_mib: u64, content: &EspContent<'_>) -> Result<(), 
         "EFI",
         "EFI/BOOT",
         "EFI/systemd",
-        "EFI/Linux",
+        boot_contract::uki::DIR,
         "loader",
         "loader/entries",
     ] {
@@ -152,7 +150,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let out = dir.path().join("esp.img");
         let uki = vec![7u8; 100_000];
-        let path = uki_path("1.2.3", Some(3));
+        let path = initial_uki_path("1.2.3");
         assert_eq!(path, "EFI/Linux/berth-1.2.3+3.efi");
         build(
             &out,

@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
+use boot_contract::Slot;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -19,7 +20,7 @@ pub struct Manifest {
     pub root_hash: String,
     pub verity_salt: String,
     pub verity_data_blocks: u64,
-    pub cmdline: BTreeMap<char, String>,
+    pub cmdline: BTreeMap<Slot, String>,
     pub layout: Layout,
     pub packages_lock_sha256: String,
     pub artifacts: BTreeMap<String, Artifact>,

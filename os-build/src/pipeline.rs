@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{bail, Context, Result};
+use boot_contract::{Cmdline, Partition, Slot, Verity};
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
@@ -234,7 +235,7 @@ pub fn build(args: &BuildArgs) -> Result<Built> {
     progress.step("unified kernel images (slot a, slot b)");
     let initrd = read(&initrd_path)?;
     let mut cmdlines = BTreeMap::new();
-    for slot in ['a', 'b'] {
+    for slot in Slot::ALL {
         let cmdline = cmdline(&variant, slot, &params);
         let osrel = uki::os_release(&args.version, &variant.name, slot);
         let image = uki::assemble(
@@ -285,7 +286,7 @@ pub fn build(args: &BuildArgs) -> Result<Built> {
         &esp::EspContent {
             arch,
             systemd_boot: &systemd_boot,
-            files: vec![(esp::uki_path(&args.version, Some(3)), &uki_a)],
+            files: vec![(esp::initial_uki_path(&args.version), &uki_a)],
         },
     )?;
 
@@ -299,9 +300,9 @@ pub fn build(args: &BuildArgs) -> Result<Built> {
         &raw_tmp,
         &layout,
         &[
-            ("ESP", &esp_img),
-            ("root-a", &root_img),
-            ("verity-a", &verity_img),
+            (Partition::Esp, &esp_img),
+            (Partition::Root(Slot::A), &root_img),
+            (Partition::Verity(Slot::A), &verity_img),
         ],
     )?;
     if variant.formats.contains(&ImageFormat::Qcow2) {
@@ -447,20 +448,19 @@ fn validate_version(version: &str) -> Result<()> {
     Ok(())
 }
 
-/// The kernel command line of a slot's UKI (docs/boot.md).
-pub fn cmdline(variant: &Variant, slot: char, params: &verity::VerityParams) -> String {
-    let salt = if params.salt.is_empty() {
-        "-".to_owned()
-    } else {
-        hex::encode(&params.salt)
+/// The kernel command line of a slot's UKI (docs/boot.md): the boot contract's parameters,
+/// then the variant's.
+pub fn cmdline(variant: &Variant, slot: Slot, params: &verity::VerityParams) -> String {
+    let contract = Cmdline {
+        slot,
+        verity: Verity {
+            root_hash: params.root_hash_hex(),
+            salt: (!params.salt.is_empty()).then(|| hex::encode(&params.salt)),
+            data_blocks: params.data_blocks,
+            hash_start: verity::HASH_START_BLOCK,
+        },
     };
-    let mut args = vec![
-        format!("berth.slot={slot}"),
-        format!("berth.verity.root={}", params.root_hash_hex()),
-        format!("berth.verity.salt={salt}"),
-        format!("berth.verity.data-blocks={}", params.data_blocks),
-        format!("berth.verity.hash-start={}", verity::HASH_START_BLOCK),
-    ];
+    let mut args = vec![contract.to_string()];
     args.extend(variant.cmdline.iter().cloned());
     args.join(" ")
 }
@@ -589,7 +589,7 @@ mod tests {
             data_blocks: 1000,
             hash_bytes: 4096 * 10,
         };
-        let got = cmdline(&variant, 'b', &params) + "\n";
+        let got = cmdline(&variant, Slot::B, &params) + "\n";
         let golden = workspace.join("os-build/tests/fixtures/cmdline-qemu-x86_64.txt");
         if std::env::var_os("BERTH_BLESS").is_some() {
             std::fs::write(&golden, &got).unwrap();

@@ -4,6 +4,8 @@
 
 use std::path::PathBuf;
 
+use boot_contract::Slot;
+
 #[derive(Debug, thiserror::Error)]
 pub enum UkiError {
     #[error("cannot read {path}")]
@@ -134,7 +136,7 @@ pub fn assemble(
 }
 
 /// The `.osrel` content: systemd-boot shows and sorts UKIs by these fields.
-pub fn os_release(version: &str, variant: &str, slot: char) -> String {
+pub fn os_release(version: &str, variant: &str, slot: Slot) -> String {
     format!(
         "NAME=Berth\nID=berth\nPRETTY_NAME=\"Berth {version} ({variant}, slot {slot})\"\n\
          VERSION_ID={version}\nIMAGE_ID=berth-{variant}\nIMAGE_VERSION={version}\n\

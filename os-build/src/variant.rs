@@ -482,7 +482,7 @@ fn resolve(
     let mut cmdline = kernel.cmdline;
     append(&mut cmdline, &cmdline_arch);
     for arg in &cmdline {
-        if arg.starts_with("berth.") {
+        if boot_contract::cmdline::is_reserved(arg) {
             return Err(invalid(
                 "kernel.cmdline",
                 format!("`{arg}`: berth.* arguments are set by os-build per slot"),

@@ -9,11 +9,11 @@ use std::path::{Path, PathBuf};
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
-pub const BLOCK_SIZE: u64 = 4096;
+pub const BLOCK_SIZE: u64 = boot_contract::cmdline::VERITY_BLOCK_SIZE;
 const DIGEST_SIZE: usize = 32;
 const HASHES_PER_BLOCK: u64 = BLOCK_SIZE / DIGEST_SIZE as u64;
-/// The tree starts after the superblock block.
-pub const HASH_START_BLOCK: u64 = 1;
+/// The tree starts after the superblock block, where early-init looks for it by default.
+pub const HASH_START_BLOCK: u64 = boot_contract::cmdline::DEFAULT_HASH_START;
 
 #[derive(Debug, thiserror::Error)]
 pub enum VerityError {

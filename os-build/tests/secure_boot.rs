@@ -11,9 +11,10 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use boot_contract::Slot;
 use os_build::arch::Arch;
 use os_build::secureboot;
-use updater::manifest::{Compression, Image, Slot, VerityInfo};
+use updater::manifest::{Compression, Image, VerityInfo};
 use updater::secureboot::{verify, SignatureDb, SignatureError};
 use updater::uki::{check_staged, Trust, UkiError};
 

@@ -15,10 +15,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
+use boot_contract::Slot;
 use os_build::manifest::artifact;
 use updater::choose::VersionLock;
 use updater::download::Patience;
-use updater::manifest::Slot;
 use updater::repo::RepoSource;
 use updater::state::UpdateState;
 use updater::{Config, SlotPartitions};
@@ -1555,6 +1555,10 @@ fn clock_far_ahead_child() {
         slot: Slot::B,
         partitions: SlotPartitions::at("/nonexistent".into(), "/nonexistent".into()),
         esp: "/nonexistent".into(),
+        trust: updater::uki::Trust {
+            efivars: "/nonexistent".into(),
+            image_db: "/nonexistent".into(),
+        },
     };
     let err = rt().block_on(updater::check(&cfg)).unwrap_err();
     let chain = updater::error_chain(&err);

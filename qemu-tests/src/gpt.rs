@@ -115,8 +115,9 @@ pub fn partitions(path: &Path) -> Result<Vec<Partition>, GptError> {
     Ok(out)
 }
 
-/// The partition named `name` (GPT partition name, e.g. `root-a`).
-pub fn find(path: &Path, name: &str) -> Result<Partition, GptError> {
+/// The partition of the contract's `role`, by its GPT partition name (e.g. `root-a`).
+pub fn find(path: &Path, role: boot_contract::Partition) -> Result<Partition, GptError> {
+    let name = role.label();
     let all = partitions(path)?;
     let names = all
         .iter()
@@ -136,6 +137,7 @@ pub fn find(path: &Path, name: &str) -> Result<Partition, GptError> {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+    use boot_contract::{Partition as Role, Slot};
     use std::io::Write;
 
     /// Writes a minimal GPT (header + entries, no CRCs: the reader does not check them)
@@ -164,11 +166,11 @@ pub(crate) mod tests {
         let dir = tempfile::tempdir()?;
         let disk = dir.path().join("disk.raw");
         write_gpt(&disk, &[("ESP", 2048, 4095), ("root-a", 4096, 8191)])?;
-        let root = find(&disk, "root-a")?;
+        let root = find(&disk, Role::Root(Slot::A))?;
         assert_eq!(root.number, 2);
         assert_eq!(root.offset(), 4096 * 512);
         assert_eq!(root.size(), 4096 * 512);
-        let err = find(&disk, "root-b").expect_err("absent");
+        let err = find(&disk, Role::Root(Slot::B)).expect_err("absent");
         assert!(err
             .to_string()
             .ends_with("no partition named root-b; it has: ESP, root-a"));

@@ -11,11 +11,11 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{anyhow, Context, Result};
+use boot_contract::{Partition, Slot, UkiName};
 use qemu_tests::{
     boot_times, fault, gpt, markers, scenario, tamper, Arch, BootOutcome, BootTimes, Checks, Image,
     PowerOff, ProbeReport, RestartDetector, Vm,
 };
-use regex::Regex;
 
 const VARIANT: &str = "qemu";
 /// Its presence makes berth-probe.service run (ConditionPathExists on the fw_cfg file).
@@ -181,21 +181,16 @@ fn boot(arch: Arch) -> Result<()> {
     let modules = vm.first_complete_line(r"early-init: loaded \d+ of \d+ modules")?;
     checks.check(
         "early-init loads every initramfs module under lockdown (Debian-signed modules)",
-        Regex::new(r"loaded (\d+) of (\d+) modules")?
+        regex::Regex::new(r"loaded (\d+) of (\d+) modules")?
             .captures(&modules)
             .is_some_and(|c| c[1] == c[2]),
         modules.clone(),
     );
 
     let entry = report.get("loader-entry").unwrap_or("none");
-    let uki = Regex::new(&format!(
-        r"^berth-{}(\+[0-9-]+)?\.efi$",
-        regex::escape(&version)
-    ))?;
     checks.check(
         "probe loader-entry is slot A's UKI",
-        uki.is_match(entry)
-            || (version == "?" && entry.starts_with("berth-") && entry.ends_with(".efi")),
+        UkiName::parse(entry).is_some_and(|uki| version == "?" || uki.version == version),
         format!("expected berth-{version}[+tries].efi, found {entry}"),
     );
 
@@ -263,10 +258,11 @@ fn corrupt_root_restarts(arch: Arch) -> Result<()> {
     let work = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR"))?;
     let copy = work.path().join("disk.raw");
     fault::sparse_copy(&raw, &copy)?;
-    let root = gpt::find(&copy, "root-a")?;
+    let root_a = Partition::Root(Slot::A);
+    let root = gpt::find(&copy, root_a)?;
     let manifest_offset = image.manifest["layout"]["partitions"]
         .as_array()
-        .and_then(|parts| parts.iter().find(|p| p["name"] == "root-a"))
+        .and_then(|parts| parts.iter().find(|p| p["name"] == root_a.label()))
         .and_then(|p| p["offset"].as_u64());
     if let Some(manifest_offset) = manifest_offset {
         anyhow::ensure!(

@@ -17,7 +17,7 @@ use qemu_tests::{markers, scenario, Arch, Checks, Image, Vm};
 use serde_json::Value;
 
 const VARIANT: &str = "qemu-test";
-const CONFIGURED: &str = r"Reached target configured\.target";
+const CONFIGURED: &str = markers::CONFIGURED;
 const CONFIGURED_DEADLINE: Duration = Duration::from_secs(300);
 const STEP_DEADLINE: Duration = Duration::from_secs(120);
 
@@ -33,9 +33,9 @@ const FIREWALL_CHECKS: &[&str] = &["3.4.1.1", "3.4.1.2", "3.4.2.1", "3.4.2.2"];
 /// QEMU's user network retrying for minutes.
 const CLOSED_TIMEOUT: Duration = Duration::from_secs(5);
 /// berth-firewall.service loaded its file at boot (the firewall off: the table removed).
-const FIREWALL_STARTED: &str = r"Finished berth-firewall\.service";
-const FIREWALL_FAILED: &str = r"Failed to start berth-firewall\.service";
-const FIREWALL_RESTARTED: &str = r#"restarted and active unit="?berth-firewall\.service"#;
+const FIREWALL_STARTED: &str = markers::FIREWALL_STARTED;
+const FIREWALL_FAILED: &str = markers::FIREWALL_FAILED;
+const FIREWALL_RESTARTED: &str = markers::RESTARTED_FIREWALL;
 
 fn serial_log(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_TARGET_TMPDIR"))

@@ -20,21 +20,21 @@ use qemu_tests::{markers, scenario, Arch, Checks, Image, ProbeReport, Vm};
 const VARIANT: &str = "qemu-test";
 const USER_DATA_FW_CFG: &str = "opt/org.berth/user-data";
 const PROBE_FW_CFG: &str = "opt/org.berth/probe";
-const CONFIGURED: &str = r"Reached target configured\.target";
+const CONFIGURED: &str = markers::CONFIGURED;
 /// Generous under TCG on a loaded 2-core machine (about 20 s is usual).
 const CONFIGURED_DEADLINE: Duration = Duration::from_secs(300);
 /// boot-config's log lines (through apiserver's stderr, on the console).
-const RENDERED: &str = r"rendered file=";
-const RESTARTED: &str = r"restarted and active";
+const RENDERED: &str = markers::RENDERED;
+const RESTARTED: &str = markers::RESTARTED;
 /// Matches only once the line is complete enough to name the unit.
-const RESTARTED_CHRONY: &str = r#"restarted and active unit="?chrony\.service"#;
+const RESTARTED_CHRONY: &str = markers::RESTARTED_CHRONY;
 const STEP_DEADLINE: Duration = Duration::from_secs(120);
-const RESTARTED_RESOLVED: &str = r#"restarted and active unit="?systemd-resolved\.service"#;
-const CONTAINERD_SKIPPED: &str = r#"not loaded; not restarted unit="?containerd\.service"#;
+const RESTARTED_RESOLVED: &str = markers::RESTARTED_RESOLVED;
+const CONTAINERD_SKIPPED: &str = markers::CONTAINERD_NOT_LOADED;
 /// boot-config's apply-hostname line.
-const HOSTNAME_SET: &str = r"host name set hostname=";
+const HOSTNAME_SET: &str = markers::HOSTNAME_SET;
 /// The kernel's last line before a reboot (reboot(2) with LINUX_REBOOT_CMD_RESTART).
-const REBOOTING: &str = r"reboot: Restarting system";
+const REBOOTING: &str = markers::KERNEL_RESTART;
 
 const USER_DATA: &str = r#"[settings]
 motd = "hello from user data"
@@ -267,10 +267,7 @@ fn invalid_user_data_leaves_defaults_x86_64() -> Result<()> {
         report.get("motd"),
         "Welcome to Berth!",
     );
-    let console = vm.wait_for_line(
-        r"invalid user data.*settings\.ntp\.time-servers",
-        STEP_DEADLINE,
-    );
+    let console = vm.wait_for_line(markers::USER_DATA_INVALID_NTP, STEP_DEADLINE);
     checks.check(
         "console names the key",
         console.is_ok(),
@@ -378,9 +375,10 @@ fn user_data_rendering_and_apiclient_x86_64() -> Result<()> {
     );
     std::thread::sleep(Duration::from_secs(3));
     let lines = vm.lines();
+    let rendered_line = regex::Regex::new(RENDERED)?;
     let rendered: Vec<&str> = lines
         .iter()
-        .filter(|l| l.elapsed >= set_at && l.text.contains("rendered file="))
+        .filter(|l| l.elapsed >= set_at && rendered_line.is_match(&l.text))
         .map(|l| l.text.as_str())
         .collect();
     checks.check(
@@ -499,7 +497,7 @@ fn user_data_rendering_and_apiclient_x86_64() -> Result<()> {
         "  configured again after apiclient reboot at {:.1}s",
         again.elapsed.as_secs_f64()
     );
-    let skipped = vm.wait_for_line(r"user data was handled at first boot", STEP_DEADLINE);
+    let skipped = vm.wait_for_line(markers::USER_DATA_DONE, STEP_DEADLINE);
     checks.check(
         "user data not applied again after the reboot",
         skipped.is_ok() && vm.count_matches(r"user data applied")? == 1,

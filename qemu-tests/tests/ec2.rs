@@ -16,7 +16,7 @@ use serde_json::json;
 
 const VARIANT: &str = "qemu-test";
 const PROBE_FW_CFG: &str = "opt/org.berth/probe";
-const CONFIGURED: &str = r"Reached target configured\.target";
+const CONFIGURED: &str = markers::CONFIGURED;
 /// Generous under TCG on a loaded 2-core machine.
 const CONFIGURED_DEADLINE: Duration = Duration::from_secs(300);
 const STEP_DEADLINE: Duration = Duration::from_secs(120);
@@ -97,7 +97,7 @@ fn ec2_imds_user_data_and_generated_settings_x86_64() -> Result<()> {
         report.get("chrony-servers"),
         "169.254.169.123",
     );
-    let detected = vm.wait_for_line(r#"reading user data platform="?aws"#, STEP_DEADLINE);
+    let detected = vm.wait_for_line(markers::USER_DATA_FROM_AWS, STEP_DEADLINE);
     checks.check(
         "platform aws from DMI",
         detected
@@ -196,10 +196,7 @@ fn ec2_imds_user_data_and_generated_settings_x86_64() -> Result<()> {
         "  configured again after the reset at {:.1}s",
         again.elapsed.as_secs_f64()
     );
-    let skipped = vm.wait_for_line(
-        r#"set by the user; not generated key="?network\.hostname"#,
-        STEP_DEADLINE,
-    );
+    let skipped = vm.wait_for_line(markers::HOSTNAME_NOT_GENERATED, STEP_DEADLINE);
     checks.check(
         "generator skips the user's host name",
         skipped.is_ok(),

@@ -25,17 +25,16 @@ use qemu_tests::{markers, scenario, Arch, Checks, Image, ProbeReport, Vm};
 
 const VARIANT: &str = "aws-ecs-test";
 const PROBE_FW_CFG: &str = "opt/org.berth/probe";
-const CONFIGURED: &str = r"Reached target configured\.target";
-// berth-cluster-agent's log lines (tracing target cluster_agent::boot).
-const DOCKER_ACTIVE: &str = r#"cluster_agent::boot: started and active unit="?docker\.service"#;
-const BLOCK_IMDS_ACTIVE: &str =
-    r#"cluster_agent::boot: started and active unit="?ecs-block-imds\.service"#;
-const ECS_STARTED: &str = r#"cluster_agent::boot: started unit="?ecs\.service"#;
-const ECS_COMMAND: &str = r#"cluster_agent::boot: command unit="?ecs\.service"#;
-const ECS_EXEC_FAILED: &str = r#"cluster_agent::boot: .*the ECS agent cannot run"#;
+const CONFIGURED: &str = markers::CONFIGURED;
+// berth-cluster-agent's events at boot (qemu-tests/src/markers.rs).
+const DOCKER_ACTIVE: &str = markers::DOCKER_ACTIVE;
+const BLOCK_IMDS_ACTIVE: &str = markers::ECS_BLOCK_IMDS_ACTIVE;
+const ECS_STARTED: &str = markers::ECS_STARTED;
+const ECS_COMMAND: &str = markers::ECS_COMMAND;
+const ECS_EXEC_FAILED: &str = markers::ECS_EXEC_FAILED;
 // berth-cluster-agent apply (boot-config's `ecs` service) after a live `apiclient set ecs...`.
-const LIVE_CHANGED: &str = r#"cluster_agent::live: changed path="?/etc/ecs/ecs\.config"#;
-const LIVE_RESTARTED: &str = r#"cluster_agent::live: restarted unit="?ecs\.service"#;
+const LIVE_CHANGED: &str = markers::ECS_CONFIG_CHANGED;
+const LIVE_RESTARTED: &str = markers::ECS_RESTARTED;
 /// Generous under TCG on a loaded 2-core machine.
 const CONFIGURED_DEADLINE: Duration = Duration::from_secs(360);
 const STEP_DEADLINE: Duration = Duration::from_secs(240);

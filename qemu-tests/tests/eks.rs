@@ -36,25 +36,20 @@ use qemu_tests::{markers, scenario, Arch, Checks, Image, ProbeReport, Vm};
 
 const VARIANT: &str = "aws-k8s-1.33-test";
 const PROBE_FW_CFG: &str = "opt/org.berth/probe";
-const CONFIGURED: &str = r"Reached target configured\.target";
-// berth-cluster-agent's log lines (tracing target cluster_agent::boot).
-const CONTAINERD_ACTIVE: &str =
-    r#"cluster_agent::boot: started and active unit="?containerd\.service"#;
-const KUBELET_STARTED: &str = r#"cluster_agent::boot: started unit="?kubelet\.service"#;
-const KUBELET_COMMAND: &str = r#"cluster_agent::boot: command unit="?kubelet\.service"#;
-const KUBELET_EXEC_FAILED: &str = r#"cluster_agent::boot: .*kubelet cannot run"#;
-const PAUSE_IMPORTED: &str =
-    r#"cluster_agent::boot: started and active unit="?berth-pause-image\.service"#;
+const CONFIGURED: &str = markers::CONFIGURED;
+// berth-cluster-agent's events at boot (qemu-tests/src/markers.rs).
+const CONTAINERD_ACTIVE: &str = markers::CONTAINERD_ACTIVE;
+const KUBELET_STARTED: &str = markers::KUBELET_STARTED;
+const KUBELET_COMMAND: &str = markers::KUBELET_COMMAND;
+const KUBELET_EXEC_FAILED: &str = markers::KUBELET_EXEC_FAILED;
+// berth-cluster-agent apply, run by boot-config's kubernetes service after a live change.
+const LIVE_CHANGED: &str = markers::KUBELET_CONFIG_CHANGED;
+const LIVE_RESTARTED: &str = markers::KUBELET_RESTARTED;
+const PAUSE_IMPORTED: &str = markers::PAUSE_IMAGE_IMPORTED;
 /// The sandbox image the variant ships (variants/shared/k8s.toml).
 const PAUSE_IMAGE: &str = "localhost/berth/pause:1";
-// berth-cluster-agent apply, run by boot-config's kubernetes service after a live change.
-const LIVE_CHANGED: &str =
-    r#"cluster_agent::live: changed path="?/etc/kubernetes/kubelet/config\.json"#;
-const LIVE_RESTARTED: &str = r#"cluster_agent::live: restarted unit="?kubelet\.service"#;
-const LIVE_SPEC_CHANGED: &str =
-    r#"cluster_agent::live: changed path="?/etc/containerd/base-runtime-spec\.json"#;
-const LIVE_CONTAINERD_RESTARTED: &str =
-    r#"cluster_agent::live: restarted unit="?containerd\.service"#;
+const LIVE_SPEC_CHANGED: &str = markers::BASE_RUNTIME_SPEC_CHANGED;
+const LIVE_CONTAINERD_RESTARTED: &str = markers::CONTAINERD_RESTARTED;
 /// Automated CIS Kubernetes worker checks that cannot pass on this host, with the reason the
 /// report must give. kube-proxy runs as a DaemonSet on EKS, not on the host.
 const CIS_K8S_KNOWN_GAPS: [(&str, &str, &str); 3] = [

@@ -22,7 +22,7 @@ use qemu_tests::{markers, scenario, Arch, Checks, Image, ProbeReport, Vm};
 use serde_json::Value;
 
 const VARIANT: &str = "qemu-test";
-const CONFIGURED: &str = r"Reached target configured\.target";
+const CONFIGURED: &str = markers::CONFIGURED;
 const CONFIGURED_DEADLINE: Duration = Duration::from_secs(300);
 const STEP_DEADLINE: Duration = Duration::from_secs(120);
 const MOTD: &str = "hello from a config drive";
@@ -147,9 +147,8 @@ fn metal_config_drive_user_data_x86_64() -> Result<()> {
 }
 
 const METAL_K8S: &str = "metal-k8s-1.33-test";
-const CONTAINERD_ACTIVE: &str =
-    r#"cluster_agent::boot: started and active unit="?containerd\.service"#;
-const KUBELET_STARTED: &str = r#"cluster_agent::boot: started unit="?kubelet\.service"#;
+const CONTAINERD_ACTIVE: &str = markers::CONTAINERD_ACTIVE;
+const KUBELET_STARTED: &str = markers::KUBELET_STARTED;
 const EKSA_USER_DATA: &str = r#"[settings.kubernetes]
 cluster-name = "berth-eksa-metal"
 api-server = "https://10.30.0.5:6443"

@@ -36,6 +36,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
+use boot_contract::{Partition, Slot};
 use qemu_tests::api::{build_apiclient, Api};
 use qemu_tests::file_server::FileServer;
 use qemu_tests::{gpt, markers, scenario, tamper, Arch, Checks, Image, ProbeReport, RunningVm, Vm};
@@ -46,8 +47,8 @@ const PROBE_FW_CFG: &str = "opt/org.berth/probe";
 const USER_DATA_FW_CFG: &str = "opt/org.berth/user-data";
 /// Where the guest finds the repository (forwarded to the host's file server).
 const REPO_IP: &str = "10.0.2.100";
-const HEALTHY: &str = r"health gate passed";
-const GATE_FAILED_REBOOTING: &str = r"health gate failed on a trial boot; rebooting";
+const HEALTHY: &str = markers::HEALTH_GATE_PASSED;
+const GATE_FAILED_REBOOTING: &str = markers::HEALTH_GATE_FAILED_REBOOTING;
 /// With this fw_cfg file the qemu-test image skips boot.mount (variants/qemu-test).
 const NO_ESP_FW_CFG: &str = "opt/org.berth/no-esp";
 const BOOT_DEADLINE: Duration = Duration::from_secs(300);
@@ -455,8 +456,8 @@ fn update_rollback_power_cut_and_update(arch: Arch) -> Result<()> {
         "no update repository at {} (scripts/test.sh builds it)",
         repo.display()
     );
-    let root_b = gpt::find(&v1.raw()?, "root-b")?;
-    let private = gpt::find(&v1.raw()?, "private")?;
+    let root_b = gpt::find(&v1.raw()?, Partition::Root(Slot::B))?;
+    let private = gpt::find(&v1.raw()?, Partition::Private)?;
 
     let work = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR"))?;
     let user_data = work.path().join("user-data.toml");

@@ -24,12 +24,11 @@ use qemu_tests::{markers, scenario, Arch, Checks, Image, ProbeReport, Vm};
 use serde_json::Value;
 
 const VARIANT: &str = "vmware-k8s-1.33-test";
-const CONFIGURED: &str = r"Reached target configured\.target";
-const CONTAINERD_ACTIVE: &str =
-    r#"cluster_agent::boot: started and active unit="?containerd\.service"#;
-const KUBELET_STARTED: &str = r#"cluster_agent::boot: started unit="?kubelet\.service"#;
-const KUBELET_COMMAND: &str = r#"cluster_agent::boot: command unit="?kubelet\.service"#;
-const KUBELET_EXEC_FAILED: &str = r#"cluster_agent::boot: .*kubelet cannot run"#;
+const CONFIGURED: &str = markers::CONFIGURED;
+const CONTAINERD_ACTIVE: &str = markers::CONTAINERD_ACTIVE;
+const KUBELET_STARTED: &str = markers::KUBELET_STARTED;
+const KUBELET_COMMAND: &str = markers::KUBELET_COMMAND;
+const KUBELET_EXEC_FAILED: &str = markers::KUBELET_EXEC_FAILED;
 const CONFIGURED_DEADLINE: Duration = Duration::from_secs(360);
 const STEP_DEADLINE: Duration = Duration::from_secs(240);
 const API_SERVER: &str = "https://10.20.0.5:6443";

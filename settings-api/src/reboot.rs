@@ -27,28 +27,17 @@ impl RebootMethod {
     }
 }
 
-/// `org.freedesktop.systemd1.Manager.StartUnit("reboot.target", "replace-irreversibly")`: the
-/// job cannot be cancelled by later jobs, and systemd stops every unit in order (apiserver
-/// included) before the kernel reboots.
+/// systemd's reboot ([`host::systemd::Systemd::reboot`]): an orderly reboot that later jobs
+/// cannot cancel, apiserver stopped in order with every other unit.
 #[derive(Debug, Default)]
 pub struct SystemdReboot;
 
 impl Rebooter for SystemdReboot {
     fn reboot(&self) -> anyhow::Result<()> {
-        let conn = zbus::blocking::Connection::system()
-            .context("cannot connect to the D-Bus system bus")?;
-        let manager = zbus::blocking::Proxy::new(
-            &conn,
-            "org.freedesktop.systemd1",
-            "/org/freedesktop/systemd1",
-            "org.freedesktop.systemd1.Manager",
-        )
-        .context("cannot reach systemd's manager over D-Bus")?;
-        let job: zbus::zvariant::OwnedObjectPath = manager
-            .call("StartUnit", &("reboot.target", "replace-irreversibly"))
-            .context("systemd StartUnit reboot.target failed")?;
-        tracing::info!(job = %job.as_str(), "reboot.target started");
-        Ok(())
+        use host::systemd::{DbusSystemd, Systemd};
+        DbusSystemd::connect()?
+            .reboot()
+            .context("cannot start reboot.target")
     }
 }
 

@@ -268,6 +268,7 @@ pub fn plan(facts: &mut Facts, live: &Value, previous: &Status) -> (Value, Statu
             Some(v) => written.is_some_and(|w| w.contains(v)),
         };
         if !owned {
+            // marker: qemu-tests/src/markers.rs
             tracing::info!(key, "set by the user; not generated");
             status.user_set.push(key.to_string());
             continue;

@@ -10,14 +10,13 @@
 
 pub mod configdrive;
 pub mod generate;
-pub mod imds;
 pub mod ovfenv;
 pub mod paths;
-pub mod platform;
 pub mod render;
-pub mod systemd;
 pub mod userdata;
 pub mod vmware;
+
+pub use host::{imds, platform};
 
 use anyhow::{Context, Result};
 use clap::{Args as ClapArgs, Parser, Subcommand};
@@ -180,7 +179,7 @@ pub fn run(args: Args) -> Result<()> {
             } else {
                 render::Mode::Live
             };
-            let units = systemd::DbusUnits::connect()?;
+            let units = host::systemd::DbusSystemd::connect()?;
             renderer.finish(&settings, &plan, &units, mode)?;
             Ok(())
         }

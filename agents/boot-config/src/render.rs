@@ -15,7 +15,7 @@
 //! When a rendered file is a unit file or drop-in (under `/etc/systemd/system` or
 //! `/run/systemd/system`), systemd reloads its units before any restart.
 
-use crate::systemd::{Units, Verb};
+use host::systemd::{self, Job, Restarted, Systemd, SystemdError};
 use serde_json::Value;
 use settings_api::metadata::Metadata;
 use std::io::Write;
@@ -65,7 +65,8 @@ pub enum RenderError {
     #[error("failed to reload systemd's units after writing {paths}")]
     DaemonReload {
         paths: String,
-        source: anyhow::Error,
+        // Boxed: keeps every Result of the renderer small.
+        source: Box<SystemdError>,
     },
     #[error("failed to set settings.kernel.lockdown '{mode}' in {path}")]
     Lockdown {
@@ -86,7 +87,7 @@ pub enum RenderError {
     Restart {
         unit: String,
         service: String,
-        source: anyhow::Error,
+        source: Box<SystemdError>,
     },
 }
 
@@ -96,7 +97,7 @@ pub const CLUSTER_AGENT: &str = "/usr/bin/berth-cluster-agent";
 /// One action from a service's `restart-commands`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Action {
-    Unit(Verb, String),
+    Unit(Job, String),
     DaemonReload,
     ApplySysctl,
     ApplyHostname,
@@ -110,6 +111,28 @@ pub enum Action {
 pub enum Mode {
     Boot,
     Live,
+}
+
+/// How long a restarted unit may take to be active again.
+const ACTIVE_DEADLINE: std::time::Duration = std::time::Duration::from_secs(90);
+
+/// Restarts `unit` for the files just rendered and logs what happened: the moment the new
+/// configuration is in effect, or why nothing was restarted.
+fn restart(units: &dyn Systemd, job: Job, unit: &str) -> Result<(), SystemdError> {
+    match systemd::restart(units, job, unit, ACTIVE_DEADLINE)? {
+        // marker: qemu-tests/src/markers.rs
+        Restarted::NotLoaded => tracing::info!(unit, "not loaded; not restarted"),
+        Restarted::NotRunning { state } => {
+            tracing::info!(unit, state = %state, "not running; not restarted")
+        }
+        // marker: qemu-tests/src/markers.rs
+        Restarted::Active { seconds } => tracing::info!(
+            unit,
+            seconds = format!("{seconds:.2}"),
+            "restarted and active"
+        ),
+    }
+    Ok(())
 }
 
 /// Parses one restart command.
@@ -127,8 +150,9 @@ pub fn parse_action(service: &str, command: &str) -> Result<Action, RenderError>
         ["daemon-reload"] => Ok(Action::DaemonReload),
         ["apply-lockdown"] => Ok(Action::ApplyLockdown),
         ["apply-cluster"] => Ok(Action::ApplyCluster),
-        [verb, unit] => match Verb::parse(verb) {
-            Some(v) => Ok(Action::Unit(v, (*unit).to_string())),
+        // `start` is not a restart: units that read rendered files are started by systemd.
+        [verb, unit] => match Job::parse(verb).filter(|job| *job != Job::Start) {
+            Some(job) => Ok(Action::Unit(job, (*unit).to_string())),
             None => Err(RenderError::Command {
                 service: service.to_string(),
                 command: command.to_string(),
@@ -216,6 +240,7 @@ impl Renderer<'_> {
                     None => 0o644,
                 };
                 write_atomic(&dest, text.as_bytes(), mode)?;
+                // marker: qemu-tests/src/markers.rs
                 tracing::info!(file = %file.path, service = %name, "rendered");
                 plan.written.push(dest);
             }
@@ -327,7 +352,7 @@ impl Renderer<'_> {
         &self,
         settings: &Value,
         plan: &Plan,
-        units: &dyn Units,
+        units: &dyn Systemd,
         mode: Mode,
     ) -> Result<(), RenderError> {
         self.apply_builtins(settings, plan)?;
@@ -351,24 +376,22 @@ impl Renderer<'_> {
                     } else {
                         unit_files.join(", ")
                     },
-                    source,
+                    source: Box::new(source),
                 })?;
             tracing::info!(files = ?unit_files, "systemd units reloaded");
         }
         for (service, actions) in &plan.services {
             for action in actions {
-                if let Action::Unit(verb, unit) = action {
-                    let verb = match mode {
-                        Mode::Boot => Verb::TryRestart,
-                        Mode::Live => *verb,
+                if let Action::Unit(job, unit) = action {
+                    let job = match mode {
+                        Mode::Boot => Job::TryRestart,
+                        Mode::Live => *job,
                     };
-                    units
-                        .restart(verb, unit)
-                        .map_err(|source| RenderError::Restart {
-                            unit: unit.clone(),
-                            service: service.clone(),
-                            source,
-                        })?;
+                    restart(units, job, unit).map_err(|source| RenderError::Restart {
+                        unit: unit.clone(),
+                        service: service.clone(),
+                        source: Box::new(source),
+                    })?;
                 }
             }
         }
@@ -441,6 +464,7 @@ impl Renderer<'_> {
                 path: path.clone(),
                 source,
             })?;
+        // marker: qemu-tests/src/markers.rs
         tracing::info!(hostname = %name, "host name set");
         Ok(())
     }
@@ -623,7 +647,7 @@ fn write_atomic(path: &Path, data: &[u8], mode: u32) -> Result<(), RenderError> 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::systemd::RecordingUnits;
+    use host::systemd::{Call, RecordingSystemd};
     use serde_json::json;
 
     fn workspace() -> PathBuf {
@@ -793,14 +817,11 @@ mod tests {
         let file = root.path().join("sys/kernel/security/lockdown");
         std::fs::create_dir_all(file.parent().unwrap()).unwrap();
         std::fs::write(&file, "[none] integrity confidentiality\n").unwrap();
-        let units = RecordingUnits::default();
+        let units = RecordingSystemd::default();
         let plan = r.render(&settings(), &["lockdown".to_string()]).unwrap();
         r.finish(&settings(), &plan, &units, Mode::Live).unwrap();
         assert_eq!(std::fs::read_to_string(&file).unwrap(), "integrity");
-        assert!(
-            units.0.lock().unwrap().is_empty(),
-            "lockdown restarts no unit"
-        );
+        assert!(units.calls().is_empty(), "lockdown restarts no unit");
 
         // The kernel shows the new mode; asking for it again writes nothing.
         std::fs::write(&file, "none [integrity] confidentiality\n").unwrap();
@@ -871,20 +892,25 @@ mod tests {
             .mode();
         assert_eq!(mode & 0o777, 0o600, "registry credentials are root-only");
 
-        // apply-hostname sets the kernel host name; nothing else restarts at boot here.
-        let units = RecordingUnits::default();
+        // apply-hostname sets the kernel host name; the running units are try-restarted.
+        let units =
+            RecordingSystemd::with_active(&["containerd.service", "systemd-resolved.service"]);
         r.finish(&full_settings(), &plan, &units, Mode::Boot)
             .unwrap();
         assert_eq!(
             read(&root, "proc/sys/kernel/hostname"),
             "node-1.example.com"
         );
-        let recorded = units.0.lock().unwrap().clone();
+        let recorded = units.calls();
         assert!(
             recorded
                 .iter()
-                .all(|(verb, _)| *verb == Some(Verb::TryRestart)),
+                .all(|call| matches!(call, Call::Run(Job::TryRestart, _))),
             "boot mode only try-restarts: {recorded:?}"
+        );
+        assert!(
+            !recorded.is_empty(),
+            "running units are restarted at boot too"
         );
     }
 
@@ -985,11 +1011,11 @@ mod tests {
             .permissions()
             .mode();
         assert_eq!(mode & 0o777, 0o600);
-        let units = RecordingUnits::default();
+        let units = RecordingSystemd::default();
         r.finish(&s, &plan, &units, Mode::Live).unwrap();
         assert_eq!(
-            *units.0.lock().unwrap(),
-            vec![(Some(Verb::Restart), "berth-firewall.service".to_string())]
+            units.calls(),
+            [Call::Run(Job::Restart, "berth-firewall.service".into())]
         );
 
         // No port listed: no port rule at all (not an empty set, which nft refuses).
@@ -1043,7 +1069,7 @@ mod tests {
         assert!(containerd["plugins"]["io.containerd.grpc.v1.cri"]
             .get("registry")
             .is_none());
-        r.finish(&settings(), &plan, &RecordingUnits::default(), Mode::Live)
+        r.finish(&settings(), &plan, &RecordingSystemd::default(), Mode::Live)
             .unwrap();
         assert_eq!(read(&root, "proc/sys/kernel/hostname"), "localhost");
     }
@@ -1075,14 +1101,14 @@ mod tests {
             metadata: &md,
             root: root.path(),
         };
-        let units = RecordingUnits::default();
+        let units = RecordingSystemd::default();
         let plan = r.render(&settings(), &["dropin".to_string()]).unwrap();
         r.finish(&settings(), &plan, &units, Mode::Live).unwrap();
         assert_eq!(
-            *units.0.lock().unwrap(),
-            vec![
-                (None, "daemon-reload".to_string()),
-                (Some(Verb::Restart), "example.service".to_string())
+            units.calls(),
+            [
+                Call::DaemonReload,
+                Call::Run(Job::Restart, "example.service".into())
             ]
         );
         // A plain file does not reload.
@@ -1091,10 +1117,10 @@ mod tests {
             metadata: &md,
             root: root.path(),
         };
-        let units = RecordingUnits::default();
+        let units = RecordingSystemd::default();
         let plan = r.render(&settings(), &["chronyd".to_string()]).unwrap();
         r.finish(&settings(), &plan, &units, Mode::Live).unwrap();
-        assert!(!units.0.lock().unwrap().iter().any(|(v, _)| v.is_none()));
+        assert!(!units.calls().contains(&Call::DaemonReload));
     }
 
     #[test]
@@ -1115,7 +1141,7 @@ mod tests {
         let plan = r.render(&settings(), &["kubernetes".to_string()]).unwrap();
         assert!(plan.written.is_empty(), "the agent writes kubelet's files");
         // Not installed (a variant without Kubernetes): nothing to run, no error.
-        r.finish(&settings(), &plan, &RecordingUnits::default(), Mode::Live)
+        r.finish(&settings(), &plan, &RecordingSystemd::default(), Mode::Live)
             .unwrap();
         // A stand-in agent that records its arguments, or fails when asked to.
         let agent = root.path().join(CLUSTER_AGENT.trim_start_matches('/'));
@@ -1129,15 +1155,15 @@ mod tests {
         };
         std::fs::write(&agent, script(0)).unwrap();
         std::fs::set_permissions(&agent, std::fs::Permissions::from_mode(0o755)).unwrap();
-        r.finish(&settings(), &plan, &RecordingUnits::default(), Mode::Boot)
+        r.finish(&settings(), &plan, &RecordingSystemd::default(), Mode::Boot)
             .unwrap();
         assert!(!record.exists(), "at boot the agent's boot step renders");
-        r.finish(&settings(), &plan, &RecordingUnits::default(), Mode::Live)
+        r.finish(&settings(), &plan, &RecordingSystemd::default(), Mode::Live)
             .unwrap();
         assert_eq!(std::fs::read_to_string(&record).unwrap(), "apply\n");
         std::fs::write(&agent, script(3)).unwrap();
         let e = r
-            .finish(&settings(), &plan, &RecordingUnits::default(), Mode::Live)
+            .finish(&settings(), &plan, &RecordingSystemd::default(), Mode::Live)
             .unwrap_err();
         assert!(
             e.to_string().contains("berth-cluster-agent apply failed"),
@@ -1152,12 +1178,12 @@ mod tests {
             metadata: &md,
             root: root.path(),
         };
-        let units = RecordingUnits::default();
+        let units = RecordingSystemd::with_active(&["chrony.service"]);
         let plan = r.render(&settings(), &["chronyd".to_string()]).unwrap();
         r.finish(&settings(), &plan, &units, Mode::Live).unwrap();
         assert_eq!(
-            *units.0.lock().unwrap(),
-            vec![(Some(Verb::TryRestart), "chrony.service".to_string())]
+            units.calls(),
+            [Call::Run(Job::TryRestart, "chrony.service".into())]
         );
         assert!(
             !root.path().join("etc/motd").exists(),
@@ -1170,7 +1196,7 @@ mod tests {
             std::fs::read_to_string(root.path().join("proc/sys/vm/max_map_count")).unwrap(),
             "262144"
         );
-        assert_eq!(units.0.lock().unwrap().len(), 1, "sysctl restarts no unit");
+        assert_eq!(units.calls().len(), 1, "sysctl restarts no unit");
     }
 
     #[test]
@@ -1185,7 +1211,7 @@ mod tests {
         let bad = json!({"kernel": {"sysctl": {"net.no.such": "1"}}});
         let plan = r.render(&bad, &["sysctl".to_string()]).unwrap();
         let e = r
-            .finish(&bad, &plan, &RecordingUnits::default(), Mode::Live)
+            .finish(&bad, &plan, &RecordingSystemd::default(), Mode::Live)
             .unwrap_err();
         assert!(
             e.to_string()
@@ -1198,7 +1224,7 @@ mod tests {
         ));
         assert_eq!(
             parse_action("x", "/usr/bin/systemctl try-restart a.service").unwrap(),
-            Action::Unit(Verb::TryRestart, "a.service".to_string())
+            Action::Unit(Job::TryRestart, "a.service".to_string())
         );
     }
 }

@@ -213,6 +213,7 @@ fn sources_with_key(found: &[Found], key: &str) -> Vec<String> {
 /// Applies user data from `sources` once; `status_file` is the first-boot marker.
 pub fn run(socket: &Path, sources: &Sources, status_file: &Path) -> Result<()> {
     if status_file.exists() {
+        // marker: qemu-tests/src/markers.rs
         tracing::info!(
             status = %status_file.display(),
             "user data was handled at first boot; nothing to do"
@@ -223,6 +224,7 @@ pub fn run(socket: &Path, sources: &Sources, status_file: &Path) -> Result<()> {
         "{} ({})",
         sources.platform.platform, sources.platform.reason
     );
+    // marker: qemu-tests/src/markers.rs
     tracing::info!(%platform, "reading user data");
     let found = sources.read_all()?;
     let names: Vec<String> = found.iter().map(|f| f.source.clone()).collect();
@@ -262,6 +264,7 @@ pub fn run(socket: &Path, sources: &Sources, status_file: &Path) -> Result<()> {
                 .map(|k| sources_with_key(&found, k))
                 .filter(|s| !s.is_empty())
                 .unwrap_or_else(|| names.clone());
+            // marker: qemu-tests/src/markers.rs
             tracing::error!(
                 key = key_text,
                 "invalid user data in {}: {message}; nothing applied, the host runs on its defaults",
@@ -274,6 +277,7 @@ pub fn run(socket: &Path, sources: &Sources, status_file: &Path) -> Result<()> {
             }
         }
         Err(e @ ClientError::Parse { .. }) | Err(e @ ClientError::NoSettings { .. }) => {
+            // marker: qemu-tests/src/markers.rs
             tracing::error!(
                 "invalid user data: {e}; nothing applied, the host runs on its defaults"
             );

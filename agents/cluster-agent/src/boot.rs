@@ -9,9 +9,9 @@
 //! format stays apiserver's own business.
 
 use crate::facts::Facts;
-use crate::units::{UnitState, Units};
 use crate::{hostfacts, output, paths, render, version::KubeletVersion};
 use anyhow::{Context, Result};
+use host::systemd::{self, Job, Systemd, SystemdError, UnitState};
 use settings_api::model::Settings;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -87,7 +87,7 @@ pub struct BootArgs {
     #[arg(long, default_value = settings_api::paths::API_SOCKET)]
     pub socket_path: PathBuf,
     /// Instance metadata service (`host:port`), read on EC2 only.
-    #[arg(long, default_value = boot_config::imds::DEFAULT_ENDPOINT)]
+    #[arg(long, default_value = host::imds::DEFAULT_ENDPOINT)]
     pub imds_endpoint: String,
     /// Host root: facts are read from it, files are written under it.
     #[arg(long, default_value = "/")]
@@ -120,18 +120,18 @@ pub fn run(args: &BootArgs) -> Result<Outcome> {
         );
         return Ok(Outcome::default());
     }
-    let platform = boot_config::platform::detect(&args.root);
+    let platform = host::platform::detect(&args.root);
     tracing::info!(platform = platform.platform.name(), reason = %platform.reason, "gathering instance facts");
     let facts = hostfacts::gather(
         platform.platform,
         &args.root,
         &args.imds_endpoint,
-        boot_config::imds::Retry::default(),
+        host::imds::Retry::default(),
     )?;
     if args.no_start {
         return apply(args, &settings, &facts, None);
     }
-    let units = crate::units::DbusUnits::connect()?;
+    let units = systemd::DbusSystemd::connect()?;
     apply(args, &settings, &facts, Some(&units))
 }
 
@@ -140,7 +140,7 @@ pub fn apply(
     args: &BootArgs,
     settings: &Settings,
     facts: &Facts,
-    units: Option<&dyn Units>,
+    units: Option<&dyn Systemd>,
 ) -> Result<Outcome> {
     let files = render::render(settings, facts, args.kubelet_version)
         .context("cannot render the cluster configuration from the live settings")?;
@@ -167,15 +167,15 @@ pub fn apply(
 /// agent, logging each with its time; says plainly when the agent's binary is missing.
 fn start_join(
     args: &BootArgs,
-    units: &dyn Units,
+    units: &dyn Systemd,
     join: &Join,
     outcome: &mut Outcome,
 ) -> Result<()> {
     for unit in std::iter::once(&join.runtime).chain(&join.then) {
         let t = Instant::now();
-        let state = units
-            .start_and_wait(unit, RUNTIME_DEADLINE)
+        let state = systemd::start_and_wait(units, unit, RUNTIME_DEADLINE)
             .with_context(|| format!("{unit} did not start"))?;
+        // marker: qemu-tests/src/markers.rs
         tracing::info!(
             unit = *unit,
             seconds = format!("{:.2}", t.elapsed().as_secs_f64()),
@@ -186,9 +186,14 @@ fn start_join(
 
     let agent = join.agent;
     let t = Instant::now();
-    let state = units
-        .start(agent)
-        .with_context(|| format!("cannot start {agent}"))?;
+    let state = match units.run(Job::Start, agent, AGENT_START_DEADLINE) {
+        Ok(state) => state,
+        // The agent's own failure (a missing binary, a refused ExecStartPre=) is reported
+        // below with systemd's verdict; the boot step has done its part.
+        Err(SystemdError::JobFailed { .. }) => units.state(agent)?,
+        Err(e) => return Err(e).with_context(|| format!("cannot start {agent}")),
+    };
+    // marker: qemu-tests/src/markers.rs
     tracing::info!(
         unit = agent,
         seconds = format!("{:.2}", t.elapsed().as_secs_f64()),
@@ -197,6 +202,7 @@ fn start_join(
         "started"
     );
     // A line of its own: console lines are cut at the kernel's limit.
+    // marker: qemu-tests/src/markers.rs
     tracing::info!(
         unit = agent,
         exec_start = %state.exec_start,
@@ -209,6 +215,7 @@ fn start_join(
         // rendered configuration and fails to exec. Say so plainly once, with systemd's
         // verdict, instead of leaving only systemd's exec error at every restart in the journal.
         let failed = wait_for_exit(units, agent, EXEC_FAILURE_WAIT);
+        // marker: qemu-tests/src/markers.rs
         tracing::warn!(
             unit = agent,
             exec_main_status = failed.exec_main_status,
@@ -236,11 +243,14 @@ fn join_status(status: &[i32]) -> String {
         .join(",")
 }
 
+/// How long systemd may take to run an agent's start job (its ExecStartPre= commands).
+const AGENT_START_DEADLINE: Duration = Duration::from_secs(30);
+
 /// How long to watch an agent's unit fail to exec its missing binary.
 const EXEC_FAILURE_WAIT: Duration = Duration::from_secs(15);
 
 /// The unit's state once its main process has exited (or after `wait`).
-fn wait_for_exit(units: &dyn Units, unit: &str, wait: Duration) -> UnitState {
+fn wait_for_exit(units: &dyn Systemd, unit: &str, wait: Duration) -> UnitState {
     let started = Instant::now();
     loop {
         let state = units.state(unit).unwrap_or_default();
@@ -279,8 +289,8 @@ fn write_record(path: &Path, facts: &Facts) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::units::RecordingUnits;
     use clap::Parser;
+    use host::systemd::RecordingSystemd;
 
     #[derive(Parser)]
     struct Wrap {
@@ -318,6 +328,16 @@ mod tests {
         }
     }
 
+    /// The units started, in order.
+    fn started(units: &RecordingSystemd) -> Vec<String> {
+        units
+            .jobs()
+            .into_iter()
+            .filter(|(job, _)| *job == Job::Start)
+            .map(|(_, unit)| unit)
+            .collect()
+    }
+
     #[test]
     fn boot_args_default_to_the_host_paths() {
         let a = Wrap::try_parse_from(["x"]).unwrap().boot;
@@ -333,10 +353,10 @@ mod tests {
         // An image with its kubelet: no wait for an exec failure.
         std::fs::create_dir_all(dir.path().join("usr/bin")).unwrap();
         std::fs::write(dir.path().join("usr/bin/kubelet"), "").unwrap();
-        let units = RecordingUnits::default();
+        let units = RecordingSystemd::default();
         let out = apply(&args(dir.path()), &settings(), &facts(), Some(&units)).unwrap();
         assert_eq!(
-            *units.started.lock().unwrap(),
+            started(&units),
             [CONTAINERD_UNIT, KUBELET_UNIT],
             "no pause image in this tree: nothing to import"
         );
@@ -344,10 +364,10 @@ mod tests {
         let archive = dir.path().join(paths::PAUSE_IMAGE_ARCHIVE);
         std::fs::create_dir_all(archive.parent().unwrap()).unwrap();
         std::fs::write(&archive, "").unwrap();
-        let units = RecordingUnits::default();
+        let units = RecordingSystemd::default();
         apply(&args(dir.path()), &settings(), &facts(), Some(&units)).unwrap();
         assert_eq!(
-            *units.started.lock().unwrap(),
+            started(&units),
             [CONTAINERD_UNIT, PAUSE_IMAGE_UNIT, KUBELET_UNIT]
         );
         let config: serde_json::Value = serde_json::from_str(
@@ -384,10 +404,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir_all(dir.path().join("usr/bin")).unwrap();
         std::fs::write(dir.path().join("usr/bin/amazon-ecs-agent"), "").unwrap();
-        let units = RecordingUnits::default();
+        let units = RecordingSystemd::default();
         let s = ecs_settings(serde_json::json!({}));
         let out = apply(&args(dir.path()), &s, &facts(), Some(&units)).unwrap();
-        assert_eq!(*units.started.lock().unwrap(), [DOCKER_UNIT, ECS_UNIT]);
+        assert_eq!(started(&units), [DOCKER_UNIT, ECS_UNIT]);
         let config = std::fs::read_to_string(dir.path().join(paths::ECS_CONFIG)).unwrap();
         assert!(config.contains("ECS_CLUSTER=berth-ecs\n"), "{config}");
         assert!(config.contains("ECS_AWSVPC_BLOCK_IMDS=false\n"), "{config}");
@@ -401,11 +421,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir_all(dir.path().join("usr/bin")).unwrap();
         std::fs::write(dir.path().join("usr/bin/amazon-ecs-agent"), "").unwrap();
-        let units = RecordingUnits::default();
+        let units = RecordingSystemd::default();
         let s = ecs_settings(serde_json::json!({"awsvpc-block-imds": true}));
         apply(&args(dir.path()), &s, &facts(), Some(&units)).unwrap();
         assert_eq!(
-            *units.started.lock().unwrap(),
+            started(&units),
             [DOCKER_UNIT, ECS_BLOCK_IMDS_UNIT, ECS_UNIT]
         );
         let config = std::fs::read_to_string(dir.path().join(paths::ECS_CONFIG)).unwrap();
@@ -416,33 +436,35 @@ mod tests {
     fn a_missing_agent_binary_still_starts_the_unit_and_reports_its_exit() {
         let dir = tempfile::tempdir().unwrap();
         // systemd's verdict for a missing binary: 203/EXEC, so the wait ends at once.
-        let units = RecordingUnits {
-            state: UnitState {
+        let units = RecordingSystemd::default();
+        units.set(
+            ECS_UNIT,
+            UnitState {
+                load: "loaded".into(),
                 active: "activating".into(),
                 result: "exit-code".into(),
                 exec_main_status: 203,
                 ..UnitState::default()
             },
-            ..RecordingUnits::default()
-        };
+        );
         let s = ecs_settings(serde_json::json!({}));
-        let started = Instant::now();
+        let t0 = Instant::now();
         let out = apply(&args(dir.path()), &s, &facts(), Some(&units)).unwrap();
-        assert!(started.elapsed() < EXEC_FAILURE_WAIT);
+        assert!(t0.elapsed() < EXEC_FAILURE_WAIT);
         assert_eq!(out.started.last().unwrap().1.exec_main_status, 203);
-        assert_eq!(*units.started.lock().unwrap(), [DOCKER_UNIT, ECS_UNIT]);
+        assert_eq!(started(&units), [DOCKER_UNIT, ECS_UNIT]);
     }
 
     #[test]
     fn bad_settings_write_nothing_and_start_nothing() {
         let dir = tempfile::tempdir().unwrap();
-        let units = RecordingUnits::default();
+        let units = RecordingSystemd::default();
         let mut f = facts();
         f.region = None;
         let v = serde_json::json!({"kubernetes": {"cluster-name": "c"}});
         let s = settings_from(&v).unwrap();
         let err = apply(&args(dir.path()), &s, &f, Some(&units)).unwrap_err();
-        assert!(units.started.lock().unwrap().is_empty(), "{err:#}");
+        assert!(units.calls().is_empty(), "{err:#}");
         assert!(!dir.path().join(paths::KUBELET_CONFIG).exists());
     }
 }

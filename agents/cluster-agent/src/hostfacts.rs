@@ -4,8 +4,8 @@
 //! back (`/run/berth/cluster-facts.json`).
 
 use crate::facts::Facts;
-use boot_config::imds::{Imds, ImdsError};
-use boot_config::platform::Platform;
+use host::imds::{Imds, ImdsError};
+use host::platform::Platform;
 use std::path::Path;
 
 #[derive(Debug, thiserror::Error)]
@@ -29,7 +29,7 @@ pub fn gather(
     platform: Platform,
     root: &Path,
     endpoint: &str,
-    retry: boot_config::imds::Retry,
+    retry: host::imds::Retry,
 ) -> Result<Facts, HostFactsError> {
     let mut facts = Facts {
         cpus: cpus(root),
@@ -117,7 +117,7 @@ mod tests {
             Platform::Qemu,
             dir.path(),
             "127.0.0.1:1",
-            boot_config::imds::Retry::default(),
+            host::imds::Retry::default(),
         )
         .unwrap();
         assert_eq!(facts.cpus, Some(3));

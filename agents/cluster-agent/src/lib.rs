@@ -15,7 +15,6 @@ pub mod live;
 pub(crate) mod output;
 pub mod paths;
 pub mod render;
-pub mod units;
 pub mod version;
 
 use anyhow::Context;

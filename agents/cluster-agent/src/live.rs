@@ -13,9 +13,9 @@
 
 use crate::boot::{self, CONTAINERD_UNIT, ECS_UNIT, KUBELET_UNIT};
 use crate::facts::Facts;
-use crate::units::{UnitState, Units};
 use crate::{input, output, paths, render, version::KubeletVersion};
 use anyhow::{Context, Result};
+use host::systemd::{self, Job, Systemd, UnitState};
 use settings_api::model::Settings;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -49,12 +49,12 @@ pub struct Applied {
 
 /// Runs the live step with the real settings API and systemd.
 pub fn run(args: &ApplyArgs) -> Result<Applied> {
-    let units = crate::units::DbusUnits::connect()?;
+    let units = systemd::DbusSystemd::connect()?;
     from_api(args, &units)
 }
 
 /// Reads the live settings from the API socket, then [`apply`]s them.
-pub fn from_api(args: &ApplyArgs, units: &dyn Units) -> Result<Applied> {
+pub fn from_api(args: &ApplyArgs, units: &dyn Systemd) -> Result<Applied> {
     let settings = boot::settings_from(&boot::get_settings(&args.socket_path)?)?;
     if settings.kubernetes.is_none() && settings.ecs.is_none() {
         tracing::info!("no settings.kubernetes or settings.ecs; nothing to apply");
@@ -65,7 +65,7 @@ pub fn from_api(args: &ApplyArgs, units: &dyn Units) -> Result<Applied> {
 
 /// Renders, writes what changed and restarts the agents that read it: the part tests drive
 /// with fakes.
-pub fn apply(args: &ApplyArgs, settings: &Settings, units: &dyn Units) -> Result<Applied> {
+pub fn apply(args: &ApplyArgs, settings: &Settings, units: &dyn Systemd) -> Result<Applied> {
     let record = args.root.join(args.facts_record.trim_start_matches('/'));
     if !record.exists() {
         tracing::info!(
@@ -87,6 +87,7 @@ pub fn apply(args: &ApplyArgs, settings: &Settings, units: &dyn Units) -> Result
     for file in &changed {
         if file.path == paths::KUBELET_CONFIG {
             let keys = changed_keys(&args.root.join(&file.path), &file.contents);
+            // marker: qemu-tests/src/markers.rs
             tracing::info!(path = %paths::host(&file.path), keys = %keys.join(","), "changed");
         } else {
             tracing::info!(path = %paths::host(&file.path), "changed");
@@ -122,9 +123,12 @@ pub fn apply(args: &ApplyArgs, settings: &Settings, units: &dyn Units) -> Result
     Ok(applied)
 }
 
+/// How long systemd may take to run a restart job of kubelet or the ECS agent.
+const RESTART_DEADLINE: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// Restarts `unit` when it was started at this boot (it has an invocation id); a unit never
 /// started is left alone: the boot step starts it with the files now in place.
-fn restart_if_started(units: &dyn Units, unit: &'static str) -> Result<Option<UnitState>> {
+fn restart_if_started(units: &dyn Systemd, unit: &'static str) -> Result<Option<UnitState>> {
     let before = units
         .state(unit)
         .with_context(|| format!("cannot read {unit}'s state"))?;
@@ -136,8 +140,9 @@ fn restart_if_started(units: &dyn Units, unit: &'static str) -> Result<Option<Un
         return Ok(None);
     }
     let after = units
-        .restart(unit)
+        .run(Job::Restart, unit, RESTART_DEADLINE)
         .with_context(|| format!("cannot restart {unit}"))?;
+    // marker: qemu-tests/src/markers.rs
     tracing::info!(
         unit,
         invocation = %after.invocation_id,
@@ -180,8 +185,8 @@ fn changed_keys(old_path: &Path, new: &[u8]) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::units::RecordingUnits;
     use clap::Parser;
+    use host::systemd::RecordingSystemd;
 
     #[derive(Parser)]
     struct Wrap {
@@ -232,15 +237,19 @@ mod tests {
         dir
     }
 
-    fn started_kubelet() -> RecordingUnits {
-        RecordingUnits {
-            state: UnitState {
-                active: "active".into(),
-                invocation_id: "0123456789abcdef0123456789abcdef".into(),
-                ..UnitState::default()
-            },
-            ..RecordingUnits::default()
-        }
+    /// kubelet and the ECS agent started at this boot.
+    fn started_kubelet() -> RecordingSystemd {
+        RecordingSystemd::with_active(&[KUBELET_UNIT, ECS_UNIT])
+    }
+
+    /// The units restarted, in order.
+    fn restarted(units: &RecordingSystemd) -> Vec<String> {
+        units
+            .jobs()
+            .into_iter()
+            .filter(|(job, _)| *job == Job::Restart)
+            .map(|(_, unit)| unit)
+            .collect()
     }
 
     fn max_pods(root: &Path) -> serde_json::Value {
@@ -256,8 +265,11 @@ mod tests {
         assert_eq!(max_pods(dir.path()), 42);
         // max-pods also sizes the memory reservation, so only config.json changes.
         assert_eq!(applied.changed, [dir.path().join(paths::KUBELET_CONFIG)]);
-        assert_eq!(*units.restarted.lock().unwrap(), [KUBELET_UNIT]);
-        assert!(units.started.lock().unwrap().is_empty(), "nothing started");
+        assert_eq!(restarted(&units), [KUBELET_UNIT]);
+        assert!(
+            units.jobs().iter().all(|(job, _)| *job == Job::Restart),
+            "nothing started"
+        );
         assert_eq!(applied.restarted.len(), 1);
     }
 
@@ -267,7 +279,7 @@ mod tests {
         let units = started_kubelet();
         let applied = apply(&args(dir.path()), &settings(110), &units).unwrap();
         assert_eq!(applied, Applied::default());
-        assert!(units.restarted.lock().unwrap().is_empty());
+        assert!(restarted(&units).is_empty());
     }
 
     #[test]
@@ -285,10 +297,10 @@ mod tests {
     #[test]
     fn a_kubelet_never_started_is_left_alone() {
         let dir = booted(110);
-        let units = RecordingUnits::default();
+        let units = RecordingSystemd::default();
         let applied = apply(&args(dir.path()), &settings(42), &units).unwrap();
         assert_eq!(max_pods(dir.path()), 42, "the files are still updated");
-        assert!(units.restarted.lock().unwrap().is_empty());
+        assert!(restarted(&units).is_empty());
         assert!(applied.restarted.is_empty());
     }
 
@@ -299,7 +311,7 @@ mod tests {
         let applied = apply(&args(dir.path()), &settings(42), &units).unwrap();
         assert_eq!(applied, Applied::default());
         assert!(!dir.path().join(paths::KUBELET_CONFIG).exists());
-        assert!(units.restarted.lock().unwrap().is_empty());
+        assert!(restarted(&units).is_empty());
     }
 
     #[test]
@@ -319,7 +331,7 @@ mod tests {
             std::fs::read(dir.path().join(paths::KUBELET_CONFIG)).unwrap(),
             before
         );
-        assert!(units.restarted.lock().unwrap().is_empty());
+        assert!(restarted(&units).is_empty());
     }
 
     fn ecs_settings(cluster: &str) -> Settings {
@@ -343,7 +355,7 @@ mod tests {
             .unwrap()
             .lines()
             .any(|l| l == "ECS_CLUSTER=new"));
-        assert_eq!(*units.restarted.lock().unwrap(), [ECS_UNIT]);
+        assert_eq!(restarted(&units), [ECS_UNIT]);
         assert_eq!(applied.restarted.len(), 1);
         assert_eq!(applied.restarted[0].0, ECS_UNIT);
     }
@@ -364,7 +376,7 @@ mod tests {
         assert!(std::fs::read_to_string(&spec)
             .unwrap()
             .contains("\"soft\": 1024"));
-        assert_eq!(*units.restarted.lock().unwrap(), [CONTAINERD_UNIT]);
+        assert_eq!(restarted(&units), [CONTAINERD_UNIT]);
     }
 
     #[test]

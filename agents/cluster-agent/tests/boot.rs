@@ -11,7 +11,7 @@ use std::time::Duration;
 use clap::Parser;
 use cluster_agent::boot::{self, BootArgs};
 use cluster_agent::live::{self, ApplyArgs};
-use cluster_agent::units::{RecordingUnits, UnitState};
+use host::systemd::{Job, RecordingSystemd};
 use qemu_tests::imds as emulator;
 use serde_json::json;
 
@@ -153,14 +153,7 @@ fn boot_renders_from_the_api_and_imds() {
     ])
     .unwrap()
     .apply;
-    let units = RecordingUnits {
-        state: UnitState {
-            active: "active".into(),
-            invocation_id: "0123456789abcdef0123456789abcdef".into(),
-            ..UnitState::default()
-        },
-        ..RecordingUnits::default()
-    };
+    let units = RecordingSystemd::with_active(&["kubelet.service"]);
     let applied = live::from_api(&apply_args, &units).unwrap();
     let config: serde_json::Value =
         serde_json::from_str(&read("etc/kubernetes/kubelet/config.json")).unwrap();
@@ -173,11 +166,11 @@ fn boot_renders_from_the_api_and_imds() {
         applied.changed,
         [root.path().join("etc/kubernetes/kubelet/config.json")]
     );
-    assert_eq!(*units.restarted.lock().unwrap(), ["kubelet.service"]);
+    assert_eq!(units.jobs(), [(Job::Restart, "kubelet.service".to_owned())]);
     // The same settings again: nothing changes, nothing restarts.
     let again = live::from_api(&apply_args, &units).unwrap();
     assert_eq!(again, live::Applied::default());
-    assert_eq!(units.restarted.lock().unwrap().len(), 1);
+    assert_eq!(units.jobs().len(), 1);
 }
 
 #[test]

@@ -8,9 +8,10 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{bail, Context};
+use boot_contract::cmdline::VERITY_BLOCK_SIZE as VERITY_BLOCK;
+use boot_contract::{Cmdline, Partition};
 use rustix::mount::MountFlags;
 
-use crate::cmdline::{self, Cmdline};
 use crate::devices::{self, SlotDisk};
 use crate::etc_seed::copy_tree;
 use crate::fatal::say;
@@ -19,9 +20,6 @@ use crate::modules::InitrdConfig;
 use crate::paths;
 use crate::storage;
 use crate::sys::DmTarget;
-
-/// Verity data and hash block size (docs/boot.md).
-const VERITY_BLOCK: u64 = 4096;
 
 pub struct Boot<H> {
     /// `/` on the machine; a temp dir in tests.
@@ -84,8 +82,9 @@ impl<H: Host> Boot<H> {
             .context("point boot.mount at the ESP of the boot disk")?;
         let root_dev = self.verity(&cmdline, &disk).with_context(|| {
             format!(
-                "set up dm-verity over root-{0} and verity-{0}",
-                cmdline.slot
+                "set up dm-verity over {} and {}",
+                Partition::Root(cmdline.slot),
+                Partition::Verity(cmdline.slot)
             )
         })?;
         self.mount(&root_dev, paths::SYSROOT, "erofs", MountFlags::RDONLY, "")?;
@@ -154,9 +153,7 @@ impl<H: Host> Boot<H> {
     }
 
     fn cmdline(&self) -> anyhow::Result<Cmdline> {
-        let path = self.path("/proc/cmdline");
-        let text = fs::read_to_string(&path).context("read /proc/cmdline")?;
-        cmdline::parse(&text).context("check the kernel command line")
+        read_cmdline(&self.root)
     }
 
     fn verity(&mut self, c: &Cmdline, disk: &SlotDisk) -> anyhow::Result<String> {
@@ -262,7 +259,7 @@ impl<H: Host> Boot<H> {
                     disk.disk
                 )),
             }
-            self.ensure_ext4(dev, "private")?;
+            self.ensure_ext4(dev, Partition::Private.label())?;
             return Ok(());
         }
         say(&format!(
@@ -338,7 +335,7 @@ impl<H: Host> Boot<H> {
         let disk_dev = self.path(&format!("/dev/{}", disk.disk));
         // Growing is best effort: a host that cannot grow `data` still boots, with the space
         // it has, rather than rebooting in a loop until both slots are marked bad.
-        match self.host.grow_partition(&disk_dev, "data") {
+        match self.host.grow_partition(&disk_dev, Partition::Data.label()) {
             Ok(Some(g)) => say(&format!(
                 "data partition grown to {} MiB",
                 g.length / (1024 * 1024)
@@ -348,7 +345,7 @@ impl<H: Host> Boot<H> {
                 "warning: cannot grow the data partition: {e:#}; keeping its size"
             )),
         }
-        self.ensure_ext4(&self.path(&dev_s), "data")
+        self.ensure_ext4(&self.path(&dev_s), Partition::Data.label())
             .context("prepare data")?;
         let info = storage::read_ext4(&self.path(&dev_s))?;
         let part_bytes = self.partition_bytes(&disk.data.name)?;
@@ -399,6 +396,12 @@ impl<H: Host> Boot<H> {
 
 /// Copies `image` (if it exists) to a temporary sibling of `local`, then renames it into
 /// place, so an interrupted first boot seeds again.
+/// The boot contract's parameters of `<root>/proc/cmdline`.
+pub fn read_cmdline(root: &Path) -> anyhow::Result<Cmdline> {
+    let text = fs::read_to_string(root.join("proc/cmdline")).context("read /proc/cmdline")?;
+    Cmdline::parse(&text).context("check the kernel command line")
+}
+
 fn seed_dir(image: &Path, local: &Path) -> anyhow::Result<()> {
     let tmp = local.with_extension("seeding");
     if tmp.exists() {

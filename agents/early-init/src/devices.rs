@@ -5,7 +5,8 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use crate::cmdline::Slot;
+use boot_contract::efi;
+use boot_contract::{Partition, Slot};
 
 #[derive(Debug, thiserror::Error)]
 pub enum DevicesError {
@@ -65,25 +66,12 @@ pub struct BootDisk {
     seen: BTreeMap<String, bool>,
 }
 
-/// systemd-boot's vendor GUID for its EFI variables.
-pub const LOADER_VENDOR: &str = "4a67b082-0a4c-41cf-b6c7-440b29bb8c4f";
-
 impl BootDisk {
-    /// Reads `LoaderDevicePartUUID` from efivarfs under `root` (4 attribute bytes, then a
-    /// UTF-16LE GUID string).
+    /// Reads `LoaderDevicePartUUID` from efivarfs under `root`.
     pub fn from_efivars(root: &Path) -> Self {
-        let path = root
-            .join("sys/firmware/efi/efivars")
-            .join(format!("LoaderDevicePartUUID-{LOADER_VENDOR}"));
-        let esp_guid = std::fs::read(path).ok().and_then(|b| {
-            let units: Vec<u16> = b
-                .get(4..)?
-                .chunks_exact(2)
-                .map(|c| u16::from_le_bytes([c[0], c[1]]))
-                .take_while(|&u| u != 0)
-                .collect();
-            uuid::Uuid::parse_str(String::from_utf16_lossy(&units).trim()).ok()
-        });
+        let esp_guid = efi::LOADER_DEVICE_PART_UUID
+            .read_string(root)
+            .and_then(|s| uuid::Uuid::parse_str(s.trim()).ok());
         Self {
             esp_guid,
             seen: BTreeMap::new(),
@@ -166,10 +154,10 @@ pub fn select(
     slot: Slot,
     is_boot_disk: &mut dyn FnMut(&str) -> bool,
 ) -> Result<Result<SlotDisk, String>, DevicesError> {
-    let root_name = format!("root-{slot}");
+    let root_name = Partition::Root(slot).label();
     let mut roots: Vec<&BlockDev> = devs
         .iter()
-        .filter(|d| d.partno.is_some() && d.partname.as_deref() == Some(root_name.as_str()))
+        .filter(|d| d.partno.is_some() && d.partname.as_deref() == Some(root_name))
         .collect();
     if roots.len() > 1 {
         let booted: Vec<&BlockDev> = roots
@@ -182,11 +170,11 @@ pub fn select(
         }
     }
     let root = match roots.as_slice() {
-        [] => return Ok(Err(root_name)),
+        [] => return Ok(Err(root_name.to_owned())),
         [one] => (*one).clone(),
         many => {
             return Err(DevicesError::Ambiguous {
-                name: root_name,
+                name: root_name.to_owned(),
                 disks: many
                     .iter()
                     .map(|d| d.disk.as_str())
@@ -195,7 +183,8 @@ pub fn select(
             })
         }
     };
-    let on_disk = |partname: &str| {
+    let on_disk = |partition: Partition| {
+        let partname = partition.label();
         devs.iter()
             .find(|d| {
                 d.disk == root.disk && d.partno.is_some() && d.partname.as_deref() == Some(partname)
@@ -206,10 +195,10 @@ pub fn select(
     let found = (|| {
         Ok(SlotDisk {
             disk: root.disk.clone(),
-            esp: on_disk("ESP")?,
-            verity: on_disk(&format!("verity-{slot}"))?,
-            private: on_disk("private")?,
-            data: on_disk("data")?,
+            esp: on_disk(Partition::Esp)?,
+            verity: on_disk(Partition::Verity(slot))?,
+            private: on_disk(Partition::Private)?,
+            data: on_disk(Partition::Data)?,
             root: root.clone(),
         })
     })();
@@ -297,20 +286,15 @@ pub(crate) mod tests {
         }
     }
 
-    pub(crate) const LAYOUT: [(u32, &str); 7] = [
-        (1, "ESP"),
-        (2, "root-a"),
-        (3, "verity-a"),
-        (4, "root-b"),
-        (5, "verity-b"),
-        (6, "private"),
-        (7, "data"),
-    ];
+    /// Every partition of the contract, `(number, GPT name)`, in disk order.
+    pub(crate) fn layout() -> [(u32, &'static str); 7] {
+        Partition::LAYOUT.map(|p| (p.number(), p.label()))
+    }
 
     #[test]
     fn finds_the_slot_partitions_by_name() {
         let dir = tempfile::tempdir().expect("tempdir");
-        fake_disk(dir.path(), "vda", 254, &LAYOUT);
+        fake_disk(dir.path(), "vda", 254, &layout());
         fake_disk(dir.path(), "vdb", 253, &[(1, "other")]);
         let found = wait_for_slot(
             dir.path(),
@@ -332,7 +316,7 @@ pub(crate) mod tests {
     #[test]
     fn times_out_naming_the_missing_partition() {
         let dir = tempfile::tempdir().expect("tempdir");
-        fake_disk(dir.path(), "vda", 254, &LAYOUT[..5]);
+        fake_disk(dir.path(), "vda", 254, &layout()[..5]);
         let err = wait_for_slot(
             dir.path(),
             Slot::A,
@@ -351,7 +335,7 @@ pub(crate) mod tests {
     #[test]
     fn partitions_on_another_disk_do_not_count() {
         let dir = tempfile::tempdir().expect("tempdir");
-        fake_disk(dir.path(), "vda", 254, &LAYOUT[..5]);
+        fake_disk(dir.path(), "vda", 254, &layout()[..5]);
         fake_disk(dir.path(), "vdb", 253, &[(1, "private"), (2, "data")]);
         let devs = scan(&dir.path().join("sys")).expect("scan");
         assert_eq!(
@@ -364,20 +348,16 @@ pub(crate) mod tests {
     fn the_boot_disk_is_found_by_its_esp_guid() {
         let dir = tempfile::tempdir().expect("tempdir");
         let root = dir.path();
-        fake_disk(root, "vda", 254, &LAYOUT);
-        fake_disk(root, "vdb", 253, &LAYOUT);
+        fake_disk(root, "vda", 254, &layout());
+        fake_disk(root, "vdb", 253, &layout());
         crate::storage::tests::make_image(&root.join("dev/vda"), 16 << 20, 0x10);
         crate::storage::tests::make_image(&root.join("dev/vdb"), 16 << 20, 0x20);
         let esp = crate::storage::tests::uuid_for(0x20); // ESP of vdb
-        let vars = root.join("sys/firmware/efi/efivars");
+        let vars = root.join(efi::EFIVARS_DIR);
         std::fs::create_dir_all(&vars).expect("mkdir");
-        let mut var = vec![6, 0, 0, 0];
-        for u in format!("{}", esp).to_uppercase().encode_utf16().chain([0]) {
-            var.extend_from_slice(&u.to_le_bytes());
-        }
         std::fs::write(
-            vars.join(format!("LoaderDevicePartUUID-{LOADER_VENDOR}")),
-            var,
+            efi::LOADER_DEVICE_PART_UUID.path(root),
+            efi::encode_string(&esp.to_string().to_uppercase()),
         )
         .expect("write");
 
@@ -402,8 +382,8 @@ pub(crate) mod tests {
     #[test]
     fn two_disks_with_the_slot_are_ambiguous() {
         let dir = tempfile::tempdir().expect("tempdir");
-        fake_disk(dir.path(), "vda", 254, &LAYOUT);
-        fake_disk(dir.path(), "vdb", 253, &LAYOUT);
+        fake_disk(dir.path(), "vda", 254, &layout());
+        fake_disk(dir.path(), "vdb", 253, &layout());
         let devs = scan(&dir.path().join("sys")).expect("scan");
         assert!(matches!(
             select(&devs, Slot::A, &mut |_| false),

@@ -109,7 +109,7 @@ impl Host for RealHost {
             .load(name, std::slice::from_ref(target), true)
             .context("DM_TABLE_LOAD")?;
         control.resume(name).context("DM_DEV_SUSPEND (resume)")?;
-        let (major, minor) = sys::split_dev(dev);
+        let (major, minor) = boot_contract::dm::split_dev(dev);
         let uevent = format!("/sys/dev/block/{major}:{minor}/uevent");
         let text = std::fs::read_to_string(&uevent).with_context(|| format!("read {uevent}"))?;
         let devname = crate::devices::parse_uevent(&text)

@@ -6,7 +6,6 @@
 //! one line and reboots.
 
 pub mod boot;
-pub mod cmdline;
 pub mod devices;
 pub mod etc_seed;
 pub mod fatal;

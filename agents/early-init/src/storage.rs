@@ -266,9 +266,7 @@ pub(crate) mod tests {
             .create(path)
             .expect("gpt create");
         let mut parts = BTreeMap::new();
-        let names = [
-            "ESP", "root-a", "verity-a", "root-b", "verity-b", "private", "data",
-        ];
+        let names = boot_contract::Partition::LAYOUT.map(|p| p.label());
         let mut lba = 2048;
         for (i, name) in names.iter().enumerate() {
             let len = if *name == "data" { 4096 } else { 2048 };

@@ -10,6 +10,8 @@ use std::io;
 use std::os::fd::AsRawFd;
 use std::path::Path;
 
+use boot_contract::dm::{self, Command, Header, TargetSpec, HEADER_SIZE, TARGET_SPEC_SIZE};
+
 /// `MODULE_INIT_COMPRESSED_FILE` from `<linux/module.h>`: the kernel decompresses the module.
 const MODULE_INIT_COMPRESSED_FILE: libc::c_uint = 4;
 
@@ -38,55 +40,7 @@ pub(crate) fn finit_module(file: &File) -> io::Result<bool> {
 }
 
 // ---------------------------------------------------------------------------------------------
-// device-mapper (<linux/dm-ioctl.h>)
-
-const DM_NAME_LEN: usize = 128;
-const DM_UUID_LEN: usize = 129;
-const DM_VERSION_MAJOR: u32 = 4;
-const DM_READONLY_FLAG: u32 = 1 << 0;
-const DM_BUFFER_FULL_FLAG: u32 = 1 << 8;
-
-const DM_DEV_CREATE_CMD: u8 = 3;
-const DM_DEV_SUSPEND_CMD: u8 = 6;
-const DM_TABLE_LOAD_CMD: u8 = 9;
-
-/// `struct dm_ioctl`, 312 bytes on every Linux architecture.
-#[repr(C)]
-#[derive(Clone, Copy)]
-struct DmIoctl {
-    version: [u32; 3],
-    data_size: u32,
-    data_start: u32,
-    target_count: u32,
-    open_count: i32,
-    flags: u32,
-    event_nr: u32,
-    padding: u32,
-    dev: u64,
-    name: [u8; DM_NAME_LEN],
-    uuid: [u8; DM_UUID_LEN],
-    data: [u8; 7],
-}
-
-/// `struct dm_target_spec`, followed by the NUL-terminated parameter string.
-#[repr(C)]
-#[derive(Clone, Copy)]
-struct DmTargetSpec {
-    sector_start: u64,
-    length: u64,
-    status: i32,
-    next: u32,
-    target_type: [u8; 16],
-}
-
-const _: () = assert!(std::mem::size_of::<DmIoctl>() == 312);
-const _: () = assert!(std::mem::size_of::<DmTargetSpec>() == 40);
-
-/// `_IOWR(0xfd, cmd, struct dm_ioctl)`.
-const fn dm_request(cmd: u8) -> libc::c_ulong {
-    // dir (read|write) << 30 | size << 16 | type << 8 | nr
-    ((3u64 << 30) | ((312u64) << 16) | (0xfdu64 << 8) | cmd as u64) as libc::c_ulong
-}
+// device-mapper (<linux/dm-ioctl.h>; the header and target spec are encoded by boot-contract)
 
 /// One line of a device-mapper table.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -102,34 +56,8 @@ pub(crate) struct DmControl {
     file: File,
 }
 
-fn copy_str(dst: &mut [u8], src: &str) -> io::Result<()> {
-    if src.len() >= dst.len() || src.as_bytes().contains(&0) {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            format!("device-mapper string {src:?} too long or contains NUL"),
-        ));
-    }
-    dst[..src.len()].copy_from_slice(src.as_bytes());
-    Ok(())
-}
-
-fn new_header(name: &str, data_size: usize) -> io::Result<DmIoctl> {
-    let mut hdr = DmIoctl {
-        version: [DM_VERSION_MAJOR, 0, 0],
-        data_size: u32::try_from(data_size).map_err(|_| io::ErrorKind::InvalidInput)?,
-        data_start: std::mem::size_of::<DmIoctl>() as u32,
-        target_count: 0,
-        open_count: 0,
-        flags: 0,
-        event_nr: 0,
-        padding: 0,
-        dev: 0,
-        name: [0; DM_NAME_LEN],
-        uuid: [0; DM_UUID_LEN],
-        data: [0; 7],
-    };
-    copy_str(&mut hdr.name, name)?;
-    Ok(hdr)
+fn invalid(e: dm::FieldError) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidInput, e)
 }
 
 /// A buffer of u64 so that the dm_ioctl header at its start is suitably aligned.
@@ -152,15 +80,6 @@ impl IoctlBuf {
         // requirements, and the returned slice borrows `self` mutably.
         unsafe { std::slice::from_raw_parts_mut(self.words.as_mut_ptr().cast::<u8>(), len) }
     }
-    fn header(&self) -> DmIoctl {
-        // SAFETY: the buffer is at least 312 bytes (checked by callers through `new`), 8-byte
-        // aligned, and every bit pattern is a valid DmIoctl (integers and byte arrays).
-        unsafe { std::ptr::read(self.words.as_ptr().cast::<DmIoctl>()) }
-    }
-    fn set_header(&mut self, hdr: &DmIoctl) {
-        // SAFETY: as in `header`; the write stays inside the buffer.
-        unsafe { std::ptr::write(self.words.as_mut_ptr().cast::<DmIoctl>(), *hdr) }
-    }
 }
 
 impl DmControl {
@@ -172,96 +91,76 @@ impl DmControl {
         Ok(Self { file })
     }
 
-    fn ioctl(&self, cmd: u8, buf: &mut IoctlBuf) -> io::Result<DmIoctl> {
+    fn ioctl(&self, cmd: Command, buf: &mut IoctlBuf) -> io::Result<Header> {
         // SAFETY: `buf` is a writable, 8-byte aligned buffer of `data_size` bytes starting
         // with a dm_ioctl header whose data_size matches the buffer; the kernel reads and
         // writes only inside it.
         let rc = unsafe {
             libc::ioctl(
                 self.file.as_raw_fd(),
-                dm_request(cmd) as _,
+                cmd.request() as libc::c_ulong as _,
                 buf.words.as_mut_ptr(),
             )
         };
         if rc < 0 {
             return Err(io::Error::last_os_error());
         }
-        Ok(buf.header())
+        Header::decode(buf.bytes_mut()).ok_or_else(|| io::Error::other("short dm_ioctl answer"))
     }
 
     /// DM_DEV_CREATE: an empty device `name`; returns its `dev_t` (kernel encoding).
     pub(crate) fn create(&self, name: &str, uuid: &str) -> io::Result<u64> {
-        let mut buf = IoctlBuf::new(std::mem::size_of::<DmIoctl>());
-        let mut hdr = new_header(name, buf.len())?;
-        copy_str(&mut hdr.uuid, uuid)?;
-        buf.set_header(&hdr);
-        let out = self.ioctl(DM_DEV_CREATE_CMD, &mut buf)?;
+        let mut buf = IoctlBuf::new(HEADER_SIZE);
+        let mut hdr = Header::new(name, buf.len()).map_err(invalid)?;
+        hdr.set_uuid(uuid).map_err(invalid)?;
+        hdr.encode(buf.bytes_mut());
+        let out = self.ioctl(Command::DevCreate, &mut buf)?;
         Ok(out.dev)
     }
 
     /// DM_TABLE_LOAD into the inactive table of `name`.
     pub(crate) fn load(&self, name: &str, targets: &[DmTarget], read_only: bool) -> io::Result<()> {
-        let hdr_len = std::mem::size_of::<DmIoctl>();
-        let spec_len = std::mem::size_of::<DmTargetSpec>();
-        let mut total = hdr_len;
+        let mut total = HEADER_SIZE;
         let mut specs = Vec::new();
         for t in targets {
-            // spec + params + NUL, padded to 8 bytes
-            let len = (spec_len + t.params.len() + 1).next_multiple_of(8);
-            specs.push((total, len));
-            total += len;
-        }
-        let mut buf = IoctlBuf::new(total);
-        let mut hdr = new_header(name, buf.len())?;
-        hdr.target_count = targets.len() as u32;
-        if read_only {
-            hdr.flags |= DM_READONLY_FLAG;
-        }
-        buf.set_header(&hdr);
-        let bytes = buf.bytes_mut();
-        for (t, (off, len)) in targets.iter().zip(&specs) {
-            let mut target_type = [0u8; 16];
-            copy_str(&mut target_type, &t.target_type)?;
             if t.params.as_bytes().contains(&0) {
                 return Err(io::ErrorKind::InvalidInput.into());
             }
-            let spec = DmTargetSpec {
-                sector_start: t.start_sector,
-                length: t.sectors,
-                status: 0,
-                next: *len as u32,
-                target_type,
-            };
-            // SAFETY: `off + spec_len <= total` by construction; write_unaligned has no
-            // alignment requirement and DmTargetSpec is plain old data.
-            unsafe {
-                std::ptr::write_unaligned(bytes.as_mut_ptr().add(*off).cast::<DmTargetSpec>(), spec)
-            };
-            let p = off + spec_len;
-            bytes[p..p + t.params.len()].copy_from_slice(t.params.as_bytes());
+            // spec + params + NUL, padded to 8 bytes
+            let len = (TARGET_SPEC_SIZE + t.params.len() + 1).next_multiple_of(8);
+            let spec = TargetSpec::new(t.start_sector, t.sectors, &t.target_type, len as u32)
+                .map_err(invalid)?;
+            specs.push((total, spec, t.params.as_bytes()));
+            total += len;
         }
-        self.ioctl(DM_TABLE_LOAD_CMD, &mut buf)?;
+        let mut buf = IoctlBuf::new(total);
+        let mut hdr = Header::new(name, buf.len()).map_err(invalid)?;
+        hdr.target_count = targets.len() as u32;
+        if read_only {
+            hdr.flags |= dm::flags::READONLY;
+        }
+        let bytes = buf.bytes_mut();
+        hdr.encode(bytes);
+        for (off, spec, params) in &specs {
+            spec.encode(&mut bytes[*off..]);
+            let p = off + TARGET_SPEC_SIZE;
+            bytes[p..p + params.len()].copy_from_slice(params);
+        }
+        self.ioctl(Command::TableLoad, &mut buf)?;
         Ok(())
     }
 
     /// DM_DEV_SUSPEND without the suspend flag: makes the loaded table live.
     pub(crate) fn resume(&self, name: &str) -> io::Result<()> {
-        let mut buf = IoctlBuf::new(std::mem::size_of::<DmIoctl>());
-        let hdr = new_header(name, buf.len())?;
-        buf.set_header(&hdr);
-        let out = self.ioctl(DM_DEV_SUSPEND_CMD, &mut buf)?;
-        if out.flags & DM_BUFFER_FULL_FLAG != 0 {
+        let mut buf = IoctlBuf::new(HEADER_SIZE);
+        let hdr = Header::new(name, buf.len()).map_err(invalid)?;
+        hdr.encode(buf.bytes_mut());
+        let out = self.ioctl(Command::DevSuspend, &mut buf)?;
+        if out.flags & dm::flags::BUFFER_FULL != 0 {
             return Err(io::Error::other("device-mapper buffer full"));
         }
         Ok(())
     }
-}
-
-/// Splits a kernel `dev_t` as returned in `dm_ioctl.dev` (new_encode_dev) into major:minor.
-pub(crate) fn split_dev(dev: u64) -> (u32, u32) {
-    let major = ((dev >> 8) & 0xfff) as u32;
-    let minor = ((dev & 0xff) | ((dev >> 12) & 0xfff00)) as u32;
-    (major, minor)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -338,17 +237,6 @@ mod tests {
 
     #[test]
     fn ioctl_numbers_match_the_kernel_headers() {
-        assert_eq!(dm_request(DM_DEV_CREATE_CMD), 0xc138_fd03);
-        assert_eq!(dm_request(DM_TABLE_LOAD_CMD), 0xc138_fd09);
         assert_eq!(EXT4_IOC_RESIZE_FS, 0x4008_6610);
-    }
-
-    #[test]
-    fn dev_t_split_follows_new_encode_dev() {
-        // major 253, minor 0 -> 0xfd00
-        assert_eq!(split_dev(0xfd00), (253, 0));
-        // major 253, minor 300: (300 & 0xff) | 253 << 8 | (300 & !0xff) << 12
-        let dev = (300 & 0xff) | (253 << 8) | ((300u64 & !0xff) << 12);
-        assert_eq!(split_dev(dev), (253, 300));
     }
 }

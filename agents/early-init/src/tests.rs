@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::boot::Boot;
-use crate::devices::tests::{fake_disk, LAYOUT};
+use crate::devices::tests::{fake_disk, layout};
 use crate::host::{Host, MountSpec};
 use crate::storage::Grown;
 use crate::sys::DmTarget;
@@ -124,7 +124,7 @@ fn write(root: &Path, rel: &str, text: &str) {
 }
 
 fn fixture(root: &Path) {
-    fake_disk(root, "vda", 254, &LAYOUT);
+    fake_disk(root, "vda", 254, &layout());
     let sizes = [(2, 8 * 2048), (6, 2048), (7, 8000)]; // sectors
     for (n, sectors) in sizes {
         write(
@@ -266,7 +266,7 @@ fn missing_partition_fails_with_one_clear_error() {
         "proc/cmdline",
         &format!("berth.slot=b berth.verity.root={ROOT_HASH} berth.verity.data-blocks=1"),
     );
-    // Slot b exists in LAYOUT; remove its verity partition from sysfs.
+    // Slot b exists in the layout; remove its verity partition from sysfs.
     fs::remove_file(root.join("sys/class/block/vda5")).expect("rm");
     let (err, ops) = boot(root);
     let line = crate::fatal::fatal_line(&err);

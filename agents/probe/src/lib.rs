@@ -9,10 +9,8 @@ pub mod dm;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+use boot_contract::{cmdline, efi};
 use dm::DeviceMapper;
-
-/// EFI variable vendor GUID of systemd-boot / systemd-stub.
-const LOADER_GUID: &str = "4a67b082-0a4c-41cf-b6c7-440b29bb8c4f";
 
 /// Printed for a fact that does not apply or cannot be read.
 pub const NONE: &str = "none";
@@ -83,21 +81,6 @@ pub fn mount_of<'a>(mounts: &'a [Mount], path: &str) -> Option<&'a Mount> {
         .map(|(_, m)| m)
 }
 
-/// Reads an EFI variable of systemd-boot/stub holding a UTF-16LE string.
-pub fn efi_string(root: &Path, name: &str) -> Option<String> {
-    let p = root
-        .join("sys/firmware/efi/efivars")
-        .join(format!("{name}-{LOADER_GUID}"));
-    let bytes = std::fs::read(p).ok()?;
-    let units: Vec<u16> = bytes
-        .get(4..)?
-        .chunks_exact(2)
-        .map(|c| u16::from_le_bytes([c[0], c[1]]))
-        .take_while(|&u| u != 0)
-        .collect();
-    Some(String::from_utf16_lossy(&units))
-}
-
 /// Sum of VmRSS (kB) of the processes whose `comm` is `comm`; None when there is none.
 fn rss_kib(root: &Path, comm: &str) -> Option<u64> {
     let mut total = None;
@@ -165,14 +148,6 @@ fn uevent_value(root: &Path, m: &Mount, key: &str) -> Option<String> {
         .map(str::to_string)
 }
 
-/// Value of `key=` on the kernel command line.
-pub fn cmdline_value(cmdline: &str, key: &str) -> Option<String> {
-    cmdline
-        .split_whitespace()
-        .find_map(|w| w.strip_prefix(key)?.strip_prefix('='))
-        .map(|v| v.trim_matches('"').to_string())
-}
-
 /// Creates and removes a file in `dir`: is it writable?
 fn writable(dir: &Path) -> bool {
     let p = dir.join(format!(".berth-probe-{}", std::process::id()));
@@ -235,19 +210,15 @@ pub fn facts(root: &Path, dm: &dyn DeviceMapper) -> Vec<(String, String)> {
         );
     }
     let cmdline = read_trim(root.join("proc/cmdline")).unwrap_or_default();
-    push("slot", cmdline_value(&cmdline, "berth.slot"));
-    push("loader-entry", efi_string(root, "LoaderEntrySelected"));
-    push("stub-image", efi_string(root, "StubImageIdentifier"));
-    // Secure Boot (docs/secure-boot.md): the firmware's SecureBoot variable (EFI global
-    // variable GUID; 4 attribute bytes, then 1 or 0) and the kernel's lockdown mode.
+    push("slot", cmdline::slot(&cmdline).ok().map(|s| s.to_string()));
+    push("loader-entry", efi::LOADER_ENTRY_SELECTED.read_string(root));
+    push("stub-image", efi::STUB_IMAGE_IDENTIFIER.read_string(root));
+    // Secure Boot (docs/secure-boot.md): the firmware's SecureBoot variable (4 attribute
+    // bytes, which `read` strips, then 1 or 0) and the kernel's lockdown mode.
     push(
         "secure-boot",
-        std::fs::read(
-            root.join("sys/firmware/efi/efivars/SecureBoot-8be4df61-93ca-11d2-aa0d-00e098032b8c"),
-        )
-        .ok()
-        .map(|b| {
-            if b.get(4) == Some(&1) {
+        efi::Variable::global("SecureBoot").read(root).map(|b| {
+            if b.first() == Some(&1) {
                 "enabled"
             } else {
                 "disabled"

@@ -243,12 +243,3 @@ fn stacked_mounts_use_the_last_one() {
         Some("tmpfs")
     );
 }
-
-#[test]
-fn cmdline_values() {
-    assert_eq!(
-        cmdline_value("a=1 berth.slot=b c", "berth.slot").as_deref(),
-        Some("b")
-    );
-    assert_eq!(cmdline_value("berth.slots=b", "berth.slot"), None);
-}

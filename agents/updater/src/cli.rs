@@ -4,13 +4,13 @@
 
 use std::path::{Path, PathBuf};
 
+use boot_contract::Slot;
 use clap::{Args, Parser, Subcommand};
 use semver::Version;
 use url::Url;
 
 use crate::choose::VersionLock;
 use crate::host::{self, HostError};
-use crate::manifest::Slot;
 use crate::repo::RepoSource;
 use crate::Config;
 
@@ -169,7 +169,7 @@ pub struct UpdaterArgs {
     pub seed: u32,
     /// The inactive slot, the one to write (default: the other one than `berth.slot=` on
     /// /proc/cmdline).
-    #[arg(long, value_enum, env = "BERTH_UPDATES_SLOT")]
+    #[arg(long, env = "BERTH_UPDATES_SLOT")]
     pub slot: Option<Slot>,
     /// The inactive slot's root partition (default: the partition named root-SLOT on the disk
     /// that holds the running root).

@@ -25,17 +25,15 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use ::host::systemd::{Systemd, SystemdError};
+use boot_contract::{efi, Slot, UkiName};
 use semver::Version;
 
 use crate::host::{self, HostError};
-use crate::manifest::Slot;
 use crate::slot::{self, SlotError};
 use crate::state::{
     self, BootOutcome, BootReport, FailedUpdate, Floor, StateError, Status, UpdateState,
 };
-
-/// systemd-boot's vendor GUID for its EFI variables.
-pub const LOADER_GUID: &str = "4a67b082-0a4c-41cf-b6c7-440b29bb8c4f";
 
 #[derive(Debug, thiserror::Error)]
 pub enum HealthError {
@@ -52,82 +50,14 @@ pub enum HealthError {
         #[source]
         source: std::io::Error,
     },
-    #[error("cannot ask systemd about {unit}: {reason}")]
-    Units { unit: String, reason: String },
+    #[error(transparent)]
+    Systemd(#[from] SystemdError),
     #[error("the health gate of slot {slot} ({version}) failed: {reason}")]
     GateFailed {
         slot: Slot,
         version: Version,
         reason: String,
     },
-}
-
-/// What the gate asks of systemd.
-pub trait Units {
-    /// `ActiveState` of `unit` (`active`, `activating`, `failed`, `inactive`, …).
-    fn active_state(&self, unit: &str) -> Result<String, HealthError>;
-    /// Starts `reboot.target`.
-    fn reboot(&self) -> Result<(), HealthError>;
-}
-
-/// systemd's manager on the system bus.
-pub struct DbusUnits {
-    conn: zbus::blocking::Connection,
-}
-
-impl DbusUnits {
-    pub fn connect() -> Result<DbusUnits, HealthError> {
-        let conn = zbus::blocking::Connection::system().map_err(|e| HealthError::Units {
-            unit: "the system bus".into(),
-            reason: e.to_string(),
-        })?;
-        Ok(DbusUnits { conn })
-    }
-
-    fn manager(&self) -> Result<zbus::blocking::Proxy<'_>, zbus::Error> {
-        zbus::blocking::Proxy::new(
-            &self.conn,
-            "org.freedesktop.systemd1",
-            "/org/freedesktop/systemd1",
-            "org.freedesktop.systemd1.Manager",
-        )
-    }
-}
-
-impl Units for DbusUnits {
-    fn active_state(&self, unit: &str) -> Result<String, HealthError> {
-        let err = |e: zbus::Error| HealthError::Units {
-            unit: unit.to_owned(),
-            reason: e.to_string(),
-        };
-        // LoadUnit rather than GetUnit: a unit nothing pulled in is simply inactive.
-        let path: zbus::zvariant::OwnedObjectPath = self
-            .manager()
-            .map_err(err)?
-            .call("LoadUnit", &(unit,))
-            .map_err(err)?;
-        let proxy = zbus::blocking::Proxy::new(
-            &self.conn,
-            "org.freedesktop.systemd1",
-            path.as_str(),
-            "org.freedesktop.systemd1.Unit",
-        )
-        .map_err(err)?;
-        proxy.get_property("ActiveState").map_err(err)
-    }
-
-    fn reboot(&self) -> Result<(), HealthError> {
-        let err = |e: zbus::Error| HealthError::Units {
-            unit: "reboot.target".into(),
-            reason: e.to_string(),
-        };
-        let _job: zbus::zvariant::OwnedObjectPath = self
-            .manager()
-            .map_err(err)?
-            .call("StartUnit", &("reboot.target", "replace-irreversibly"))
-            .map_err(err)?;
-        Ok(())
-    }
 }
 
 /// Inputs of one gate run.
@@ -156,25 +86,9 @@ pub struct Booted {
     pub counted: Option<PathBuf>,
 }
 
-/// Reads a UTF-16 string EFI variable of systemd-boot from efivarfs.
-pub fn loader_variable(host_root: &Path, name: &str) -> Option<String> {
-    let path = host_root
-        .join("sys/firmware/efi/efivars")
-        .join(format!("{name}-{LOADER_GUID}"));
-    let bytes = std::fs::read(path).ok()?;
-    // 4 bytes of attributes, then UTF-16LE, usually NUL-terminated.
-    let units: Vec<u16> = bytes
-        .get(4..)?
-        .chunks_exact(2)
-        .map(|c| u16::from_le_bytes([c[0], c[1]]))
-        .take_while(|&u| u != 0)
-        .collect();
-    String::from_utf16(&units).ok()
-}
-
 impl Booted {
     pub fn read(host_root: &Path) -> Result<Booted, HealthError> {
-        let counted = loader_variable(host_root, "LoaderBootCountPath").map(|p| {
+        let counted = efi::LOADER_BOOT_COUNT_PATH.read_string(host_root).map(|p| {
             PathBuf::from(
                 p.trim_start_matches('\\')
                     .replace('\\', "/")
@@ -191,30 +105,25 @@ impl Booted {
 
 /// The counter of a counted UKI name: `berth-1.0.0+2-1.efi` -> (tries left, tries done).
 pub fn boot_counter(file_name: &str) -> Option<(u32, u32)> {
-    let stem = file_name.strip_suffix(".efi")?;
-    let (_, counter) = stem.rsplit_once('+')?;
-    let (left, done) = match counter.split_once('-') {
-        Some((l, d)) => (l, d),
-        None => (counter, "0"),
-    };
-    Some((left.parse().ok()?, done.parse().ok()?))
+    let counter = UkiName::parse(file_name)?.counter?;
+    Some((counter.left, counter.done.unwrap_or(0)))
 }
 
 /// The good name of a counted UKI: its counter removed (`berth-1.0.0+2-1.efi` ->
 /// `berth-1.0.0.efi`).
 pub fn blessed_name(file_name: &str) -> Option<String> {
-    boot_counter(file_name)?;
-    let stem = file_name.strip_suffix(".efi")?;
-    let (name, _) = stem.rsplit_once('+')?;
-    Some(format!("{name}.efi"))
+    let name = UkiName::parse(file_name)?;
+    name.counter?;
+    Some(name.blessed().to_string())
 }
 
-/// Waits until every unit is active; the reason of the first that fails or is late.
-pub fn wait_for_units(units: &dyn Units, gate: &Gate) -> Result<(), String> {
+/// Waits until every unit is active; the reason of the first that fails or is late. Polls
+/// the units' state: the gate waits for the boot to bring them up, not for a job of its own.
+pub fn wait_for_units(units: &dyn Systemd, gate: &Gate) -> Result<(), String> {
     let deadline = Instant::now() + gate.timeout;
     for unit in &gate.units {
         loop {
-            let state = units.active_state(unit).map_err(|e| e.to_string())?;
+            let state = units.state(unit).map_err(|e| e.to_string())?.active;
             match state.as_str() {
                 "active" => break,
                 "failed" => return Err(format!("{unit} failed")),
@@ -278,7 +187,7 @@ fn floor_allows(floor: Option<&Floor>, booted: &Booted) -> Result<(), String> {
 /// Runs the gate: reports a fallen-back update, checks the units, the ESP and the rollback
 /// floor, marks a trial boot good or reboots it. Returns the state as stored;
 /// `Err(GateFailed)` when the gate failed.
-pub fn run(gate: &Gate, units: &dyn Units) -> Result<Status, HealthError> {
+pub fn run(gate: &Gate, units: &dyn Systemd) -> Result<Status, HealthError> {
     let booted = Booted::read(&gate.host_root)?;
     let entry = booted
         .counted
@@ -335,6 +244,7 @@ pub fn run(gate: &Gate, units: &dyn Units) -> Result<Status, HealthError> {
                 status.uki = None;
                 status.failed_update = None;
             }
+            // marker: qemu-tests/src/markers.rs
             tracing::info!(slot = %booted.slot, version = %booted.version, blessed, "health gate passed");
             status.last_boot = Some(BootReport {
                 outcome: BootOutcome::Healthy,
@@ -365,6 +275,7 @@ pub fn run(gate: &Gate, units: &dyn Units) -> Result<Status, HealthError> {
             });
             status.store(&gate.state_dir)?;
             if trial {
+                // marker: qemu-tests/src/markers.rs
                 tracing::error!(%reason, "health gate failed on a trial boot; rebooting");
                 units.reboot()?;
             }
@@ -465,42 +376,17 @@ fn take_lock(dir: &Path, timeout: Duration) -> Result<state::Lock, HealthError> 
 
 #[cfg(test)]
 mod tests {
-    use std::cell::RefCell;
-    use std::collections::BTreeMap;
-
     use super::*;
     use crate::state::Chosen;
+    use ::host::systemd::{Call, RecordingSystemd, UnitState};
+    use boot_contract::uki;
 
-    /// Units with fixed states; records reboots.
-    #[derive(Default)]
-    struct FakeUnits {
-        states: BTreeMap<String, String>,
-        reboots: RefCell<u32>,
+    fn healthy() -> RecordingSystemd {
+        RecordingSystemd::with_active(&["configured.target", "apiserver.service"])
     }
 
-    impl Units for FakeUnits {
-        fn active_state(&self, unit: &str) -> Result<String, HealthError> {
-            Ok(self
-                .states
-                .get(unit)
-                .cloned()
-                .unwrap_or_else(|| "inactive".into()))
-        }
-        fn reboot(&self) -> Result<(), HealthError> {
-            *self.reboots.borrow_mut() += 1;
-            Ok(())
-        }
-    }
-
-    fn healthy() -> FakeUnits {
-        FakeUnits {
-            states: [
-                ("configured.target".to_owned(), "active".to_owned()),
-                ("apiserver.service".to_owned(), "active".to_owned()),
-            ]
-            .into(),
-            ..FakeUnits::default()
-        }
+    fn reboots(units: &RecordingSystemd) -> usize {
+        units.calls().iter().filter(|c| **c == Call::Reboot).count()
     }
 
     struct Host {
@@ -525,7 +411,7 @@ mod tests {
             let dir = tempfile::tempdir().unwrap();
             let root = dir.path().join("root");
             crate::host::tests::fake_disks(&root, esp_on, &dir.path().join("esp"));
-            for d in ["usr/lib", "proc", "sys/firmware/efi/efivars"] {
+            for d in ["usr/lib", "proc", efi::EFIVARS_DIR] {
                 std::fs::create_dir_all(root.join(d)).unwrap();
             }
             std::fs::write(
@@ -534,18 +420,12 @@ mod tests {
             )
             .unwrap();
             std::fs::write(root.join("proc/cmdline"), format!("berth.slot={slot}\n")).unwrap();
-            std::fs::create_dir_all(dir.path().join("esp/EFI/Linux")).unwrap();
+            std::fs::create_dir_all(dir.path().join("esp").join(uki::DIR)).unwrap();
             let host = Host { dir };
             if let Some(entry) = entry {
-                let mut bytes = vec![7, 0, 0, 0];
-                for u in format!("\\EFI\\Linux\\{entry}\0").encode_utf16() {
-                    bytes.extend(u.to_le_bytes());
-                }
                 std::fs::write(
-                    root.join(format!(
-                        "sys/firmware/efi/efivars/LoaderBootCountPath-{LOADER_GUID}"
-                    )),
-                    bytes,
+                    efi::LOADER_BOOT_COUNT_PATH.path(&root),
+                    efi::encode_string(&format!("\\EFI\\Linux\\{entry}")),
                 )
                 .unwrap();
             }
@@ -553,7 +433,7 @@ mod tests {
         }
 
         fn uki(&self, name: &str) -> &Host {
-            std::fs::write(self.esp().join("EFI/Linux").join(name), name).unwrap();
+            std::fs::write(self.esp().join(uki::DIR).join(name), name).unwrap();
             self
         }
 
@@ -562,7 +442,7 @@ mod tests {
         }
 
         fn ukis(&self) -> Vec<String> {
-            let mut names: Vec<String> = std::fs::read_dir(self.esp().join("EFI/Linux"))
+            let mut names: Vec<String> = std::fs::read_dir(self.esp().join(uki::DIR))
                 .unwrap()
                 .map(|e| e.unwrap().file_name().into_string().unwrap())
                 .collect();
@@ -624,7 +504,7 @@ mod tests {
         let boot = status.last_boot.unwrap();
         assert_eq!(boot.outcome, BootOutcome::Healthy);
         assert!(boot.blessed);
-        assert_eq!(*units.reboots.borrow(), 0);
+        assert_eq!(reboots(&units), 0);
         assert_eq!(
             Status::load(&host.gate().state_dir).unwrap().state,
             UpdateState::Idle
@@ -636,13 +516,18 @@ mod tests {
         let host = Host::new("b", "2.0.0", Some("berth-2.0.0+1-2.efi"));
         host.uki("berth-1.0.0.efi").uki("berth-2.0.0+1-2.efi");
         host.ready_for("2.0.0", Slot::B);
-        let mut units = healthy();
-        units
-            .states
-            .insert("apiserver.service".into(), "failed".into());
+        let units = healthy();
+        units.set(
+            "apiserver.service",
+            UnitState {
+                load: "loaded".into(),
+                active: "failed".into(),
+                ..UnitState::default()
+            },
+        );
         let err = run(&host.gate(), &units).unwrap_err().to_string();
         assert!(err.contains("apiserver.service failed"), "{err}");
-        assert_eq!(*units.reboots.borrow(), 1);
+        assert_eq!(reboots(&units), 1);
         assert_eq!(host.ukis(), ["berth-1.0.0.efi", "berth-2.0.0+1-2.efi"]);
         let status = Status::load(&host.gate().state_dir).unwrap();
         assert_eq!(status.state, UpdateState::Ready);
@@ -652,12 +537,12 @@ mod tests {
     #[test]
     fn a_unit_that_never_comes_up_fails_the_gate_after_the_timeout() {
         let host = Host::new("a", "1.0.0", None);
-        let mut units = healthy();
-        units.states.remove("configured.target");
+        let units = healthy();
+        units.states.lock().unwrap().remove("configured.target");
         let err = run(&host.gate(), &units).unwrap_err().to_string();
         assert!(err.contains("configured.target is inactive"), "{err}");
         // Not a trial boot: nothing to fall back to, so no reboot.
-        assert_eq!(*units.reboots.borrow(), 0);
+        assert_eq!(reboots(&units), 0);
     }
 
     #[test]
@@ -702,7 +587,7 @@ mod tests {
         let units = healthy();
         let err = run(&host.gate(), &units).unwrap_err().to_string();
         assert!(err.contains("the ESP is not mounted"), "{err}");
-        assert_eq!(*units.reboots.borrow(), 1, "a trial boot reboots");
+        assert_eq!(reboots(&units), 1, "a trial boot reboots");
         let status = Status::load(&host.gate().state_dir).unwrap();
         assert_eq!(status.state, UpdateState::Ready, "the update is not closed");
         let boot = status.last_boot.unwrap();
@@ -731,7 +616,7 @@ mod tests {
         let units = healthy();
         let err = run(&host.gate(), &units).unwrap_err().to_string();
         assert!(err.contains("LoaderBootCountPath"), "{err}");
-        assert_eq!(*units.reboots.borrow(), 1);
+        assert_eq!(reboots(&units), 1);
         assert_eq!(
             Status::load(&host.gate().state_dir).unwrap().state,
             UpdateState::Ready
@@ -746,7 +631,7 @@ mod tests {
         let units = healthy();
         let err = run(&host.gate(), &units).unwrap_err().to_string();
         assert!(err.contains("cannot mark"), "{err}");
-        assert_eq!(*units.reboots.borrow(), 1);
+        assert_eq!(reboots(&units), 1);
     }
 
     #[test]
@@ -784,7 +669,7 @@ mod tests {
             err.contains("below this host's rollback floor 2.0.0"),
             "{err}"
         );
-        assert_eq!(*units.reboots.borrow(), 1, "a trial boot goes back");
+        assert_eq!(reboots(&units), 1, "a trial boot goes back");
         assert_eq!(host.ukis(), ["berth-1.0.0+2-1.efi", "berth-2.0.0.efi"]);
     }
 }

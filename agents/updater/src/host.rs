@@ -10,9 +10,9 @@
 
 use std::path::{Path, PathBuf};
 
+use boot_contract::cmdline::{self, CmdlineError};
+use boot_contract::Slot;
 use semver::Version;
-
-use crate::manifest::Slot;
 
 #[derive(Debug, thiserror::Error)]
 pub enum HostError {
@@ -38,6 +38,8 @@ pub enum HostError {
     SeveralDisks { devno: String, disks: String },
     #[error("disk {disk}, which holds the running root, has no partition named {label}; pass the partition with a flag")]
     NoPartition { disk: String, label: String },
+    #[error("{path}: {key} is given twice")]
+    Duplicate { path: PathBuf, key: &'static str },
 }
 
 fn read(root: &Path, rel: &str) -> Result<(PathBuf, String), HostError> {
@@ -55,12 +57,6 @@ pub fn os_release_value(text: &str, key: &str) -> Option<String> {
         let (k, v) = line.split_once('=')?;
         (k.trim() == key).then(|| v.trim().trim_matches('"').trim_matches('\'').to_owned())
     })
-}
-
-/// The slot named by `berth.slot=` on a kernel command line.
-pub fn cmdline_slot(text: &str) -> Option<&str> {
-    text.split_whitespace()
-        .find_map(|word| word.strip_prefix("berth.slot="))
 }
 
 /// `VARIANT_ID` of `<root>/usr/lib/os-release`.
@@ -94,18 +90,13 @@ pub fn running_slot(root: &Path) -> Result<Slot, HostError> {
 /// The slot the host is not running from (`berth.slot=` of `<root>/proc/cmdline`).
 pub fn inactive_slot(root: &Path) -> Result<Slot, HostError> {
     let (path, text) = read(root, "proc/cmdline")?;
-    match cmdline_slot(&text) {
-        Some("a") => Ok(Slot::B),
-        Some("b") => Ok(Slot::A),
-        Some(other) => Err(HostError::Invalid {
-            path,
-            key: "berth.slot",
-            value: other.to_owned(),
-        }),
-        None => Err(HostError::Missing {
-            path,
-            key: "berth.slot",
-        }),
+    match cmdline::slot(&text) {
+        Ok(slot) => Ok(slot.other()),
+        Err(CmdlineError::Missing(key)) => Err(HostError::Missing { path, key }),
+        Err(CmdlineError::Invalid { key, value, .. }) => {
+            Err(HostError::Invalid { path, key, value })
+        }
+        Err(CmdlineError::Duplicate(key)) => Err(HostError::Duplicate { path, key }),
     }
 }
 

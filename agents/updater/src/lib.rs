@@ -18,10 +18,11 @@ pub mod uki;
 
 use std::path::{Path, PathBuf};
 
+use boot_contract::{Partition, Slot};
 use semver::Version;
 
 use crate::choose::{Policy, VersionLock};
-use crate::manifest::{Image, Slot, Update};
+use crate::manifest::{Image, Update};
 use crate::repo::RepoSource;
 use crate::state::{Chosen, CommandName, CommandResult, Floor, Status, UpdateState};
 
@@ -72,16 +73,19 @@ impl SlotPartitions {
 
     /// `(root, verity)` of `slot`.
     pub fn resolve(&self, slot: Slot) -> Result<(PathBuf, PathBuf), host::HostError> {
-        let find = |given: &Option<PathBuf>, role: &str| -> Result<PathBuf, host::HostError> {
+        let find = |given: &Option<PathBuf>, role: Partition| -> Result<PathBuf, host::HostError> {
             match given {
                 Some(path) => Ok(path.clone()),
                 None => {
                     let disk = host::running_disk(&self.host_root)?;
-                    host::partition_on(&self.host_root, &disk, &format!("{role}-{slot}"))
+                    host::partition_on(&self.host_root, &disk, role.label())
                 }
             }
         };
-        Ok((find(&self.root, "root")?, find(&self.verity, "verity")?))
+        Ok((
+            find(&self.root, Partition::Root(slot))?,
+            find(&self.verity, Partition::Verity(slot))?,
+        ))
     }
 }
 
@@ -435,7 +439,7 @@ pub fn rollback(state_dir: &Path, esp: &Path, running: &Version) -> Result<Statu
         })
         .and_then(|other| {
             other.ok_or_else(|| UpdaterError::NoOtherSlot {
-                dir: esp.join("EFI/Linux"),
+                dir: esp.join(boot_contract::uki::DIR),
                 running: running.clone(),
             })
         });

@@ -98,7 +98,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Deactivate(args) => runtime.block_on(updater::deactivate(&args.config(host)?))?,
         Command::Apply(args) => runtime.block_on(updater::apply(&args.config(host)?))?,
         Command::HealthGate(args) => {
-            let units = updater::health::DbusUnits::connect()?;
+            let units = ::host::systemd::DbusSystemd::connect()?;
             updater::health::run(&args.gate(host), &units)?
         }
         Command::Rollback { state_dir, esp } => {

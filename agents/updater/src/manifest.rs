@@ -6,6 +6,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
+use boot_contract::Slot;
 use semver::Version;
 use serde::{Deserialize, Serialize};
 
@@ -130,32 +131,6 @@ pub struct Migration {
     pub to: Version,
     /// Migration names, run in this order going forward.
     pub names: Vec<String>,
-}
-
-/// An A/B slot.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "lowercase")]
-pub enum Slot {
-    A,
-    B,
-}
-
-impl Slot {
-    pub fn other(self) -> Slot {
-        match self {
-            Slot::A => Slot::B,
-            Slot::B => Slot::A,
-        }
-    }
-}
-
-impl fmt::Display for Slot {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Slot::A => "a",
-            Slot::B => "b",
-        })
-    }
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -11,15 +11,14 @@ use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use boot_contract::{uki, UkiName};
 use semver::Version;
 use sha2::{Digest, Sha256};
 
 use crate::manifest::{Image, VerityInfo};
 
 const CHUNK: usize = 1 << 20;
-const VERITY_BLOCK: usize = 4096;
-/// Boot tries a new UKI gets (Boot Loader Specification boot counting).
-pub const BOOT_TRIES: u32 = 3;
+const VERITY_BLOCK: usize = boot_contract::cmdline::VERITY_BLOCK_SIZE as usize;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SlotError {
@@ -310,23 +309,12 @@ fn pad(level: &mut Vec<u8>) {
 
 /// File name of a freshly installed UKI: `berth-<version>+3.efi`.
 pub fn uki_name(version: &Version) -> String {
-    format!("berth-{version}+{BOOT_TRIES}.efi")
+    UkiName::fresh(version).to_string()
 }
 
 /// The version in a Berth UKI file name (`berth-<version>[+left[-done]].efi`).
 pub fn uki_version(file_name: &str) -> Option<Version> {
-    let stem = file_name.strip_prefix("berth-")?.strip_suffix(".efi")?;
-    // Semver build metadata also starts with '+': boot counters are the last '+' part made
-    // only of digits and '-'.
-    let version = match stem.rsplit_once('+') {
-        Some((v, counter))
-            if !counter.is_empty() && counter.chars().all(|c| c.is_ascii_digit() || c == '-') =>
-        {
-            v
-        }
-        _ => stem,
-    };
-    Version::parse(version).ok()
+    Version::parse(&UkiName::parse(file_name)?.version).ok()
 }
 
 /// The ESP's `EFI/Linux` folder as a UKI install uses it: [`EspDir`] on the mounted ESP; the
@@ -353,7 +341,7 @@ pub struct EspDir(pub PathBuf);
 
 impl EspDir {
     pub fn of(esp: &Path) -> EspDir {
-        EspDir(esp.join("EFI/Linux"))
+        EspDir(esp.join(uki::DIR))
     }
 }
 
@@ -503,7 +491,7 @@ fn check_sha(what: &str, path: &Path, hasher: Sha256, want: &str) -> Result<(), 
 
 /// Removes the Berth UKIs whose version matches `pred`; returns their names.
 pub fn remove_ukis(esp: &Path, pred: impl Fn(&Version) -> bool) -> Result<Vec<String>, SlotError> {
-    let dir = esp.join("EFI/Linux");
+    let dir = esp.join(uki::DIR);
     if !dir.is_dir() {
         return Ok(Vec::new());
     }
@@ -535,7 +523,7 @@ pub fn remove_ukis_in(
 
 /// The newest version of a Berth UKI on the ESP other than `running`, if any.
 pub fn newest_other_uki(esp: &Path, running: &Version) -> Result<Option<Version>, SlotError> {
-    let dir = esp.join("EFI/Linux");
+    let dir = esp.join(uki::DIR);
     match std::fs::read_dir(&dir) {
         Ok(entries) => Ok(entries
             .filter_map(|e| e.ok())
@@ -555,7 +543,7 @@ pub fn newest_other_uki(esp: &Path, running: &Version) -> Result<Option<Version>
 /// boots the other one next. Returns the other UKI's new name, `None` when there is none (and
 /// then changes nothing).
 pub fn prefer_other_uki(esp: &Path, running: &Version) -> Result<Option<String>, SlotError> {
-    let dir = esp.join("EFI/Linux");
+    let dir = esp.join(uki::DIR);
     let eerr = |e| SlotError::Esp {
         path: dir.clone(),
         source: e,
@@ -573,13 +561,13 @@ pub fn prefer_other_uki(esp: &Path, running: &Version) -> Result<Option<String>,
     let Some((version, other)) = ukis.iter().rev().find(|(v, _)| v != running).cloned() else {
         return Ok(None);
     };
-    let good = format!("berth-{version}.efi");
+    let good = UkiName::good(&version).to_string();
     if other != good {
         std::fs::rename(dir.join(&other), dir.join(&good)).map_err(eerr)?;
     }
     for (v, name) in &ukis {
         if v == running {
-            let bad = format!("berth-{v}+0.efi");
+            let bad = UkiName::bad(v).to_string();
             if name != &bad {
                 std::fs::rename(dir.join(name), dir.join(&bad)).map_err(eerr)?;
             }
@@ -596,7 +584,7 @@ mod tests {
     #[test]
     fn rollback_prefers_the_other_uki() {
         let esp = tempfile::tempdir().unwrap();
-        let dir = esp.path().join("EFI/Linux");
+        let dir = esp.path().join(uki::DIR);
         std::fs::create_dir_all(&dir).unwrap();
         let running = Version::new(2, 0, 0);
         assert_eq!(prefer_other_uki(esp.path(), &running).unwrap(), None);

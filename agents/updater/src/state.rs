@@ -13,10 +13,9 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
+use boot_contract::Slot;
 use semver::Version;
 use serde::{Deserialize, Serialize};
-
-use crate::manifest::Slot;
 
 /// File name of the state document in the state folder.
 pub const STATE_FILE: &str = "state.json";

@@ -9,8 +9,9 @@ use std::path::{Path, PathBuf};
 
 use object::read::pe::PeFile64;
 
-use crate::manifest::{Image, Slot, VerityInfo};
+use crate::manifest::{Image, VerityInfo};
 use crate::secureboot::{self, SignatureError};
+use boot_contract::Slot;
 
 #[derive(Debug, thiserror::Error)]
 pub enum UkiError {
