@@ -1140,6 +1140,7 @@ fn a_withheld_root_rotation_does_not_bring_back_revoked_keys() {
     os_build(&[
         "repo",
         "add",
+        "--allow-unsigned",
         "--repo",
         p(&fx.repo),
         "--key",
@@ -1161,6 +1162,7 @@ fn a_withheld_root_rotation_does_not_bring_back_revoked_keys() {
     os_build(&[
         "repo",
         "add",
+        "--allow-unsigned",
         "--repo",
         p(&attacker),
         "--key",
@@ -1382,6 +1384,7 @@ fn the_rollback_floor_holds_after_the_update_that_raises_it() {
     os_build(&[
         "repo",
         "add",
+        "--allow-unsigned",
         "--repo",
         p(&fx.repo),
         "--key",
@@ -1443,6 +1446,7 @@ fn the_rollback_floor_holds_after_the_update_that_raises_it() {
         .args([
             "repo",
             "add",
+            "--allow-unsigned",
             "--repo",
             p(&fx.repo),
             "--key",

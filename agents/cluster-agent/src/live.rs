@@ -363,7 +363,7 @@ mod tests {
     #[test]
     fn changed_oci_defaults_rewrite_the_base_spec_and_restart_only_containerd() {
         let dir = booted(110);
-        let units = started_kubelet();
+        let units = RecordingSystemd::with_active(&[CONTAINERD_UNIT, KUBELET_UNIT]);
         let mut s = settings(110);
         s.oci_defaults = boot::settings_from(&serde_json::json!({
             "oci-defaults": {"resource-limits": {"max-open-files": {"hard-limit": 4096, "soft-limit": 1024}}}
