@@ -140,7 +140,7 @@ pub fn begin(name: &str, checks: &[&str]) -> Result<Option<HostLock>, ScenarioEr
 }
 
 /// Takes a free QEMU slot for the scenario `name`, waiting while every slot is held.
-/// Waiting scenarios get slots in the order they asked for one (see [`Ticket`]), so the order
+/// Waiting scenarios get slots in the order they asked for one (see `Ticket`), so the order
 /// scripts/test.sh starts scenarios in is the order they run in.
 pub fn lock(name: &str) -> Result<HostLock, ScenarioError> {
     let slots = slots();
