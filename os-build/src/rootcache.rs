@@ -69,6 +69,10 @@ pub fn assemble(cache: Option<&Path>, run: &MmdebstrapRun<'_>) -> Result<Origin,
     let (root, log) = (entry.join("root"), entry.join("mmdebstrap.log"));
     if root.is_dir() {
         remove(run.target)?;
+        // A fresh build has no work folder yet (mmdebstrap makes its target's parents).
+        if let Some(parent) = run.target.parent() {
+            std::fs::create_dir_all(parent).map_err(io("create", parent))?;
+        }
         copy_tree(&root, run.target)?;
         let note = format!(
             "os-build: root copied from {} (--root-cache); mmdebstrap's output when it made it:\n",
@@ -198,6 +202,24 @@ mod tests {
         assert_eq!(before, rootfs::recipe(&run(&v, Arch::X86_64, target)));
         v.packages.push("bash".into());
         assert_ne!(before, rootfs::recipe(&run(&v, Arch::X86_64, target)));
+    }
+
+    #[test]
+    fn a_kept_root_is_copied_into_a_fresh_build_folder() {
+        let dir = tempfile::tempdir().unwrap();
+        let variants = workspace().join("variants");
+        let v = variant::load(&variants, "qemu", Arch::X86_64).unwrap();
+        let cache = dir.path().join("cache");
+        // The first build of a variant: its work folder does not exist yet.
+        let target = dir.path().join("build/qemu-test/x86_64/work/root");
+        let log = dir.path().join("mmdebstrap.log");
+        let mut r = run(&v, Arch::X86_64, &target);
+        r.log = &log;
+        let kept = entry(&cache, &r);
+        std::fs::create_dir_all(kept.join("root/etc")).unwrap();
+        std::fs::write(kept.join("root/etc/os-release"), "ID=debian\n").unwrap();
+        assemble(Some(&cache), &r).unwrap();
+        assert!(target.join("etc/os-release").is_file());
     }
 
     #[test]
