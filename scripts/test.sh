@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs every test: formatting, clippy, docs, unit and host integration tests, then builds the
-# images for x86_64 and aarch64 and runs the QEMU scenarios on them. CI (.ci/run) calls this.
+# x86_64 images and runs the QEMU scenarios on them (aarch64: see below). CI (.ci/run) calls
+# this.
 # Installs its host prerequisites first (scripts/host-deps.sh).
 #
 #   scripts/test.sh           everything
@@ -19,7 +20,7 @@ quick=false
 case "${1:-}" in
   "") ;;
   --quick) quick=true ;;
-  -h | --help) sed -n '2,13p' "$0"; exit 0 ;;
+  -h | --help) sed -n '2,14p' "$0"; exit 0 ;;
   *) echo "test.sh: unknown argument $1 (try --help)" >&2; exit 2 ;;
 esac
 trap stage_summary EXIT
@@ -49,13 +50,12 @@ if $quick; then
   exit 0
 fi
 
-stage "Berth's programs for x86_64 and aarch64 (os-build, then every program of the images)"
+stage "Berth's programs for x86_64 (os-build, then every program of the images)"
 cargo build --release --locked -p os-build
 os_build=target/release/os-build
-# Every image program, once per architecture: the image builds below find them built.
-for arch in x86_64 aarch64; do
-  "$os_build" programs --arch "$arch"
-done
+# Every image program, once: the image builds below find them built. x86_64 only: the
+# aarch64 images are not built in CI for now (see "aarch64" below).
+"$os_build" programs --arch x86_64
 
 stage "update repository: fresh keys and trusted root (docs/updates.md)"
 keys=build/update-keys
@@ -143,8 +143,6 @@ build x86_64 qemu-test
 build_update x86_64
 start x86_64-qemu 'test(/_x86_64$/) & (binary(boot) | binary(update) | binary(config) | binary(cis) | binary(ec2) | test(metal_config_drive)) | (binary(harness) & not test(/aarch64$/))'
 
-build aarch64 qemu
-start aarch64-qemu 'test(/_aarch64$/) & (binary(boot) | binary(harness))'
 
 # The EKS node, the ECS instance and the EKS Anywhere nodes, built without the external
 # artifacts no one can download here (kubelet, the ECS agent); each image says so at /os.
@@ -155,12 +153,13 @@ done
 start x86_64-nodes 'test(/_x86_64$/) & (binary(eks) | binary(ecs) | binary(vmware) | test(eksa_metal))'
 
 flock -u "$build_slot"
-# Scenarios CI does not run yet: the aarch64 update and eks scenarios (written, never passed
-# in CI; their images and the aarch64 programs do not fit CI's 90 minutes beside the rest
-# yet, see qemu-tests/README.md). Run them by hand: build aarch64 qemu-test (v1 and v2 into
-# build/update-repo/aarch64) and aws-k8s-1.33-test, then
-#   BERTH_QEMU_TESTS=1 cargo nextest run -p qemu-tests -E 'test(/_aarch64$/) & (binary(update) | binary(eks))'
-not_in_ci='test(/_aarch64$/) & (binary(update) | binary(eks))'
+# aarch64: no image is built and no aarch64 scenario runs in CI for now. Its programs take
+# 14 minutes to compile with Debian's rustc and its root 9 minutes under qemu-user on CI's
+# two cores, which with the x86_64 scenarios passes CI's 90 minutes (qemu-tests/README.md).
+# By hand: scripts/run.sh --arch aarch64, or build qemu / qemu-test / aws-k8s-1.33-test for
+# aarch64 (with the update repository above) and run
+#   BERTH_QEMU_TESTS=1 cargo nextest run -p qemu-tests -E 'test(/_aarch64$/)'
+not_in_ci='test(/_aarch64$/)'
 # Scenarios none of the groups above selects (a new file in qemu-tests/tests/ lands here).
 unmatched=$(IFS='|'; echo "${filters[*]}")
 start others "not ($unmatched) & not ($not_in_ci)" --no-tests=warn

@@ -359,13 +359,20 @@ pub fn sign(
 // ---------------------------------------------------------------------------------------------
 // firmware variables
 
-/// The firmware's empty variable store for `arch` (Debian's ovmf / qemu-efi-aarch64).
+/// The firmware variable store Berth's keys are enrolled into, for `arch` (Debian's ovmf /
+/// qemu-efi-aarch64). x86_64: OVMF's empty store. aarch64: Debian ships `AAVMF_VARS.fd` as
+/// 64 MiB of zeroes (the firmware formats it at first boot), which virt-fw-vars cannot read,
+/// so the store with Microsoft's keys is the template and [`TEMPLATE_KEYS`] are deleted
+/// from it first: only Berth's keys are enrolled.
 pub fn vars_template(arch: Arch) -> &'static str {
     match arch {
         Arch::X86_64 => "/usr/share/OVMF/OVMF_VARS_4M.fd",
-        Arch::Aarch64 => "/usr/share/AAVMF/AAVMF_VARS.fd",
+        Arch::Aarch64 => "/usr/share/AAVMF/AAVMF_VARS.ms.fd",
     }
 }
+
+/// The Secure Boot variables a template may carry, deleted before Berth's are set.
+pub const TEMPLATE_KEYS: [&str; 4] = ["PK", "KEK", "db", "dbx"];
 
 /// Writes `uefi-vars.fd` (the QEMU firmware's store: PK, KEK, db enrolled, Secure Boot on),
 /// `uefi-vars.aws` (the same variables as EC2's `--uefi-data` blob) and copies the signed
@@ -379,8 +386,13 @@ pub fn write_firmware_files(keys: &BuildKeys, arch: Arch, out: &Path) -> Result<
     let fd_tmp = out.join("uefi-vars.fd.tmp");
     let aws_tmp = out.join("uefi-vars.aws.tmp");
     let mut cmd = Command::new("virt-fw-vars");
-    cmd.args(["--input", template])
-        .arg("--output")
+    cmd.args(["--input", template]);
+    if arch == Arch::Aarch64 {
+        for var in TEMPLATE_KEYS {
+            cmd.args(["--delete", var]);
+        }
+    }
+    cmd.arg("--output")
         .arg(&fd_tmp)
         .arg("--output-aws")
         .arg(&aws_tmp)

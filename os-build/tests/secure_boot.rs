@@ -299,3 +299,36 @@ fn the_updater_checks_a_staged_uki_before_the_esp() {
     let err = updater::uki::read_staged(&path, &image).unwrap_err();
     assert!(matches!(err, UkiError::Hash { .. }), "{err}");
 }
+
+/// The variable stores a signed build writes, for both architectures: Secure Boot on and
+/// Berth's certificate the only one in PK, KEK and db (Debian's AAVMF template carries
+/// Microsoft's keys, which must not stay; its plain AAVMF_VARS.fd is zeroes).
+#[test]
+fn firmware_stores_hold_only_berths_keys_on_both_arches() {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = secureboot::load(&keygen(dir.path())).unwrap();
+    for arch in [Arch::X86_64, Arch::Aarch64] {
+        let out = dir.path().join(arch.name());
+        std::fs::create_dir_all(&out).unwrap();
+        secureboot::write_firmware_files(&keys, arch, &out).unwrap();
+        let printed = Command::new("virt-fw-vars")
+            .arg("--input")
+            .arg(out.join("uefi-vars.fd"))
+            .arg("--print")
+            .arg("--verbose")
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&printed.stdout).to_string()
+            + &String::from_utf8_lossy(&printed.stderr);
+        assert!(printed.status.success(), "{arch}: {text}");
+        assert!(text.contains("SecureBootEnable"), "{arch}: {text}");
+        assert!(text.contains("CN=Berth db"), "{arch}: no db cert\n{text}");
+        assert!(
+            !text.contains("Microsoft"),
+            "{arch}: Microsoft keys left\n{text}"
+        );
+        for file in ["uefi-vars.aws", "PK.auth", "KEK.auth", "db.auth"] {
+            assert!(out.join(file).is_file(), "{arch}: {file}");
+        }
+    }
+}

@@ -27,7 +27,10 @@
 //!    ESP not mounted (fw_cfg `opt/org.berth/no-esp` skips boot.mount, qemu-test variant):
 //!    each of v2's three trial boots fails its gate (the UKI cannot be marked good without
 //!    the ESP) and reboots, v1 boots by itself and `/updates/status` reports the failed
-//!    update.
+//!    update. Last, a correctly TUF-signed repository offering v2 with UKIs signed by a
+//!    foreign Secure Boot key is refused before the ESP or the slot changes.
+//!
+//! Every power-on enforces Secure Boot with the build's keys.
 //!
 //! Gated by BERTH_QEMU_TESTS=1.
 
@@ -369,38 +372,57 @@ fn tampering_is_refused(machine: &Machine, repo: &Path, checks: &mut Checks) -> 
     std::fs::write(&target, vec![0x5a_u8; usize::try_from(len)?])?;
     std::thread::sleep(Duration::from_secs(2));
 
-    // Tamper 3 (docs/secure-boot.md): a correctly signed repository (the TUF targets key is
-    // not the Secure Boot key) offering v2 with UKIs signed by a foreign key.
-    let foreign = foreign_signed_repo(repo, dir)?;
-
     for (what, served, expected) in [
         ("bad signature", &bad_signature, "signature"),
         ("expired timestamp", &expired, "expired"),
         ("replaced target", &replaced, "mismatch"),
-        (
-            "UKI signed by a foreign key",
-            &foreign,
-            "not in the trusted db",
-        ),
     ] {
-        machine.server.set_root(Some(served.clone()));
-        let out = machine.api.run(&["update", "apply", "--check"])?;
-        let stderr = String::from_utf8_lossy(&out.stderr).to_lowercase();
-        let state = machine.status()?["state"].clone();
-        checks.check(
-            format!("{what}: apply refused, naming it, nothing activated"),
-            !out.status.success() && stderr.contains(expected) && state != "ready",
-            format!(
-                "exit {:?}, state {state}, stderr: {}",
-                out.status.code(),
-                stderr.trim()
-            ),
-        );
+        apply_is_refused(machine, what, served, expected, checks)?;
     }
     let good = dir.join("repo-good");
     copy_repo(repo, &good)?;
     refresh(&good, "7d")?;
     machine.server.set_root(Some(good));
+    Ok(())
+}
+
+/// Tamper 3 (docs/secure-boot.md): a correctly signed repository (the TUF targets key is not
+/// the Secure Boot key) offering v2 with UKIs signed by a foreign key. The last step of the
+/// scenario: the host keeps the versions of the correctly signed metadata it verified
+/// (targets one version up), so afterwards the genuine repository would look like a replay.
+fn foreign_uki_is_refused(machine: &Machine, repo: &Path, checks: &mut Checks) -> Result<()> {
+    let foreign = foreign_signed_repo(repo, machine.work.path())?;
+    apply_is_refused(
+        machine,
+        "UKI signed by a foreign key",
+        &foreign,
+        "not in the trusted db",
+        checks,
+    )
+}
+
+/// Serves `served`; `apiclient update apply --check` must fail naming `expected` and leave
+/// nothing activated.
+fn apply_is_refused(
+    machine: &Machine,
+    what: &str,
+    served: &Path,
+    expected: &str,
+    checks: &mut Checks,
+) -> Result<()> {
+    machine.server.set_root(Some(served.to_path_buf()));
+    let out = machine.api.run(&["update", "apply", "--check"])?;
+    let stderr = String::from_utf8_lossy(&out.stderr).to_lowercase();
+    let state = machine.status()?["state"].clone();
+    checks.check(
+        format!("{what}: apply refused, naming it, nothing activated"),
+        !out.status.success() && stderr.contains(expected) && state != "ready",
+        format!(
+            "exit {:?}, state {state}, stderr: {}",
+            out.status.code(),
+            stderr.trim()
+        ),
+    );
     Ok(())
 }
 
@@ -731,6 +753,7 @@ fn update_rollback_power_cut_and_update(arch: Arch) -> Result<()> {
                 .is_some_and(|d| d.contains("the ESP is not mounted")),
         format!("{}", status["last_boot"]),
     );
+    foreign_uki_is_refused(&machine, &repo, &mut checks)?;
     let tail = vm.tail(40);
     vm.power_off(STEP_DEADLINE)?;
     checks
