@@ -64,16 +64,17 @@ pub const FIREWALL_FAILED: &str = r"Failed to start berth-firewall\.service";
 // scenario noticing. Each message below is logged at one place, which says so with a
 // `marker:` comment; renaming it means renaming it here.
 
-/// A Berth event: `message` (a regular expression, from a word boundary), then among its
+/// A Berth event: `message` (a regular expression, where tracing puts the message: after the
+/// level or the target, so "not restarted" is not "restarted"), then among its
 /// fields `field="value"` or `field=value` (`value` a regular expression).
 #[macro_export]
 macro_rules! event {
     ($message:literal) => {
-        concat!(r"\b", $message)
+        concat!(r"(?:^|: |(?:TRACE|DEBUG|INFO|WARN|ERROR)\s+)", $message)
     };
     ($message:literal, $field:ident = $value:literal) => {
         concat!(
-            r"\b",
+            r"(?:^|: |(?:TRACE|DEBUG|INFO|WARN|ERROR)\s+)",
             $message,
             r"(?: \S+=\S+)*? ",
             stringify!($field),
@@ -175,6 +176,14 @@ mod tests {
 
     #[test]
     fn events_do_not_match_their_neighbours() {
+        // The message starts where tracing puts it (after the level or the target), so a
+        // longer message that ends with the same words is another event.
+        let not_restarted = r#"boot-config[384]:  INFO boot_config::render: not running; not restarted unit="containerd.service" state=inactive"#;
+        assert!(!matches(CONTAINERD_RESTARTED, not_restarted));
+        assert!(matches(
+            CONTAINERD_RESTARTED,
+            r#"apiserver[509]:  INFO cluster_agent::live: restarted unit="containerd.service" state=active"#
+        ));
         let restarted = "INFO x: restarted and active unit=kubelet.service";
         assert!(!matches(KUBELET_STARTED, restarted));
         assert!(!matches(KUBELET_RESTARTED, restarted));
