@@ -85,7 +85,8 @@ export BERTH_SECURE_BOOT_DB=build/secure-boot-keys/db.crt
 
 stage "images and QEMU scenarios"
 export BERTH_QEMU_TESTS=1 BERTH_QEMU_SLOTS=2
-export BERTH_SCENARIO_TIMES=target/qemu-scenario-times.txt
+# Absolute: each scenario runs in its package folder.
+export BERTH_SCENARIO_TIMES=$PWD/target/qemu-scenario-times.txt
 rm -f "$BERTH_SCENARIO_TIMES"
 logs=target/qemu-scenario-logs
 rm -rf "$logs"

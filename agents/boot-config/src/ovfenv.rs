@@ -31,6 +31,10 @@ pub const USER_DATA_PROPERTY: &str = "user-data";
 pub const MOUNT_POINT: &str = "/run/boot-config/ovf-env";
 /// How long to wait for a CD-ROM drive to appear at first boot.
 pub const DEFAULT_WAIT: Duration = Duration::from_secs(10);
+/// How long to wait, at most, for the block device of a CD-ROM the SCSI layer already
+/// reports: udev loads `sr_mod` for it, which on a slow first boot (TCG, two guests on two
+/// cores, Secure Boot) came 20 s after the drive was seen, past [`DEFAULT_WAIT`].
+pub const PENDING_DRIVE_WAIT: Duration = Duration::from_secs(120);
 /// The OVF environment namespace (DSP0243), used for the elements and the `oe:` attributes.
 const OE_NS: &str = "http://schemas.dmtf.org/ovf/environment/1";
 /// Decompressed user data larger than this is refused.
@@ -243,11 +247,29 @@ pub fn find_and_read(
                 return Ok(Some(found));
             }
         }
-        if any_drive || start.elapsed() >= wait {
+        if any_drive {
+            return Ok(None);
+        }
+        let waited = start.elapsed();
+        let pending = waited < PENDING_DRIVE_WAIT && cdrom_without_block_device(root);
+        if waited >= wait && !pending {
             return Ok(None);
         }
         std::thread::sleep(POLL);
     }
+}
+
+/// Whether the SCSI layer reports a CD-ROM (`type` 5) that has no block device yet (its
+/// driver, `sr_mod`, not loaded or not bound yet).
+fn cdrom_without_block_device(root: &Path) -> bool {
+    let Ok(devices) = std::fs::read_dir(root.join("sys/bus/scsi/devices")) else {
+        return false;
+    };
+    devices.filter_map(|e| e.ok()).any(|device| {
+        let path = device.path();
+        std::fs::read_to_string(path.join("type")).is_ok_and(|t| t.trim() == "5")
+            && !path.join("block").exists()
+    })
 }
 
 #[cfg(test)]
@@ -255,6 +277,23 @@ mod tests {
     use super::*;
     use std::cell::RefCell;
     use std::io::Write;
+
+    #[test]
+    fn a_cdrom_the_scsi_layer_reports_without_its_block_device_is_waited_for() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        assert!(!cdrom_without_block_device(root), "no SCSI bus at all");
+        let disk = root.join("sys/bus/scsi/devices/0:0:0:0");
+        std::fs::create_dir_all(&disk).unwrap();
+        std::fs::write(disk.join("type"), "0\n").unwrap();
+        assert!(!cdrom_without_block_device(root), "a disk is not a CD-ROM");
+        let cdrom = root.join("sys/bus/scsi/devices/2:0:0:0");
+        std::fs::create_dir_all(&cdrom).unwrap();
+        std::fs::write(cdrom.join("type"), "5\n").unwrap();
+        assert!(cdrom_without_block_device(root), "sr_mod not bound yet");
+        std::fs::create_dir_all(cdrom.join("block/sr0")).unwrap();
+        assert!(!cdrom_without_block_device(root), "sr0 is there");
+    }
 
     const TOML: &str = "[settings.kubernetes]\ncluster-name = \"eksa\"\n";
 
