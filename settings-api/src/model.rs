@@ -493,26 +493,28 @@ fn capability(s: &str) -> Result<(), String> {
     }
 }
 
+/// The resource limit names of `settings.oci-defaults.resource-limits` (Bottlerocket's).
+pub const RLIMIT_NAMES: &[&str] = &[
+    "max-address-space",
+    "max-core-file-size",
+    "max-cpu-time",
+    "max-data-size",
+    "max-file-locks",
+    "max-file-size",
+    "max-locked-memory",
+    "max-msgqueue-size",
+    "max-nice-priority",
+    "max-open-files",
+    "max-pending-signals",
+    "max-processes",
+    "max-realtime-priority",
+    "max-realtime-timeout",
+    "max-resident-set",
+    "max-stack-size",
+];
+
 fn rlimit_name(s: &str) -> Result<(), String> {
-    const LIMITS: &[&str] = &[
-        "max-address-space",
-        "max-core-file-size",
-        "max-cpu-time",
-        "max-data-size",
-        "max-file-locks",
-        "max-file-size",
-        "max-locked-memory",
-        "max-msgqueue-size",
-        "max-nice-priority",
-        "max-open-files",
-        "max-pending-signals",
-        "max-processes",
-        "max-realtime-priority",
-        "max-realtime-timeout",
-        "max-resident-set",
-        "max-stack-size",
-    ];
-    if LIMITS.contains(&s) {
+    if RLIMIT_NAMES.contains(&s) {
         Ok(())
     } else {
         Err(format!(

@@ -238,24 +238,7 @@ mod tests {
 
     #[test]
     fn every_model_limit_name_has_an_rlimit() {
-        for name in [
-            "max-address-space",
-            "max-core-file-size",
-            "max-cpu-time",
-            "max-data-size",
-            "max-file-locks",
-            "max-file-size",
-            "max-locked-memory",
-            "max-msgqueue-size",
-            "max-nice-priority",
-            "max-open-files",
-            "max-pending-signals",
-            "max-processes",
-            "max-realtime-priority",
-            "max-realtime-timeout",
-            "max-resident-set",
-            "max-stack-size",
-        ] {
+        for &name in settings_api::model::RLIMIT_NAMES {
             // The model accepts the name, and the renderer maps it.
             let d = oci(json!({"resource-limits": {name: {"hard-limit": 1, "soft-limit": 1}}}));
             assert!(rlimit_type(name).is_some(), "{name}");
