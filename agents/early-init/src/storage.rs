@@ -73,17 +73,7 @@ pub fn randomize_guids(disk: &Path, lb: LogicalBlockSize) -> Result<uuid::Uuid, 
         .open(disk)
         .map_err(read_err)?;
     let mut parts = gpt.partitions().clone();
-    let used: Vec<u32> = parts
-        .iter()
-        .filter(|(_, p)| p.is_used())
-        .map(|(k, _)| *k)
-        .collect();
-    // The crate writes used entries packed from index 0 (see grow_last_partition).
-    if used.iter().enumerate().any(|(i, k)| *k as usize != i + 1) {
-        return Err(StorageError::Holes {
-            path: disk.to_path_buf(),
-        });
-    }
+    ensure_packed(&parts, disk)?;
     for p in parts.values_mut().filter(|p| p.is_used()) {
         p.part_guid = uuid::Uuid::new_v4();
     }
@@ -93,6 +83,21 @@ pub fn randomize_guids(disk: &Path, lb: LogicalBlockSize) -> Result<uuid::Uuid, 
     let dev = gpt.write().map_err(write_err)?;
     dev.sync_all().map_err(|e| write_err(e.into()))?;
     Ok(guid)
+}
+
+/// The gpt crate writes used entries packed from index 0; that keeps the partition numbers
+/// only if they already are 1..n, so a table with holes is refused before any write.
+fn ensure_packed(
+    parts: &std::collections::BTreeMap<u32, gpt::partition::Partition>,
+    disk: &Path,
+) -> Result<(), StorageError> {
+    let used = parts.iter().filter(|(_, p)| p.is_used()).map(|(k, _)| *k);
+    if used.enumerate().any(|(i, k)| k as usize != i + 1) {
+        return Err(StorageError::Holes {
+            path: disk.to_path_buf(),
+        });
+    }
+    Ok(())
 }
 
 /// What an ext4 superblock says about size.
@@ -194,18 +199,7 @@ pub fn grow_last_partition(
     }
 
     let parts = gpt.partitions().clone();
-    let used: Vec<u32> = parts
-        .iter()
-        .filter(|(_, p)| p.is_used())
-        .map(|(k, _)| *k)
-        .collect();
-    // The crate writes used entries packed from index 0; that keeps the numbers only if
-    // they already are 1..n.
-    if used.iter().enumerate().any(|(i, k)| *k as usize != i + 1) {
-        return Err(StorageError::Holes {
-            path: disk.to_path_buf(),
-        });
-    }
+    ensure_packed(&parts, disk)?;
     let (partno, target) = parts
         .iter()
         .map(|(k, p)| (*k, p.clone()))
